@@ -1,0 +1,11 @@
+"""The `deploy` command: package a model, put it on a SageMaker endpoint, run it locally.
+
+Modules, each with one reason to change:
+- cli.py       argument parsing and what the user sees
+- archive.py   model.tar.gz layout, packaging and safe unpacking
+- aws.py       boto3 session and clients (flags, environment, profile, AWS_ENDPOINT_URL)
+- registry.py  which CPU architectures an image reference offers
+- instance.py  which CPU architecture a SageMaker instance type has
+- endpoint.py  create / wait / update / autoscale / delete, with rollback
+- local.py     run the image the way SageMaker does, with the docker CLI
+"""

@@ -1,0 +1,91 @@
+"""boto3 session and clients: region and credentials from flags, environment or profile.
+
+boto3 itself honours AWS_ENDPOINT_URL (and AWS_ENDPOINT_URL_<SERVICE>), which is how the tests
+point every client at a moto server; --endpoint-url does the same from the command line.
+Nothing here ever prints or logs a credential.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from .errors import DeployError
+
+RETRIES = {"max_attempts": 8, "mode": "standard"}
+
+
+class Aws:
+    """One session, lazily created clients, and the account/region they act for."""
+
+    def __init__(self, region: str | None = None, profile: str | None = None,
+                 endpoint_url: str | None = None):
+        try:
+            self.session = boto3.Session(profile_name=profile, region_name=region)
+        except botocore.exceptions.ProfileNotFound as exc:
+            raise DeployError(str(exc)) from exc
+        self.region = self.session.region_name
+        if not self.region:
+            raise DeployError("no AWS region: pass --region, set AWS_REGION/AWS_DEFAULT_REGION "
+                              "or configure one in your profile")
+        self.endpoint_url = endpoint_url
+        self.config = botocore.config.Config(retries=RETRIES, user_agent_extra="sagemaker-tf-graviton-deploy")
+        self._clients: dict[str, object] = {}
+
+    def client(self, service: str, region: str | None = None):
+        key = f"{service}@{region or self.region}"
+        if key not in self._clients:
+            kwargs = {"region_name": region or self.region, "config": self.config}
+            if self.endpoint_url:
+                kwargs["endpoint_url"] = self.endpoint_url
+            self._clients[key] = self.session.client(service, **kwargs)
+        return self._clients[key]
+
+    @property
+    def sagemaker(self):
+        return self.client("sagemaker")
+
+    @property
+    def runtime(self):
+        return self.client("sagemaker-runtime")
+
+    @property
+    def s3(self):
+        return self.client("s3")
+
+    @property
+    def autoscaling(self):
+        return self.client("application-autoscaling")
+
+    def ecr(self, region: str | None = None):
+        return self.client("ecr", region)
+
+    @functools.cached_property
+    def account(self) -> str:
+        try:
+            return self.client("sts").get_caller_identity()["Account"]
+        except botocore.exceptions.NoCredentialsError as exc:
+            raise DeployError("no AWS credentials found (environment, profile or instance role)") from exc
+
+    def default_bucket(self) -> str:
+        return f"sagemaker-{self.region}-{self.account}"
+
+
+def error_code(exc: BaseException) -> str:
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return exc.response.get("Error", {}).get("Code", "")
+    return ""
+
+
+def error_message(exc: BaseException) -> str:
+    """A short, credential-free description of an AWS error."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        err = exc.response.get("Error", {})
+        op = getattr(exc, "operation_name", "")
+        return f"{op}: {err.get('Code', '')}: {err.get('Message', '')}".strip(": ")
+    if isinstance(exc, botocore.exceptions.BotoCoreError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,407 @@
+"""`deploy`: argument parsing and everything the user sees.
+
+Results go to stdout; progress and step-by-step messages to stderr, so `deploy invoke ... | jq`
+and `deploy list` stay clean to pipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import botocore.exceptions
+
+from . import archive, endpoint, local
+from .aws import Aws, error_message
+from .errors import DeployError
+
+CONTENT_TYPES = {".json": "application/json", ".jsonl": "application/jsonlines",
+                 ".csv": "text/csv", ".npy": "application/x-npy", ".npz": "application/x-npz"}
+
+
+class Console:
+    """Reporter for endpoint.py: messages and a live progress line on stderr."""
+
+    def __init__(self, stream=None, quiet: bool = False):
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._last: tuple[str, str] | None = None
+        self._last_print = 0.0
+        self._open_line = False
+
+    def info(self, message: str) -> None:
+        if self.quiet:
+            return
+        self._end_line()
+        print(message, file=self.stream, flush=True)
+
+    def progress(self, what: str, status: str, elapsed: float) -> None:
+        if self.quiet:
+            return
+        mins, secs = divmod(int(elapsed), 60)
+        line = f"{what}: {status} ({mins:d}m{secs:02d}s)"
+        if self.tty:
+            self.stream.write("\r" + line.ljust(60))
+            self.stream.flush()
+            self._open_line = True
+        elif (what, status) != self._last or time.monotonic() - self._last_print >= 60:
+            print(line, file=self.stream, flush=True)
+            self._last_print = time.monotonic()
+        self._last = (what, status)
+
+    def progress_done(self) -> None:
+        self._end_line()
+        self._last = None
+
+    def _end_line(self) -> None:
+        if self._open_line:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._open_line = False
+
+
+def _out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+# --- subcommands -------------------------------------------------------------------------------
+
+def cmd_package(args, console: Console) -> int:
+    names = archive.package(Path(args.model_dir), Path(args.output),
+                            Path(args.code) if args.code else None)
+    size = Path(args.output).stat().st_size
+    top = sorted({n.split("/")[0] for n in names})
+    _out(f"wrote {args.output} ({size / 1e6:.1f} MB, {len(names)} entries: {', '.join(top)})")
+    return 0
+
+
+def _aws(args) -> Aws:
+    return Aws(region=args.region, profile=args.profile, endpoint_url=args.endpoint_url)
+
+
+def cmd_create(args, console: Console) -> int:
+    aws = _aws(args)
+    spec = endpoint.CreateSpec(
+        image=args.image, model_data=args.model_data, role=args.role, name=args.name,
+        instance_type=args.instance_type, instance_count=args.instance_count,
+        env=endpoint.parse_env(args.env), bucket=args.bucket, wait=not args.no_wait,
+        timeout=args.timeout, poll=args.poll, arch_check=not args.skip_arch_check)
+    out = endpoint.create(aws, spec, console)
+    _out(f"endpoint {out['endpoint']} is {out['status']}")
+    _out(f"  model data  {out['model_data']}")
+    _out(f"  try it      deploy invoke {out['endpoint']} --json '...'")
+    _out(f"  remove it   deploy delete {out['endpoint']}")
+    return 0
+
+
+def cmd_update(args, console: Console) -> int:
+    aws = _aws(args)
+    spec = endpoint.UpdateSpec(
+        name=args.endpoint, image=args.image, model_data=args.model_data,
+        instance_type=args.instance_type, instance_count=args.instance_count, role=args.role,
+        env=endpoint.parse_env(args.env), bucket=args.bucket, timeout=args.timeout, poll=args.poll,
+        arch_check=not args.skip_arch_check)
+    out = endpoint.update(aws, spec, console)
+    _out(f"endpoint {out['endpoint']} is {out['status']} on {out['endpoint_config']} "
+         f"({out['image']}, {out['instance_type']})")
+    return 0
+
+
+def _read_body(args) -> bytes:
+    if args.file and args.json is not None:
+        raise DeployError("give --file or --json, not both")
+    if args.file:
+        return (sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes())
+    if args.json is not None:
+        try:
+            json.loads(args.json)
+        except ValueError as exc:
+            raise DeployError(f"--json is not valid JSON: {exc}") from exc
+        return args.json.encode()
+    raise DeployError("give the request body with --file F or --json '...'")
+
+
+def _content_type(args) -> str:
+    if args.content_type:
+        return args.content_type
+    if getattr(args, "file", None) and args.file != "-":
+        return CONTENT_TYPES.get(Path(args.file).suffix.lower(), "application/json")
+    return "application/json"
+
+
+def _print_response(body: bytes, content_type: str, softmax: bool) -> None:
+    if softmax:
+        _out(json.dumps(endpoint.softmax_response(body)))
+        return
+    if content_type.startswith("application/x-npy") or content_type.startswith("application/x-npz"):
+        sys.stdout.buffer.write(body)
+        sys.stdout.flush()
+        return
+    _out(body.decode("utf-8", errors="replace").rstrip("\n"))
+
+
+def cmd_invoke(args, console: Console) -> int:
+    aws = _aws(args)
+    body = _read_body(args)
+    out, content_type = endpoint.invoke(aws, args.endpoint, body, _content_type(args), args.accept,
+                                        args.custom_attributes)
+    _print_response(out, content_type, args.softmax)
+    return 0
+
+
+def cmd_autoscale(args, console: Console) -> int:
+    aws = _aws(args)
+    out = endpoint.autoscale(aws, args.endpoint, min_count=args.min, max_count=args.max,
+                             target=args.target_invocations, scale_in_cooldown=args.scale_in_cooldown,
+                             scale_out_cooldown=args.scale_out_cooldown, variant=args.variant)
+    _out(f"auto scaling {out['resource_id']}: {out['min']}..{out['max']} instances, target "
+         f"{out['target']:g} invocations per instance per minute (policy {out['policy']})")
+    return 0
+
+
+def cmd_delete(args, console: Console) -> int:
+    aws = _aws(args)
+    deleted = endpoint.delete(aws, args.endpoint, console, wait=not args.no_wait,
+                              timeout=args.timeout, poll=args.poll)
+    _out(f"deleted {', '.join(deleted)}")
+    return 0
+
+
+def _age(when) -> str:
+    if not isinstance(when, _dt.datetime):
+        return str(when)
+    return when.astimezone(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def cmd_list(args, console: Console) -> int:
+    aws = _aws(args)
+    rows = endpoint.list_endpoints(aws, args.name_contains)
+    if args.json:
+        _out(json.dumps(rows, default=str, indent=2))
+        return 0
+    if not rows:
+        _out(f"no endpoints in {aws.region}")
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    _out(f"{'NAME'.ljust(width)}  {'STATUS':<14} {'INSTANCES':<22} CREATED")
+    for r in rows:
+        inst = f"{r['count']} x {r['instance_type']}" if r["instance_type"] else ""
+        _out(f"{r['name'].ljust(width)}  {r['status']:<14} {inst:<22} {_age(r['created'])}")
+    return 0
+
+
+def cmd_status(args, console: Console) -> int:
+    aws = _aws(args)
+    d = endpoint.describe(aws, args.endpoint)
+    if args.json:
+        _out(json.dumps(d, default=str, indent=2))
+        return 0
+    ep, cfg = d["endpoint"], d["config"]
+    _out(f"endpoint     {ep['EndpointName']}  {ep['EndpointStatus']}")
+    if ep.get("FailureReason"):
+        _out(f"failure      {ep['FailureReason']}")
+    _out(f"config       {cfg['EndpointConfigName']}")
+    live = {v["VariantName"]: v for v in ep.get("ProductionVariants") or []}
+    for v in cfg["ProductionVariants"]:
+        cur = live.get(v["VariantName"], {})
+        count = cur.get("CurrentInstanceCount", v.get("InitialInstanceCount"))
+        _out(f"variant      {v['VariantName']}: {count} x {v.get('InstanceType', 'serverless')}")
+        model = d["models"].get(v["ModelName"]) or {}
+        c = model.get("PrimaryContainer", {})
+        _out(f"model        {v['ModelName']}")
+        _out(f"  image      {c.get('Image', '?')}")
+        _out(f"  model data {c.get('ModelDataUrl', '-')}")
+        for k, val in sorted((c.get("Environment") or {}).items()):
+            _out(f"  env        {k}={val}")
+        scaling = endpoint.scaling_of(aws, ep["EndpointName"], v["VariantName"])
+        if scaling:
+            _out(f"  scaling    {scaling['min']}..{scaling['max']} instances, target "
+                 f"{scaling['target']} invocations per instance per minute")
+    _out(f"created      {_age(ep.get('CreationTime'))}, modified {_age(ep.get('LastModifiedTime'))}")
+    return 0
+
+
+def cmd_local(args, console: Console) -> int:
+    region = args.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    download = None
+    if args.model_data.startswith("s3://"):
+        aws = _aws(args)
+        region = aws.region
+
+        def download(uri: str, dest: Path) -> None:
+            bucket, key = endpoint.split_s3(uri)
+            console.info(f"downloading {uri}")
+            aws.s3.download_file(bucket, key, str(dest))
+
+    spec = local.LocalSpec(
+        image=args.image, model_data=args.model_data, port=args.port, host_ip=args.host_ip,
+        env=endpoint.parse_env(args.env), region=region, platform=args.platform,
+        ping_timeout=args.ping_timeout, invoke_file=Path(args.invoke) if args.invoke else None,
+        content_type=args.content_type or CONTENT_TYPES.get(Path(args.invoke or "").suffix.lower(),
+                                                            "application/json"),
+        accept=args.accept, stream_logs=not args.no_logs)
+    result = local.run(spec, console.info, download)
+    if spec.invoke_file is None:
+        return 0
+    ok = result.status_code is not None and 200 <= result.status_code < 300
+    if ok:
+        _print_response(result.body, result.content_type, args.softmax)
+    else:
+        console.info(f"invoke answered HTTP {result.status_code}: "
+                     f"{result.body.decode('utf-8', errors='replace')[:2000]}")
+    return 0 if ok else 1
+
+
+# --- parser ------------------------------------------------------------------------------------
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("AWS")
+    g.add_argument("--region", help="AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / profile)")
+    g.add_argument("--profile", help="named profile from ~/.aws/config")
+    g.add_argument("--endpoint-url", help="send every AWS call here (also AWS_ENDPOINT_URL)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+
+    waiting = argparse.ArgumentParser(add_help=False)
+    waiting.add_argument("--timeout", type=_positive_float, default=1800.0,
+                         help="seconds to wait for the endpoint (default 1800)")
+    waiting.add_argument("--poll", type=_positive_float, default=15.0,
+                         help="seconds between status checks (default 15)")
+
+    parser = argparse.ArgumentParser(
+        prog="deploy",
+        description="Package a TensorFlow model, deploy it to a SageMaker endpoint (Graviton or x86), "
+                    "or run the serving image locally the way SageMaker would.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("package", help="build a SageMaker model.tar.gz from a model folder",
+                       parents=[common])
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("--code", metavar="DIR", help="user code folder to put under code/ (inference.py, ...)")
+    p.add_argument("-o", "--output", default="model.tar.gz", help="archive to write (default model.tar.gz)")
+    p.set_defaults(func=cmd_package)
+
+    def model_args(p, required: bool):
+        p.add_argument("--image", required=required, help="image URI (ECR for a real endpoint)")
+        p.add_argument("--model-data", required=required, metavar="S3_URI|TAR_GZ|DIR",
+                       help="s3://... or a local model.tar.gz / model folder (uploaded to S3)")
+        p.add_argument("--role", default=os.environ.get("SAGEMAKER_ROLE_ARN") if required else None,
+                       help="execution role ARN" + (" (default: $SAGEMAKER_ROLE_ARN)" if required else ""))
+        p.add_argument("--instance-type", default="ml.c7g.xlarge" if required else None,
+                       help="instance type" + (" (default ml.c7g.xlarge)" if required else ""))
+        p.add_argument("--instance-count", type=int, default=1 if required else None)
+        p.add_argument("--env", action="append", metavar="K=V", help="container environment (repeatable); "
+                       "overrides the defaults")
+        p.add_argument("--bucket", help="bucket for a local archive (default sagemaker-REGION-ACCOUNT)")
+        p.add_argument("--skip-arch-check", action="store_true",
+                       help="do not compare the image's architectures with the instance type")
+
+    p = sub.add_parser("create", help="upload, create model + endpoint config + endpoint, wait",
+                       parents=[common, waiting])
+    model_args(p, required=True)
+    p.add_argument("--name", help="endpoint name (default tf-graviton-TIMESTAMP)")
+    p.add_argument("--no-wait", action="store_true", help="return once the endpoint is Creating")
+    p.set_defaults(func=cmd_create)
+
+    p = sub.add_parser("invoke", help="send one request to an endpoint", parents=[common])
+    p.add_argument("endpoint", metavar="ENDPOINT")
+    p.add_argument("--file", metavar="F", help="request body from a file ('-' for stdin)")
+    p.add_argument("--json", metavar="JSON", help="request body as a JSON string")
+    p.add_argument("--content-type", help="default: from the file extension, else application/json")
+    p.add_argument("--accept")
+    p.add_argument("--custom-attributes")
+    p.add_argument("--softmax", action="store_true",
+                   help='turn logits in {"predictions": [[...]]} into probabilities')
+    p.set_defaults(func=cmd_invoke)
+
+    p = sub.add_parser("update", help="new model/config, blue/green update_endpoint, remove the old ones",
+                       parents=[common, waiting])
+    p.add_argument("endpoint", metavar="ENDPOINT")
+    model_args(p, required=False)
+    p.set_defaults(func=cmd_update)
+
+    p = sub.add_parser("autoscale", help="target tracking on invocations per instance", parents=[common])
+    p.add_argument("endpoint", metavar="ENDPOINT")
+    p.add_argument("--min", type=int, required=True)
+    p.add_argument("--max", type=int, required=True)
+    p.add_argument("--target-invocations", type=_positive_float, required=True, metavar="X",
+                   help="invocations per instance per minute to hold")
+    p.add_argument("--variant", help="production variant (default: the endpoint's first)")
+    p.add_argument("--scale-in-cooldown", type=int, default=300)
+    p.add_argument("--scale-out-cooldown", type=int, default=60)
+    p.set_defaults(func=cmd_autoscale)
+
+    p = sub.add_parser("delete", help="delete endpoint, endpoint config and model", parents=[common, waiting])
+    p.add_argument("endpoint", metavar="ENDPOINT")
+    p.add_argument("--no-wait", action="store_true", help="do not wait for the endpoint to be gone")
+    p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("list", help="endpoints in the region", parents=[common])
+    p.add_argument("--name-contains")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("status", help="one endpoint: status, instances, image, model data, env",
+                       parents=[common])
+    p.add_argument("endpoint", metavar="ENDPOINT")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("local", help="run the image here as SageMaker would, optionally invoke once",
+                       parents=[common])
+    p.add_argument("--image", required=True)
+    p.add_argument("--model-data", required=True, metavar="DIR|TAR_GZ|S3_URI")
+    p.add_argument("--port", type=int, default=8080, help="host port (default 8080)")
+    p.add_argument("--host-ip", default="127.0.0.1", help="host address to publish on (default 127.0.0.1)")
+    p.add_argument("--env", action="append", metavar="K=V")
+    p.add_argument("--platform", help="override the platform (default: the image's own)")
+    p.add_argument("--ping-timeout", type=_positive_float, default=600.0,
+                   help="seconds to wait for /ping (default 600; emulated arm64 is slow)")
+    p.add_argument("--invoke", metavar="FILE", help="send FILE once, print the answer, stop")
+    p.add_argument("--content-type", help="for --invoke (default: from the extension, else application/json)")
+    p.add_argument("--accept")
+    p.add_argument("--softmax", action="store_true")
+    p.add_argument("--no-logs", action="store_true", help="do not stream the container's log")
+    p.set_defaults(func=cmd_local)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    console = Console(quiet=args.quiet)
+    try:
+        return args.func(args, console)
+    except DeployError as exc:
+        console.progress_done()
+        print(f"deploy: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except botocore.exceptions.NoCredentialsError:
+        print("deploy: error: no AWS credentials found (environment, profile or instance role)",
+              file=sys.stderr)
+        return 1
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+        console.progress_done()
+        print(f"deploy: error: {error_message(exc)}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        console.progress_done()
+        print("deploy: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

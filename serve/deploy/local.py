@@ -1,0 +1,238 @@
+"""Local mode: run the image on this machine the way SageMaker runs it on an instance.
+
+    docker run -v MODEL:/opt/ml/model:ro -p 127.0.0.1:PORT:8080 -e ... [--platform P] IMAGE serve
+
+The model archive is unpacked with the same safety checks as everywhere else; the same
+environment as `deploy create` is passed; /ping is polled until the model is loaded; then the
+container serves until Ctrl-C, or answers one request (--invoke FILE) and is stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import requests
+
+from . import archive
+from .endpoint import default_env
+from .errors import DeployError
+
+_SECRETISH = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|API_KEY", re.I)
+_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+@dataclass
+class LocalSpec:
+    image: str
+    model_data: str
+    port: int = 8080
+    host_ip: str = "127.0.0.1"
+    env: dict[str, str] = field(default_factory=dict)
+    region: str | None = None
+    platform: str | None = None
+    ping_timeout: float = 600.0
+    stop_timeout: int = 30
+    invoke_file: Path | None = None
+    content_type: str = "application/json"
+    accept: str | None = None
+    stream_logs: bool = True
+
+
+@dataclass
+class LocalResult:
+    status_code: int | None = None
+    body: bytes = b""
+    content_type: str = ""
+    container_exit_code: int | None = None
+    startup_seconds: float | None = None
+
+
+def host_arch() -> str:
+    return _ARCH.get(platform.machine().lower(), platform.machine().lower())
+
+
+def _docker(*args: str, check: bool = True, timeout: float | None = 120) -> subprocess.CompletedProcess:
+    try:
+        proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError as exc:
+        raise DeployError("the docker CLI is not installed (local mode runs the image with docker)") from exc
+    if check and proc.returncode != 0:
+        raise DeployError(f"docker {args[0]} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc
+
+
+def image_platform(image: str, info: Callable[[str], None]) -> str:
+    """'linux/arm64' for a local image; pulls it first when the engine does not have it."""
+    fmt = "{{.Os}}/{{.Architecture}}"
+    proc = _docker("image", "inspect", "--format", fmt, image, check=False)
+    if proc.returncode != 0:
+        info(f"pulling {image}")
+        _docker("pull", "-q", image, timeout=1800)
+        proc = _docker("image", "inspect", "--format", fmt, image)
+    return proc.stdout.strip()
+
+
+def prepare_model_dir(model_data: str, workdir: Path, download: Callable[[str, Path], None] | None) -> Path:
+    """A folder to mount at /opt/ml/model: the folder itself, or the archive safely unpacked."""
+    if model_data.startswith("s3://"):
+        if download is None:
+            raise DeployError("an s3:// model needs AWS access")
+        tarball = workdir / "model.tar.gz"
+        download(model_data, tarball)
+    else:
+        path = Path(model_data)
+        if not path.exists():
+            raise DeployError(f"model data {model_data} does not exist")
+        if path.is_dir():
+            archive.find_model(path)
+            return path.resolve()
+        tarball = path
+    target = workdir / "model"
+    archive.safe_extract(tarball, target)
+    archive.find_model(target)
+    return target.resolve()
+
+
+def _running(name: str) -> tuple[bool, int | None]:
+    proc = _docker("inspect", "--format", "{{.State.Running}} {{.State.ExitCode}}", name, check=False)
+    if proc.returncode != 0:
+        return False, None
+    running, code = proc.stdout.split()
+    return running == "true", int(code)
+
+
+def run(spec: LocalSpec, info: Callable[[str], None],
+        download: Callable[[str, Path], None] | None = None,
+        on_ready: Callable[[str], None] | None = None) -> LocalResult:
+    if _docker("version", "--format", "{{.Server.Version}}", check=False).returncode != 0:
+        raise DeployError("no Docker engine is answering (is dockerd running?)")
+    result = LocalResult()
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="deploy-local-")))
+        os.chmod(workdir, 0o755)
+        model_dir = prepare_model_dir(spec.model_data, workdir, download)
+        image_plat = image_platform(spec.image, info)
+        plat = spec.platform
+        if plat is None and image_plat.split("/")[-1] != host_arch():
+            plat = image_plat
+            if image_plat.endswith("arm64") and not Path("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists() \
+                    and host_arch() != "arm64":
+                raise DeployError(f"{spec.image} is {image_plat} and this host is {host_arch()} with no "
+                                  "qemu-aarch64 emulation registered: apt-get install qemu-user-static "
+                                  "binfmt-support && update-binfmts --enable qemu-aarch64")
+            info(f"{spec.image} is {image_plat}: running it under emulation (--platform {plat})")
+        env = {**default_env(spec.region or "", archive.has_user_code(model_dir)), **spec.env}
+        if not spec.region and "SAGEMAKER_REGION" not in spec.env:
+            env.pop("SAGEMAKER_REGION")
+        name = f"deploy-local-{secrets.token_hex(4)}"
+        cmd = ["run", "-d", "--name", name, "-v", f"{model_dir}:/opt/ml/model:ro",
+               "-p", f"{spec.host_ip}:{spec.port}:8080"]
+        if plat:
+            cmd += ["--platform", plat]
+        for key, value in env.items():
+            cmd += ["-e", f"{key}={value}"]
+        cmd += [spec.image, "serve"]
+        info("docker " + " ".join(_masked(cmd)))
+        _docker(*cmd)
+        stack.callback(_docker, "rm", "-f", name, check=False)
+        if spec.stream_logs:
+            logs = subprocess.Popen(["docker", "logs", "-f", name], stdout=None, stderr=None,
+                                    stdin=subprocess.DEVNULL)
+            stack.callback(_stop_process, logs)
+        url = f"http://{'127.0.0.1' if spec.host_ip in ('0.0.0.0', '') else spec.host_ip}:{spec.port}"
+
+        # SIGTERM (from a CI runner, say) ends local mode like Ctrl-C does
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        stack.callback(signal.signal, signal.SIGTERM, previous)
+        try:
+            start = time.monotonic()
+            _wait_for_ping(url, name, spec.ping_timeout, start)
+            result.startup_seconds = time.monotonic() - start
+            info(f"serving on {url} (ready after {result.startup_seconds:.1f} s)")
+            if on_ready:
+                on_ready(url)
+            if spec.invoke_file is not None:
+                body = Path(spec.invoke_file).read_bytes()
+                headers = {"Content-Type": spec.content_type}
+                if spec.accept:
+                    headers["Accept"] = spec.accept
+                resp = requests.post(f"{url}/invocations", data=body, headers=headers, timeout=300)
+                result.status_code = resp.status_code
+                result.body = resp.content
+                result.content_type = resp.headers.get("Content-Type", "")
+            else:
+                info("press Ctrl-C to stop")
+                while True:
+                    running, code = _running(name)
+                    if not running:
+                        result.container_exit_code = code
+                        raise DeployError(f"the container exited on its own with code {code}")
+                    time.sleep(1)
+        except KeyboardInterrupt:
+            info("stopping")
+        finally:
+            running, code = _running(name)
+            if running:
+                _docker("stop", "-t", str(spec.stop_timeout), name, check=False, timeout=spec.stop_timeout + 60)
+                running, code = _running(name)
+            result.container_exit_code = code
+            info(f"container {name} stopped (exit code {code})")
+    return result
+
+
+def _masked(cmd: list[str]) -> list[str]:
+    """The command line with values of secret-looking variables hidden."""
+    out = []
+    for part in cmd:
+        key, sep, _ = part.partition("=")
+        if sep and _SECRETISH.search(key) and out and out[-1] == "-e":
+            part = f"{key}=***"
+        out.append(part)
+    return out
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _wait_for_ping(url: str, name: str, timeout: float, start: float) -> None:
+    while True:
+        try:
+            if requests.get(f"{url}/ping", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        running, code = _running(name)
+        if not running:
+            logs = _docker("logs", "--tail", "30", name, check=False)
+            tail = (logs.stdout + logs.stderr).strip()
+            raise DeployError(f"the container exited with code {code} before /ping answered 200"
+                              + (f"; last log lines:\n{tail}" if tail else ""))
+        if time.monotonic() - start > timeout:
+            raise DeployError(f"/ping did not answer 200 within {timeout:.0f} s (--ping-timeout)")
+        time.sleep(1)
+
+
+def which_docker() -> str | None:
+    return shutil.which("docker")
