@@ -1,0 +1,135 @@
+"""The HTTP layer: SageMaker's routes, TF Serving's predict route, and status codes.
+
+Routes only translate between HTTP and the handler: every error is a ``ServeError`` (or an
+HTTP error from werkzeug, such as 413) rendered as ``{"error": "..."}``.
+"""
+from __future__ import annotations
+
+import logging
+import re
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+from . import codecs
+from .errors import BadRequest, ModelNotReady, ServeError
+from .handlers import Invocation
+from .settings import Settings
+from .worker import WorkerState
+
+log = logging.getLogger(__name__)
+access = logging.getLogger("serve.access")
+
+CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+_TFS_TARGET = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/[^/:]+)?(?::(?P<method>\w+))?$")
+
+
+def _json(body: bytes, status: int = 200) -> Response:
+    return Response(body, status=status, mimetype=codecs.JSON)
+
+
+def _error(status: int, message: str) -> Response:
+    return _json(codecs.encode_error(message), status)
+
+
+def create_app(settings: Settings, state: WorkerState, workers: int) -> Flask:
+    app = Flask("serve")
+    # werkzeug refuses a larger Content-Length up front and stops reading a chunked body at the limit.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
+    limit_hint = f"the limit is {settings.max_payload_in_mb} MB (SAGEMAKER_MAX_PAYLOAD_IN_MB)"
+
+    def require_ready():
+        if state.status == "failed":
+            raise ModelNotReady(f"model failed to load: {state.error}")
+        if not state.ready:
+            raise ModelNotReady("model is still loading; retry when GET /ping answers 200")
+
+    def read_body() -> bytes:
+        return request.get_data(cache=False)
+
+    @app.get("/ping")
+    def ping():
+        if state.ready:
+            return Response(b"", status=200)
+        require_ready()
+
+    @app.post("/invocations")
+    def invocations():
+        require_ready()
+        result = state.handler.handle(Invocation(
+            body=read_body(),
+            content_type=request.headers.get("Content-Type"),
+            accept=request.headers.get("Accept"),
+            custom_attributes=request.headers.get(CUSTOM_ATTRIBUTES),
+        ))
+        return Response(result.body, status=200, content_type=result.content_type)
+
+    @app.get("/execution-parameters")
+    def execution_parameters():
+        # Each worker keeps one batch in its model while the next request is decoded.
+        return _json(codecs.orjson.dumps({
+            "MaxConcurrentTransforms": 2 * workers,
+            "BatchStrategy": "MULTI_RECORD",
+            "MaxPayloadInMB": settings.max_payload_in_mb,
+        }))
+
+    def tfs_target(target: str):
+        match = _TFS_TARGET.match(target)
+        if not match:
+            raise BadRequest(f"unknown TF Serving path /v1/models/{target}")
+        require_ready()
+        if state.default is None:
+            raise BadRequest("this server's model comes from model_fn, so TF Serving's API is not available")
+        if match["name"] != state.default.model.name:
+            raise BadRequest(f"no model named '{match['name']}'; this server has '{state.default.model.name}'")
+        return match
+
+    @app.post("/v1/models/<path:target>")
+    def tfs_predict(target: str):
+        """TF Serving's REST predict API, which handler(data, context) scripts call at context.rest_uri."""
+        match = tfs_target(target)
+        if (match["method"] or "predict") != "predict":
+            raise BadRequest(f"only :predict is served, not :{match['method']}")
+        result = state.default.handle(Invocation(read_body(), codecs.JSON, codecs.JSON))
+        return Response(result.body, status=200, content_type=result.content_type)
+
+    @app.get("/v1/models/<path:target>")
+    def tfs_status(target: str):
+        tfs_target(target)
+        version = state.default.model.location.version or "1"
+        return _json(codecs.orjson.dumps({"model_version_status": [
+            {"version": version, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}))
+
+    @app.errorhandler(ServeError)
+    def serve_error(exc: ServeError):
+        if exc.status >= 500 and not isinstance(exc, ModelNotReady):
+            log.error("%s %s -> %d: %s", request.method, request.path, exc.status, exc.message)
+        return _error(exc.status, exc.message)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        message = exc.description or exc.name
+        if exc.code == 413:
+            message = f"request body is larger than {limit_hint}"
+        elif exc.code == 404:
+            message = (f"no route {request.method} {request.path}; "
+                       f"use GET /ping, POST /invocations or GET /execution-parameters")
+        elif exc.code == 405:
+            message = f"{request.method} is not allowed on {request.path}"
+        return _error(exc.code or 500, message)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        log.exception("%s %s failed", request.method, request.path)
+        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    @app.after_request
+    def log_request(response: Response):
+        # /ping every few seconds would drown everything else, so it is only ever DEBUG.
+        level = logging.DEBUG if request.path == "/ping" or response.status_code < 400 else logging.INFO
+        if access.isEnabledFor(level):
+            access.log(level, "%s %s %d %s", request.method, request.path, response.status_code,
+                       response.content_length)
+        return response
+
+    return app

@@ -1,0 +1,171 @@
+"""Adaptive batching: concurrent requests for the same signature and shape become one model call.
+
+One thread per worker owns the model. It takes the oldest waiting request and every
+other waiting request that can be stacked with it (same signature, same per-instance
+shapes and dtypes) up to ``max_batch_size`` instances, runs them as one call and hands
+each caller its own rows back. While a call runs, new requests queue, so under load
+batches form by themselves; a lone request at low load is run at once. The wait
+(``max_wait``) is spent only when more requests are known to be on their way
+(``arriving`` > 0: they have been received and are being decoded), never on a guess.
+
+A request that fails inside a batch is retried alone, so one bad request fails by
+itself and not its batch-mates.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, TimeoutError as FutureTimeout
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Hashable
+
+import numpy as np
+
+from .errors import RequestTimeout
+
+log = logging.getLogger(__name__)
+
+Arrays = dict[str, np.ndarray]
+ModelCall = Callable[[str, Arrays], Arrays]
+
+
+@dataclass
+class _Item:
+    signature: str
+    inputs: Arrays
+    size: int
+    key: Hashable
+    future: Future = field(default_factory=Future)
+
+
+def _stack_key(signature: str, inputs: Arrays) -> Hashable:
+    return signature, tuple(sorted((n, a.shape[1:], a.dtype.str) for n, a in inputs.items()))
+
+
+class Batcher:
+    def __init__(self, call: ModelCall, max_batch_size: int, max_wait: float,
+                 batchable: Callable[[str], bool] = lambda signature: True):
+        self._call = call
+        self._max = max_batch_size
+        self._max_wait = max_wait
+        self._batchable = batchable
+        self._queue: deque[_Item] = deque()
+        self._cond = threading.Condition()
+        self._arriving = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
+        self._thread.start()
+        self.stats = {"calls": 0, "items": 0, "largest": 0}
+
+    @contextmanager
+    def arriving(self):
+        """Announce a request that is being decoded, so a forming batch may wait for it."""
+        with self._cond:
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._arriving -= 1
+                self._cond.notify()
+
+    def submit(self, signature: str, inputs: Arrays) -> Future:
+        first = next(iter(inputs.values()), None)
+        size = first.shape[0] if first is not None and first.ndim else 1
+        item = _Item(signature, inputs, size, _stack_key(signature, inputs))
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("batcher is closed")
+            self._queue.append(item)
+            self._cond.notify()
+        return item.future
+
+    @staticmethod
+    def wait(future: Future, timeout: float) -> Arrays:
+        try:
+            return future.result(timeout=timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise RequestTimeout(f"inference did not finish within {timeout:.0f} s "
+                                 f"(SAGEMAKER_MODEL_SERVER_TIMEOUT)") from None
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    # -- the model thread ------------------------------------------------------------------------
+
+    def _take(self) -> list[_Item] | None:
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if not self._queue:
+                return None
+            first = self._queue.popleft()
+            batch, total = [first], first.size
+            if not self._batchable(first.signature) or first.size >= self._max:
+                return batch
+            deadline = time.monotonic() + self._max_wait
+            while True:
+                total = self._gather(batch, total)
+                remaining = deadline - time.monotonic()
+                if total >= self._max or self._arriving == 0 or remaining <= 0 or self._closed:
+                    return batch
+                self._cond.wait(remaining)
+
+    def _gather(self, batch: list[_Item], total: int) -> int:
+        key = batch[0].key
+        kept: deque[_Item] = deque()
+        while self._queue:
+            item = self._queue.popleft()
+            if item.key == key and total + item.size <= self._max:
+                batch.append(item)
+                total += item.size
+            else:
+                kept.append(item)
+        self._queue.extendleft(reversed(kept))
+        return total
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            batch = [item for item in batch if item.future.set_running_or_notify_cancel()]
+            if batch:
+                self._execute(batch)
+
+    def _execute(self, batch: list[_Item]) -> None:
+        self.stats["calls"] += 1
+        self.stats["items"] += len(batch)
+        self.stats["largest"] = max(self.stats["largest"], sum(i.size for i in batch))
+        if len(batch) == 1:
+            self._run_alone(batch[0])
+            return
+        names = batch[0].inputs.keys()
+        stacked = {n: np.concatenate([item.inputs[n] for item in batch]) for n in names}
+        try:
+            outputs = self._call(batch[0].signature, stacked)
+            total = sum(item.size for item in batch)
+            if any(len(a) != total for a in outputs.values()):
+                raise ValueError("outputs do not have one row per instance")
+        except Exception as exc:  # find the culprit: each request runs alone
+            log.debug("batch of %d failed (%s); running its requests one by one", len(batch), exc)
+            for item in batch:
+                self._run_alone(item)
+            return
+        start = 0
+        for item in batch:
+            end = start + item.size
+            item.future.set_result({n: a[start:end] for n, a in outputs.items()})
+            start = end
+
+    def _run_alone(self, item: _Item) -> None:
+        try:
+            item.future.set_result(self._call(item.signature, item.inputs))
+        except Exception as exc:
+            item.future.set_exception(exc)

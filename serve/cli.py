@@ -1,0 +1,68 @@
+"""The `serve` command: settings -> CPU tuning -> user code set-up -> gunicorn.
+
+SageMaker runs ``docker run IMAGE serve``; the same command serves on a plain host.
+Any problem that would leave a half-working server (a bad variable, a failed
+requirements install, a script that cannot be found) exits non-zero here, before the
+port is opened.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+from . import __version__
+from .model import ModelNotFound, find_model
+from .settings import SettingsError, load_settings
+from .tuning import apply_environment, detect_cpu, plan
+from .usercode import UserCodeSetupError, install_requirements, locate
+
+log = logging.getLogger("serve")
+
+
+def configure_logging(level: int) -> None:
+    logging.basicConfig(
+        level=level, stream=sys.stderr,
+        format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("-h", "--help"):
+        print("usage: serve\n\nStarts the SageMaker inference server; configured only by environment "
+              "variables (see README).")
+        return 0
+    if args and args[0] == "--version":
+        print(__version__)
+        return 0
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"serve: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.container_log_level)
+
+    tuning = plan(settings, detect_cpu())
+    apply_environment(tuning)
+    try:
+        code = locate(settings)
+        if code:
+            install_requirements(code)
+    except UserCodeSetupError as exc:
+        log.error("%s", exc)
+        return 1
+    try:
+        model = str(find_model(settings.model_dir))
+    except ModelNotFound as exc:
+        model = "none found" + (" (model_fn will load it)" if code else f": {exc}")
+    log.info("serve %s on 0.0.0.0:%d: %s, model %s, signature serving_default unless the request names "
+             "another, user code %s", __version__, settings.bind_to_port, tuning.describe(), model,
+             code.script if code else "none")
+
+    from .server import ServeApplication
+
+    ServeApplication(settings, tuning, code).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""Request bodies to NumPy, and NumPy back to response bodies, by media type.
+
+Decoding and encoding go straight between bytes and arrays (orjson, np.loadtxt,
+np.load/np.save) with no Python loop over elements; the only loops are over
+instances or named tensors.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Mapping, Union
+
+import numpy as np
+import orjson
+from werkzeug.datastructures import MIMEAccept
+from werkzeug.http import parse_accept_header
+
+from .errors import BadRequest, NotAcceptable, UnsupportedContentType
+
+JSON = "application/json"
+JSONLINES = "application/jsonlines"
+CSV = "text/csv"
+NPY = "application/x-npy"
+NPZ = "application/x-npz"
+
+_ALIASES = {
+    "application/json": JSON, "application/x-json": JSON,
+    "application/jsonlines": JSONLINES, "application/jsonl": JSONLINES,
+    "application/x-jsonlines": JSONLINES, "application/x-ndjson": JSONLINES,
+    "text/csv": CSV, "application/csv": CSV,
+    "application/x-npy": NPY, "application/npy": NPY,
+    "application/x-npz": NPZ, "application/npz": NPZ,
+}
+DECODABLE = (JSON, JSONLINES, CSV, NPY, NPZ)
+ENCODABLE = (JSON, JSONLINES, CSV, NPY, NPZ)
+
+Inputs = Union[np.ndarray, dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Decoded:
+    inputs: Inputs                 # one unnamed array, or arrays by input name
+    signature_name: str | None
+    columnar: bool                 # TF Serving's {"inputs": ...}: answer {"outputs": ...}
+
+
+def media_type(header: str | None, default: str = JSON) -> str:
+    """'Application/JSON; charset=utf-8' -> 'application/json', with known aliases folded."""
+    if not header:
+        return default
+    base = header.split(";", 1)[0].strip().lower()
+    return _ALIASES.get(base, base)
+
+
+def negotiate(accept_header: str | None) -> str:
+    """The response media type for an Accept header; JSON when it is missing or */*."""
+    if not accept_header or accept_header.strip() in ("*/*", ""):
+        return JSON
+    accept = parse_accept_header(accept_header, MIMEAccept)
+    best = accept.best_match(list(_ALIASES), default=None)
+    if best is None:
+        raise NotAcceptable(
+            f"cannot answer with Accept: {accept_header}; supported: {', '.join(ENCODABLE)}")
+    return _ALIASES[best]
+
+
+# -- decoding ---------------------------------------------------------------------------------------
+
+def decode(body: bytes, content_type: str | None) -> Decoded:
+    kind = media_type(content_type)
+    if kind not in DECODABLE:
+        raise UnsupportedContentType(
+            f"Content-Type {content_type!r} is not supported; use one of {', '.join(DECODABLE)}")
+    if not body:
+        raise BadRequest("request body is empty")
+    return _DECODERS[kind](body)
+
+
+def _array(value, what: str) -> np.ndarray:
+    try:
+        array = np.asarray(value)
+    except ValueError as exc:  # ragged nesting
+        raise BadRequest(f"{what}: every instance must have the same shape ({exc})") from None
+    if array.dtype == object:
+        raise BadRequest(f"{what}: every instance must have the same shape and hold numbers or strings")
+    return array
+
+
+def _stack_rows(rows: list, what: str) -> Inputs:
+    """Row format: a list of instances, each a value or a {input_name: value} object."""
+    if rows and all(isinstance(r, dict) for r in rows):
+        names = rows[0].keys()
+        if any(r.keys() != names for r in rows):
+            raise BadRequest(f"{what}: every instance must name the same inputs")
+        return {n: _array([r[n] for r in rows], f"{what} input '{n}'") for n in names}
+    return _array(rows, what)
+
+
+def _loads(body: bytes, what: str):
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"{what} is not valid JSON: {exc}") from None
+
+
+def _decode_json(body: bytes) -> Decoded:
+    doc = _loads(body, "request body")
+    if isinstance(doc, list):
+        return Decoded(_array(doc, "JSON array"), None, columnar=False)
+    if not isinstance(doc, dict):
+        raise BadRequest('JSON body must be {"instances": [...]}, {"inputs": ...} or an array')
+    signature = doc.get("signature_name")
+    if signature is not None and not isinstance(signature, str):
+        raise BadRequest("signature_name must be a string")
+    if "instances" in doc and "inputs" in doc:
+        raise BadRequest('send either "instances" (row format) or "inputs" (columnar format), not both')
+    if "instances" in doc:
+        rows = doc["instances"]
+        if not isinstance(rows, list):
+            raise BadRequest('"instances" must be a list with one entry per instance')
+        return Decoded(_stack_rows(rows, '"instances"'), signature, columnar=False)
+    if "inputs" in doc:
+        cols = doc["inputs"]
+        if isinstance(cols, dict):
+            return Decoded({n: _array(v, f'"inputs" \'{n}\'') for n, v in cols.items()}, signature, True)
+        return Decoded(_array(cols, '"inputs"'), signature, columnar=True)
+    raise BadRequest('JSON object must have "instances" (row format) or "inputs" (columnar format)')
+
+
+def _decode_jsonlines(body: bytes) -> Decoded:
+    rows = [_loads(line, f"line {i + 1}") for i, line in enumerate(body.splitlines()) if line.strip()]
+    if not rows:
+        raise BadRequest("JSON Lines body has no instances")
+    return Decoded(_stack_rows(rows, "JSON Lines"), None, columnar=False)
+
+
+def _decode_csv(body: bytes) -> Decoded:
+    try:
+        array = np.loadtxt(io.BytesIO(body), delimiter=",", ndmin=2, dtype=np.float64)
+    except ValueError as exc:
+        raise BadRequest(f"CSV must hold one instance per row, numbers only, no header: {exc}") from None
+    return Decoded(array, None, columnar=False)
+
+
+def _decode_npy(body: bytes) -> Decoded:
+    try:
+        return Decoded(np.load(io.BytesIO(body), allow_pickle=False), None, columnar=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise BadRequest(f"body is not a .npy array (np.save output, no pickled objects): {exc}") from None
+
+
+def _decode_npz(body: bytes) -> Decoded:
+    try:
+        with np.load(io.BytesIO(body), allow_pickle=False) as archive:
+            return Decoded({name: archive[name] for name in archive.files}, None, columnar=True)
+    except (ValueError, OSError, EOFError) as exc:
+        raise BadRequest(f"body is not a .npz archive (np.savez output): {exc}") from None
+
+
+_DECODERS = {JSON: _decode_json, JSONLINES: _decode_jsonlines, CSV: _decode_csv, NPY: _decode_npy,
+             NPZ: _decode_npz}
+
+
+# -- encoding ---------------------------------------------------------------------------------------
+
+_ORJSON = orjson.OPT_SERIALIZE_NUMPY
+
+
+def _json_ready(array: np.ndarray):
+    if array.dtype == object:  # tf.string outputs
+        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in array.ravel()] \
+            if array.ndim <= 1 else array.tolist()
+    return np.ascontiguousarray(array)
+
+
+def _rows(outputs: Mapping[str, np.ndarray]) -> list:
+    """Row format for several outputs: one {name: value} per instance, as TF Serving answers."""
+    count = len(next(iter(outputs.values())))
+    return [{n: _json_ready(np.asarray(a[i])) for n, a in outputs.items()} for i in range(count)]
+
+
+def _only(outputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    return next(iter(outputs.values())) if len(outputs) == 1 else None
+
+
+def encode(outputs: Mapping[str, np.ndarray], accept: str, columnar: bool = False) -> tuple[bytes, str]:
+    """Encode model outputs for the negotiated media type (see ``negotiate``)."""
+    single = _only(outputs)
+    if accept == JSON:
+        if columnar:
+            value = _json_ready(single) if single is not None else {n: _json_ready(a) for n, a in outputs.items()}
+            return orjson.dumps({"outputs": value}, option=_ORJSON), JSON
+        value = _json_ready(single) if single is not None else _rows(outputs)
+        return orjson.dumps({"predictions": value}, option=_ORJSON), JSON
+    if accept == JSONLINES:
+        rows = [_json_ready(r) for r in single] if single is not None else _rows(outputs)
+        return b"\n".join(orjson.dumps(r, option=_ORJSON) for r in rows) + b"\n", JSONLINES
+    if accept == CSV:
+        return _encode_csv(outputs), CSV
+    if accept == NPY:
+        if single is None:
+            raise NotAcceptable(f"{NPY} holds one array but the model returns {sorted(outputs)}; "
+                                f"ask for {NPZ} or {JSON}")
+        buf = io.BytesIO()
+        np.save(buf, single, allow_pickle=False)
+        return buf.getvalue(), NPY
+    if accept == NPZ:
+        buf = io.BytesIO()
+        np.savez(buf, **outputs)
+        return buf.getvalue(), NPZ
+    raise NotAcceptable(f"cannot encode {accept}; supported: {', '.join(ENCODABLE)}")
+
+
+def _encode_csv(outputs: Mapping[str, np.ndarray]) -> bytes:
+    columns = []
+    for name, array in outputs.items():
+        if array.dtype == object or array.ndim == 0:
+            raise NotAcceptable(f"output '{name}' cannot be written as CSV; ask for {JSON}")
+        columns.append(array.reshape(array.shape[0], -1))
+    table = np.concatenate(columns, axis=1) if len(columns) > 1 else columns[0]
+    fmt = "%d" if table.dtype.kind in "iub" else "%.9g"
+    buf = io.BytesIO()
+    np.savetxt(buf, table, fmt=fmt, delimiter=",")
+    return buf.getvalue()
+
+
+def encode_error(message: str) -> bytes:
+    return orjson.dumps({"error": message})

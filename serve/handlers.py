@@ -1,0 +1,280 @@
+"""From an invocation to a response body: the default path, or the user's inference.py.
+
+Three handlers, one interface (``handle(Invocation) -> Result``):
+- ``DefaultHandler``: decode -> signature -> batcher -> encode.
+- ``TfsHandler``: scripts written for AWS's TensorFlow serving container
+  (``input_handler``/``output_handler`` or ``handler``), given the same ``context`` fields and a
+  real ``requests.Response`` from the model, as that container does.
+- ``ToolkitHandler``: scripts written for the sagemaker-inference-toolkit (``model_fn``,
+  ``input_fn``, ``predict_fn``, ``output_fn`` or ``transform_fn``); what a script leaves out
+  falls back to the defaults.
+"""
+from __future__ import annotations
+
+import inspect
+import io
+import logging
+import re
+from collections import namedtuple
+from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import orjson
+import requests
+
+from . import codecs
+from .batching import Batcher
+from .errors import RequestTimeout, ServeError, UserCodeError
+from .model import Model
+
+log = logging.getLogger(__name__)
+
+TFS_FUNCTIONS = ("handler", "input_handler", "output_handler")
+TOOLKIT_FUNCTIONS = ("model_fn", "input_fn", "predict_fn", "output_fn", "transform_fn")
+
+# The field names of AWS's TensorFlow serving container's context, in its order.
+Context = namedtuple(
+    "Context",
+    "model_name, model_version, method, rest_uri, grpc_port, channel, "
+    "custom_attributes, request_content_type, accept_header, content_length")
+
+
+@dataclass(frozen=True)
+class Invocation:
+    body: bytes
+    content_type: str | None
+    accept: str | None
+    custom_attributes: str | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    body: bytes
+    content_type: str
+
+
+class Handler(Protocol):
+    def handle(self, invocation: Invocation) -> Result: ...
+
+
+class DefaultHandler:
+    def __init__(self, model: Model, batcher: Batcher, timeout: float):
+        self.model = model
+        self._batcher = batcher
+        self._timeout = timeout
+
+    def predict(self, inputs: codecs.Inputs, signature_name: str | None = None) -> dict[str, np.ndarray]:
+        signature = self.model.signature(signature_name)
+        future = self._batcher.submit(signature.name, signature.prepare(inputs))
+        return self._batcher.wait(future, self._timeout)
+
+    def handle(self, invocation: Invocation) -> Result:
+        accept = codecs.negotiate(invocation.accept)  # before any work: a 406 costs nothing
+        with self._batcher.arriving():
+            decoded = codecs.decode(invocation.body, invocation.content_type)
+            signature = self.model.signature(decoded.signature_name)
+            future = self._batcher.submit(signature.name, signature.prepare(decoded.inputs))
+        outputs = self._batcher.wait(future, self._timeout)
+        return Result(*codecs.encode(outputs, accept, columnar=decoded.columnar))
+
+
+class _Watchdog:
+    """Runs user code on a pool thread so that a hung script answers 504 instead of hanging."""
+
+    def __init__(self, timeout: float, threads: int):
+        self._timeout = timeout
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="user-code")
+
+    def run(self, fn: Callable[[], Result]) -> Result:
+        future = self._pool.submit(fn)
+        try:
+            return future.result(timeout=self._timeout)
+        except FutureTimeout:
+            raise RequestTimeout(f"inference.py did not answer within {self._timeout:.0f} s "
+                                 f"(SAGEMAKER_MODEL_SERVER_TIMEOUT)") from None
+
+
+def _user_call(what: str, fn: Callable, *args):
+    """Call into inference.py; its exceptions become 500s carrying their message."""
+    try:
+        return fn(*args)
+    except ServeError:
+        raise
+    except Exception as exc:
+        log.exception("%s raised", what)
+        raise UserCodeError(f"{what} raised {type(exc).__name__}: {exc}") from exc
+
+
+def _to_bytes(body: Any) -> bytes:
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return bytes(body)
+    if isinstance(body, str):
+        return body.encode("utf-8")
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _as_outputs(prediction: Any) -> dict[str, np.ndarray]:
+    if isinstance(prediction, dict):
+        return {str(k): np.asarray(v) for k, v in prediction.items()}
+    if hasattr(prediction, "numpy"):
+        prediction = prediction.numpy()
+    return {"output": np.asarray(prediction)}
+
+
+def _tfs_attributes(header: str | None) -> dict[str, str]:
+    if not header:
+        return {}
+    return dict(m.split("=", 1) for m in re.findall(r"(tfs-[a-z\-]+=[^,]+)", header))
+
+
+class TfsHandler:
+    """AWS TensorFlow serving container scripts, run unchanged."""
+
+    def __init__(self, module: ModuleType, default: DefaultHandler, port: int, watchdog: _Watchdog):
+        self._module = module
+        self._default = default
+        self._port = port
+        self._watchdog = watchdog
+        self._handler = getattr(module, "handler", None)
+        self._input = getattr(module, "input_handler", None)
+        self._output = getattr(module, "output_handler", None)
+
+    def context(self, invocation: Invocation) -> Context:
+        attrs = _tfs_attributes(invocation.custom_attributes)
+        name = attrs.get("tfs-model-name", self._default.model.name)
+        version = attrs.get("tfs-model-version")
+        method = attrs.get("tfs-method", "predict")
+        uri = f"http://127.0.0.1:{self._port}/v1/models/{name}"
+        uri += (f"/versions/{version}" if version else "") + f":{method}"
+        return Context(name, version, method, uri, None, None, invocation.custom_attributes,
+                       invocation.content_type or codecs.JSON, invocation.accept or codecs.JSON,
+                       len(invocation.body))
+
+    def model_response(self, request_body: Any) -> requests.Response:
+        """What TF Serving's REST API would have answered, as the requests.Response scripts expect."""
+        response = requests.Response()
+        response.headers["Content-Type"] = codecs.JSON
+        response.encoding = "utf-8"
+        try:
+            result = self._default.handle(Invocation(_to_bytes(request_body), codecs.JSON, codecs.JSON))
+            response.status_code, response._content = 200, result.body
+        except ServeError as exc:
+            response.status_code, response._content = exc.status, codecs.encode_error(exc.message)
+        response.reason = requests.status_codes._codes.get(response.status_code, ("",))[0].upper()
+        return response
+
+    def handle(self, invocation: Invocation) -> Result:
+        return self._watchdog.run(lambda: self._handle(invocation))
+
+    def _handle(self, invocation: Invocation) -> Result:
+        context = self.context(invocation)
+        data = io.BytesIO(invocation.body)
+        if self._handler is not None:
+            body, content_type = _user_call("handler", self._handler, data, context)
+            return Result(_to_bytes(body), content_type or context.accept_header)
+        request_body = (_user_call("input_handler", self._input, data, context)
+                        if self._input else invocation.body)
+        response = self.model_response(request_body)
+        if self._output is None:
+            if response.status_code != 200:
+                raise ServeError(response.json()["error"], status=response.status_code)
+            return Result(response.content, codecs.JSON)
+        try:
+            body, content_type = _user_call("output_handler", self._output, response, context)
+        except UserCodeError as exc:
+            if response.status_code != 200:  # the script re-raised the model's own complaint
+                raise ServeError(response.json()["error"], status=response.status_code) from exc
+            raise
+        return Result(_to_bytes(body), content_type or context.accept_header)
+
+
+def _takes_context(fn: Callable, required: int) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) > required or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+class ToolkitHandler:
+    """sagemaker-inference-toolkit scripts, run unchanged; missing functions use the defaults."""
+
+    def __init__(self, module: ModuleType, model: Any, default: DefaultHandler | None, watchdog: _Watchdog):
+        self._model = model
+        self._default = default
+        self._watchdog = watchdog
+        self._fns = {name: getattr(module, name, None) for name in TOOLKIT_FUNCTIONS}
+
+    def _call(self, name: str, context: Context, *args):
+        fn = self._fns[name]
+        required = len(args)
+        if _takes_context(fn, required):
+            args = (*args, context)
+        return _user_call(name, fn, *args)
+
+    def handle(self, invocation: Invocation) -> Result:
+        return self._watchdog.run(lambda: self._handle(invocation))
+
+    def _default_predict(self, data: Any, signature_name: str | None) -> dict[str, np.ndarray]:
+        if self._default is not None and isinstance(self._model, Model):
+            return self._default.predict(data, signature_name)
+        model = self._model
+        fn = getattr(model, "predict", None) or model
+        return _as_outputs(_user_call("the model returned by model_fn", fn, data))
+
+    def _handle(self, invocation: Invocation) -> Result:
+        content_type = invocation.content_type or codecs.JSON
+        accept = invocation.accept or codecs.JSON
+        context = Context(getattr(self._model, "name", "model"), None, "predict", None, None, None,
+                          invocation.custom_attributes, content_type, accept, len(invocation.body))
+        if self._fns["transform_fn"]:
+            result = self._call("transform_fn", context, self._model, invocation.body, content_type, accept)
+            return self._result(result, accept)
+        if self._fns["output_fn"] is None:
+            codecs.negotiate(invocation.accept)  # fail a bad Accept before doing any work
+        signature, columnar = None, False
+        if self._fns["input_fn"]:
+            data = self._call("input_fn", context, invocation.body, content_type)
+        else:
+            decoded = codecs.decode(invocation.body, content_type)
+            data, signature, columnar = decoded.inputs, decoded.signature_name, decoded.columnar
+        if self._fns["predict_fn"]:
+            prediction = self._call("predict_fn", context, data, self._model)
+        else:
+            prediction = self._default_predict(data, signature)
+        if self._fns["output_fn"]:
+            return self._result(self._call("output_fn", context, prediction, accept), accept)
+        return Result(*codecs.encode(_as_outputs(prediction), codecs.negotiate(invocation.accept), columnar))
+
+    @staticmethod
+    def _result(result: Any, accept: str) -> Result:
+        if isinstance(result, tuple) and len(result) == 2:
+            return Result(_to_bytes(result[0]), result[1] or accept)
+        return Result(_to_bytes(result), accept)
+
+
+def style_of(module: ModuleType | None) -> str:
+    if module is None:
+        return "default"
+    if any(hasattr(module, f) for f in TFS_FUNCTIONS):
+        return "tfs"
+    if any(hasattr(module, f) for f in TOOLKIT_FUNCTIONS):
+        return "toolkit"
+    raise ValueError(
+        f"{module.__file__} defines none of {', '.join(TFS_FUNCTIONS + TOOLKIT_FUNCTIONS)}; "
+        f"see README 'User code'")
+
+
+def build_handler(module: ModuleType | None, model: Any, default: DefaultHandler | None,
+                  port: int, timeout: float, threads: int) -> Handler:
+    style = style_of(module)
+    if style == "default":
+        return default
+    watchdog = _Watchdog(timeout, threads)
+    if style == "tfs":
+        return TfsHandler(module, default, port, watchdog)
+    return ToolkitHandler(module, model, default, watchdog)

@@ -1,0 +1,124 @@
+"""What the CPU offers, turned into TensorFlow/oneDNN settings before TensorFlow is imported.
+
+A value the user set always wins; we only fill in what is missing. The defaults
+come from measurements (README, "Performance"): one worker per two vCPUs keeps
+Python's per-request work (HTTP, JSON) off the cores the model needs, and the
+adaptive batcher turns concurrency into batch size, so each worker's model call
+gets the worker's share of the cores as intra-op threads.
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from .settings import Settings
+
+
+@dataclass(frozen=True)
+class Cpu:
+    arch: str          # "arm64" or "amd64" (or whatever the machine says)
+    vcpus: int         # usable vCPUs: affinity, capped by a cgroup CPU quota
+    bf16: bool         # has bf16 matrix units oneDNN can use (arm64 bf16, x86 AMX)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    cpu: Cpu
+    workers: int
+    intra_op_threads: int
+    inter_op_threads: int
+    onednn: str        # value of TF_ENABLE_ONEDNN_OPTS in effect
+    fpmath: str        # value of DNNL_DEFAULT_FPMATH_MODE in effect ("" = oneDNN default, fp32)
+
+    def environment(self) -> dict[str, str]:
+        env = {"TF_ENABLE_ONEDNN_OPTS": self.onednn}
+        if self.fpmath:
+            env["DNNL_DEFAULT_FPMATH_MODE"] = self.fpmath
+        return env
+
+    def describe(self) -> str:
+        return (f"arch={self.cpu.arch} vcpus={self.cpu.vcpus} bf16_units={self.cpu.bf16} "
+                f"workers={self.workers} intra_op_threads={self.intra_op_threads} "
+                f"inter_op_threads={self.inter_op_threads} TF_ENABLE_ONEDNN_OPTS={self.onednn} "
+                f"DNNL_DEFAULT_FPMATH_MODE={self.fpmath or 'unset (fp32)'}")
+
+
+def _arch() -> str:
+    machine = platform.machine().lower()
+    return {"aarch64": "arm64", "arm64": "arm64", "x86_64": "amd64", "amd64": "amd64"}.get(machine, machine)
+
+
+def _cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs allowed by a CFS quota (cgroup v2 cpu.max or v1 cfs_quota_us), None when unlimited."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        if quota != "max":
+            return int(quota) / int(period)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def usable_vcpus() -> int:
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        count = os.cpu_count() or 1
+    limit = _cgroup_cpu_limit()
+    if limit is not None:
+        count = min(count, max(1, math.ceil(limit)))
+    return max(1, count)
+
+
+def _has_bf16_units(arch: str, cpuinfo: str) -> bool:
+    flags = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            flags.update(value.split())
+    if arch == "arm64":
+        return "bf16" in flags
+    return "amx_bf16" in flags  # avx512_bf16 alone has no matrix unit; oneDNN keeps fp32 kernels
+
+
+def detect_cpu() -> Cpu:
+    arch = _arch()
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpuinfo = ""
+    return Cpu(arch=arch, vcpus=usable_vcpus(), bf16=_has_bf16_units(arch, cpuinfo))
+
+
+def default_workers(vcpus: int) -> int:
+    """One worker per two vCPUs (at least one); see the module docstring and README."""
+    return max(1, vcpus // 2)
+
+
+def plan(settings: Settings, cpu: Cpu) -> Tuning:
+    workers = settings.model_server_workers or default_workers(cpu.vcpus)
+    share = max(1, cpu.vcpus // workers)
+    intra = settings.tfs_intra_op_parallelism or share
+    inter = settings.tfs_inter_op_parallelism or (2 if share >= 4 else 1)
+    onednn = settings.tf_enable_onednn_opts or "1"
+    if settings.dnnl_default_fpmath_mode is not None:
+        fpmath = settings.dnnl_default_fpmath_mode
+    else:
+        fpmath = "BF16" if cpu.bf16 else ""
+    return Tuning(cpu=cpu, workers=workers, intra_op_threads=intra, inter_op_threads=inter,
+                  onednn=onednn, fpmath=fpmath)
+
+
+def apply_environment(tuning: Tuning) -> None:
+    """Export the oneDNN settings; must run before TensorFlow is imported in any process."""
+    os.environ.update(tuning.environment())
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")

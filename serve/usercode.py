@@ -1,0 +1,118 @@
+"""Where the user's inference.py lives, its requirements, and importing it.
+
+Sources, as SageMaker's framework containers read them: ``SAGEMAKER_PROGRAM`` inside
+``SAGEMAKER_SUBMIT_DIRECTORY`` (a folder, a .tar.gz, or an s3:// URI of one), else
+``code/inference.py`` inside the model dir. ``code/lib`` goes on the import path and
+``code/requirements.txt`` is installed before any worker starts.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROGRAM = "inference.py"
+
+
+class UserCodeSetupError(Exception):
+    """The user's code cannot be found, fetched, installed or imported."""
+
+
+@dataclass(frozen=True)
+class CodeLocation:
+    directory: Path
+    program: str
+
+    @property
+    def script(self) -> Path:
+        return self.directory / self.program
+
+
+def _extract(archive: Path) -> Path:
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()[:16]
+    target = Path(tempfile.gettempdir()) / f"sagemaker-code-{digest}"
+    if not target.is_dir():
+        staging = Path(tempfile.mkdtemp(prefix="sagemaker-code-"))
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(staging, filter="data")  # refuses absolute paths, '..', links out, devices
+        except (tarfile.TarError, OSError) as exc:
+            raise UserCodeSetupError(f"cannot unpack SAGEMAKER_SUBMIT_DIRECTORY {archive}: {exc}") from None
+        staging.rename(target)
+    return target
+
+
+def _download(uri: str, region: str | None) -> Path:
+    import boto3  # only needed for s3:// sources
+
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    local = Path(tempfile.mkdtemp(prefix="sagemaker-submit-")) / (Path(key).name or "sourcedir.tar.gz")
+    try:
+        boto3.client("s3", region_name=region).download_file(bucket, key, str(local))
+    except Exception as exc:
+        raise UserCodeSetupError(f"cannot download SAGEMAKER_SUBMIT_DIRECTORY {uri}: {exc}") from None
+    return local
+
+
+def locate(settings: Settings) -> CodeLocation | None:
+    program = settings.program or DEFAULT_PROGRAM
+    source = settings.submit_directory
+    if source:
+        if source.startswith("s3://"):
+            path = _download(source, settings.region)
+        else:
+            path = Path(source.removeprefix("file://"))
+        if path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
+            path = _extract(path)
+        if (path / program).is_file():
+            return CodeLocation(path, program)
+        if (settings.model_dir / "code" / program).is_file():
+            # SageMaker's SDK points SUBMIT_DIRECTORY at an S3 copy that the model archive also holds.
+            return CodeLocation(settings.model_dir / "code", program)
+        raise UserCodeSetupError(f"SAGEMAKER_PROGRAM {program} not found in SAGEMAKER_SUBMIT_DIRECTORY {source}")
+    code_dir = settings.model_dir / "code"
+    if (code_dir / program).is_file():
+        return CodeLocation(code_dir, program)
+    if settings.program:
+        raise UserCodeSetupError(f"SAGEMAKER_PROGRAM {program} not found in {code_dir}")
+    return None
+
+
+def install_requirements(code: CodeLocation) -> None:
+    requirements = code.directory / "requirements.txt"
+    if not requirements.is_file():
+        return
+    log.info("installing %s", requirements)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
+         "-r", str(requirements)],
+        capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise UserCodeSetupError(
+            f"pip install -r {requirements} failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    log.info("installed %s", requirements)
+
+
+def import_script(code: CodeLocation) -> ModuleType:
+    for path in (code.directory / "lib", code.directory):
+        if path.is_dir() and str(path) not in sys.path:
+            sys.path.insert(0, str(path))
+    name = Path(code.program).stem
+    spec = importlib.util.spec_from_file_location(name, code.script)
+    if spec is None or spec.loader is None:
+        raise UserCodeSetupError(f"cannot import {code.script}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

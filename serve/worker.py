@@ -1,0 +1,83 @@
+"""What one gunicorn worker does after the fork: load everything in the background, then serve.
+
+Loading runs on a thread so that /ping can answer 503 while it happens (SageMaker polls
+it from the start). Order matters: TensorFlow's thread pools are sized before any op
+runs, the user's script is imported before the model is loaded (its model_fn may be the
+loader), and one real inference warms the model before /ping says 200.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from typing import Any
+
+from . import handlers
+from .batching import Batcher
+from .model import configure_threads, find_model, load_model
+from .settings import Settings
+from .tuning import Tuning
+from .usercode import CodeLocation, import_script
+
+log = logging.getLogger(__name__)
+
+
+class WorkerState:
+    def __init__(self) -> None:
+        self.status = "loading"           # loading -> ready | failed
+        self.error: str | None = None
+        self.handler: handlers.Handler | None = None
+        self.default: handlers.DefaultHandler | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ready"
+
+
+def start(settings: Settings, tuning: Tuning, code: CodeLocation | None) -> WorkerState:
+    state = WorkerState()
+    threading.Thread(target=_load, args=(state, settings, tuning, code), name="model-loader",
+                     daemon=True).start()
+    return state
+
+
+def _load(state: WorkerState, settings: Settings, tuning: Tuning, code: CodeLocation | None) -> None:
+    started = time.perf_counter()
+    try:
+        configure_threads(tuning.intra_op_threads, tuning.inter_op_threads)
+        module = import_script(code) if code else None
+        style = handlers.style_of(module)
+        model: Any
+        if module is not None and hasattr(module, "model_fn"):
+            model = module.model_fn(str(settings.model_dir))
+            described = f"model_fn({settings.model_dir}) -> {type(model).__name__}"
+        else:
+            model = load_model(find_model(settings.model_dir))
+            described = str(model.location)
+        default = None
+        if hasattr(model, "signatures") and hasattr(model, "warm_up"):
+            batcher = Batcher(lambda sig, feed: model.signatures[sig].call(feed),
+                              max_batch_size=settings.tfs_max_batch_size if settings.tfs_enable_batching else 1,
+                              max_wait=settings.batch_timeout_s,
+                              batchable=lambda sig: model.signatures[sig].batched)
+            default = handlers.DefaultHandler(model, batcher, settings.model_server_timeout)
+            warm = model.warm_up()
+            for sig in model.signatures.values():
+                log.info("signature %s", sig.describe())
+        else:
+            warm = 0.0
+        state.default = default
+        state.handler = handlers.build_handler(module, model, default, settings.bind_to_port,
+                                               settings.model_server_timeout, settings.model_server_threads)
+        gc.collect()
+        gc.freeze()  # TensorFlow's objects never die; keep full collections from walking them
+        state.status = "ready"
+        log.info("ready in %.1f s: %s, user code: %s (%s), warm-up %.0f ms, batching %s",
+                 time.perf_counter() - started, described, code.script if code else "none", style,
+                 warm * 1000, f"max {settings.tfs_max_batch_size}, wait {settings.tfs_batch_timeout_micros} us"
+                 if settings.tfs_enable_batching else "off")
+    except Exception as exc:
+        log.exception("loading failed")
+        state.error = f"{type(exc).__name__}: {exc}"
+        state.status = "failed"

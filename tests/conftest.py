@@ -1,0 +1,5 @@
+"""Shared fixtures live in tests/fixtures/, one module per thing they start or build."""
+pytest_plugins = [
+    "tests.fixtures.models",
+    "tests.fixtures.server",
+]
