@@ -167,6 +167,9 @@ _ORJSON = orjson.OPT_SERIALIZE_NUMPY
 
 
 def _json_ready(array: np.ndarray):
+    if array.ndim == 0:
+        value = array.item()
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
     if array.dtype == object:  # tf.string outputs
         return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in array.ravel()] \
             if array.ndim <= 1 else array.tolist()

@@ -9,6 +9,7 @@ finish for up to ``GRACEFUL_TIMEOUT`` seconds, inside SageMaker's 30 s before SI
 from __future__ import annotations
 
 import logging
+import os
 
 from gunicorn.app.base import BaseApplication
 
@@ -36,8 +37,11 @@ def gunicorn_options(settings: Settings, tuning: Tuning) -> dict:
         "errorlog": "-",
         "loglevel": logging.getLevelName(settings.container_log_level).lower(),
         "proc_name": "serve",
-        "worker_tmp_dir": "/dev/shm",
+        # heartbeat files on tmpfs, so a slow or read-only disk never looks like a hung worker
+        "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
         "limit_request_line": 8190,
+        # gunicorn's control socket is one fixed path per user: several servers would fight over it.
+        "control_socket_disable": True,
     }
 
 
@@ -50,10 +54,6 @@ class ServeApplication(BaseApplication):
 
     def load_config(self) -> None:
         for key, value in gunicorn_options(self._settings, self._tuning).items():
-            if key == "worker_tmp_dir":
-                import os
-                if not os.path.isdir(value):
-                    continue
             self.cfg.set(key, value)
 
     def load(self):

@@ -1,0 +1,142 @@
+import io
+import json
+
+import numpy as np
+import pytest
+
+from serve import codecs
+from serve.errors import BadRequest, NotAcceptable, UnsupportedContentType
+
+
+def test_row_format():
+    d = codecs.decode(b'{"instances": [[1, 2], [3, 4]], "signature_name": "sig"}', "application/json")
+    np.testing.assert_array_equal(d.inputs, [[1, 2], [3, 4]])
+    assert (d.signature_name, d.columnar) == ("sig", False)
+
+
+def test_row_format_named_instances():
+    d = codecs.decode(b'{"instances": [{"a": [1, 2], "b": 3}, {"a": [4, 5], "b": 6}]}', "application/json")
+    np.testing.assert_array_equal(d.inputs["a"], [[1, 2], [4, 5]])
+    np.testing.assert_array_equal(d.inputs["b"], [3, 6])
+
+
+def test_columnar_format():
+    d = codecs.decode(b'{"inputs": {"a": [[1.5]], "b": [[2, 3]]}}', "application/json; charset=utf-8")
+    assert d.columnar and set(d.inputs) == {"a", "b"}
+    d = codecs.decode(b'{"inputs": [[1, 2]]}', "application/json")
+    assert d.columnar and d.inputs.shape == (1, 2)
+
+
+def test_bare_array_as_numpy_tolist_sends_it():
+    x = np.random.default_rng(0).random((1, 32, 32, 3), dtype=np.float32)
+    d = codecs.decode(json.dumps(x.tolist()).encode(), "application/json")
+    assert d.inputs.shape == (1, 32, 32, 3) and not d.columnar
+    np.testing.assert_allclose(d.inputs, x, rtol=1e-6)
+
+
+def test_missing_content_type_means_json():
+    assert codecs.decode(b"[[1]]", None).inputs.shape == (1, 1)
+
+
+def test_jsonlines():
+    d = codecs.decode(b"[1, 2]\n[3, 4]\n\n", "application/jsonlines")
+    np.testing.assert_array_equal(d.inputs, [[1, 2], [3, 4]])
+    d = codecs.decode(b'{"x": 1}\n{"x": 2}\n', "application/jsonlines")
+    np.testing.assert_array_equal(d.inputs["x"], [1, 2])
+
+
+def test_csv():
+    d = codecs.decode(b"1,2,3\n4,5,6\n", "text/csv")
+    np.testing.assert_array_equal(d.inputs, [[1, 2, 3], [4, 5, 6]])
+    assert codecs.decode(b"1,2,3", "text/csv").inputs.shape == (1, 3)
+
+
+def test_npy_and_npz():
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    buf = io.BytesIO(); np.save(buf, x)
+    np.testing.assert_array_equal(codecs.decode(buf.getvalue(), "application/x-npy").inputs, x)
+    buf = io.BytesIO(); np.savez(buf, a=x, b=x[:, :1])
+    d = codecs.decode(buf.getvalue(), "application/x-npz")
+    assert set(d.inputs) == {"a", "b"} and d.inputs["b"].shape == (2, 1)
+
+
+@pytest.mark.parametrize("body, ctype, fragment", [
+    (b"{not json", "application/json", "not valid JSON"),
+    (b'{"data": [1]}', "application/json", '"instances"'),
+    (b'{"instances": 5}', "application/json", "must be a list"),
+    (b'{"instances": [[1, 2], [3]]}', "application/json", "same shape"),
+    (b'"text"', "application/json", "must be"),
+    (b"1,2\nthree,4\n", "text/csv", "numbers only"),
+    (b"not an array", "application/x-npy", ".npy"),
+    (b"", "application/json", "empty"),
+    (b"[1]\n{oops\n", "application/jsonlines", "line 2"),
+])
+def test_malformed_bodies_say_what_is_wrong(body, ctype, fragment):
+    with pytest.raises(BadRequest) as err:
+        codecs.decode(body, ctype)
+    assert fragment in err.value.message
+
+
+def test_npy_refuses_pickles():
+    buf = io.BytesIO(); np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(BadRequest):
+        codecs.decode(buf.getvalue(), "application/x-npy")
+
+
+def test_unsupported_content_type():
+    with pytest.raises(UnsupportedContentType) as err:
+        codecs.decode(b"x", "image/png")
+    assert "text/csv" in err.value.message
+
+
+@pytest.mark.parametrize("header, expected", [
+    (None, codecs.JSON), ("*/*", codecs.JSON), ("application/json", codecs.JSON),
+    ("text/csv", codecs.CSV), ("application/jsonlines", codecs.JSONLINES),
+    ("application/x-npy", codecs.NPY), ("image/png, text/csv;q=0.5", codecs.CSV),
+    ("text/csv;q=0.2, application/json;q=0.9", codecs.JSON),
+])
+def test_negotiate(header, expected):
+    assert codecs.negotiate(header) == expected
+
+
+def test_negotiate_refuses_unknown():
+    with pytest.raises(NotAcceptable) as err:
+        codecs.negotiate("image/png")
+    assert "application/json" in err.value.message
+
+
+OUT = {"probabilities": np.array([[0.25, 0.75], [0.5, 0.5]], np.float32)}
+MULTI = {"total": np.array([1.0, 2.0], np.float32), "scaled": np.array([[1, 2], [3, 4]], np.int32)}
+
+
+def test_encode_json_like_tf_serving():
+    body, ctype = codecs.encode(OUT, codecs.JSON)
+    assert ctype == codecs.JSON and json.loads(body) == {"predictions": [[0.25, 0.75], [0.5, 0.5]]}
+    body, _ = codecs.encode(OUT, codecs.JSON, columnar=True)
+    assert json.loads(body) == {"outputs": [[0.25, 0.75], [0.5, 0.5]]}
+
+
+def test_encode_multi_output_rows_and_columns():
+    assert json.loads(codecs.encode(MULTI, codecs.JSON)[0]) == {
+        "predictions": [{"total": 1.0, "scaled": [1, 2]}, {"total": 2.0, "scaled": [3, 4]}]}
+    assert json.loads(codecs.encode(MULTI, codecs.JSON, columnar=True)[0]) == {
+        "outputs": {"total": [1.0, 2.0], "scaled": [[1, 2], [3, 4]]}}
+
+
+def test_encode_jsonlines_csv_npy():
+    body, _ = codecs.encode(OUT, codecs.JSONLINES)
+    assert [json.loads(line) for line in body.splitlines()] == [[0.25, 0.75], [0.5, 0.5]]
+    body, _ = codecs.encode(OUT, codecs.CSV)
+    assert body.decode().splitlines() == ["0.25,0.75", "0.5,0.5"]
+    body, _ = codecs.encode(MULTI, codecs.CSV)
+    assert body.decode().splitlines() == ["1,1,2", "2,3,4"]
+    body, _ = codecs.encode(OUT, codecs.NPY)
+    np.testing.assert_array_equal(np.load(io.BytesIO(body)), OUT["probabilities"])
+
+
+def test_npy_of_several_outputs_points_to_npz():
+    with pytest.raises(NotAcceptable) as err:
+        codecs.encode(MULTI, codecs.NPY)
+    assert codecs.NPZ in err.value.message
+    body, _ = codecs.encode(MULTI, codecs.NPZ)
+    assert set(np.load(io.BytesIO(body)).files) == {"total", "scaled"}

@@ -1,0 +1,193 @@
+"""`deploy package` and the safe unpacking used by `create` and `local`."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from serve.deploy import archive
+from serve.deploy.errors import DeployError
+
+DEPLOY = str(Path(sys.executable).with_name("deploy"))
+
+
+def deploy(*args, cwd=None):
+    return subprocess.run([DEPLOY, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def savedmodel(path: Path) -> Path:
+    (path / "variables").mkdir(parents=True)
+    (path / "saved_model.pb").write_bytes(b"pb")
+    (path / "variables" / "variables.index").write_bytes(b"idx")
+    return path
+
+
+def names(tgz: Path) -> list[str]:
+    with tarfile.open(tgz) as tar:
+        return sorted(tar.getnames())
+
+
+# --- package -----------------------------------------------------------------------------------
+
+def test_package_puts_a_root_savedmodel_under_a_version_and_adds_code(tmp_path):
+    model = savedmodel(tmp_path / "export")
+    code = tmp_path / "mycode"
+    (code / "lib").mkdir(parents=True)
+    (code / "inference.py").write_text("def handler(data, context):\n    return data\n")
+    (code / "requirements.txt").write_text("pillow==12.0.0\n")
+    (code / "__pycache__").mkdir()
+    (code / "__pycache__" / "x.pyc").write_bytes(b"junk")
+    out = tmp_path / "model.tar.gz"
+    proc = deploy("package", str(model), "--code", str(code), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {out}" in proc.stdout
+    assert names(out) == ["1", "1/saved_model.pb", "1/variables", "1/variables/variables.index",
+                          "code", "code/inference.py", "code/lib", "code/requirements.txt"]
+    with tarfile.open(out) as tar:
+        for m in tar.getmembers():
+            assert (m.uid, m.gid, m.uname) == (0, 0, "")
+    assert archive.has_user_code(out)
+
+
+def test_package_keeps_tf_serving_layouts_and_keras_files(tmp_path):
+    versioned = tmp_path / "versioned"
+    savedmodel(versioned / "1")
+    savedmodel(versioned / "2")
+    (versioned / "code").mkdir()
+    (versioned / "code" / "inference.py").write_text("")
+    out = tmp_path / "v.tar.gz"
+    assert deploy("package", str(versioned), "-o", str(out)).returncode == 0
+    assert {n.split("/")[0] for n in names(out)} == {"1", "2", "code"}
+
+    named = tmp_path / "named"
+    savedmodel(named / "digits" / "7")
+    assert deploy("package", str(named), "-o", str(out)).returncode == 0
+    assert "digits/7/saved_model.pb" in names(out)
+    assert not archive.has_user_code(out)
+
+    keras = tmp_path / "keras"
+    keras.mkdir()
+    (keras / "model.keras").write_bytes(b"zip")
+    assert deploy("package", str(keras), "-o", str(out)).returncode == 0
+    assert names(out) == ["model.keras"]
+
+
+def test_package_refuses_a_folder_without_a_model(tmp_path):
+    empty = tmp_path / "nothing"
+    (empty / "1").mkdir(parents=True)
+    (empty / "notes.txt").write_text("hi")
+    proc = deploy("package", str(empty), "-o", str(tmp_path / "m.tar.gz"))
+    assert proc.returncode == 1
+    assert "no loadable model" in proc.stderr
+    assert not (tmp_path / "m.tar.gz").exists()
+
+
+def test_package_roundtrips_through_safe_extract(tmp_path):
+    out = tmp_path / "m.tar.gz"
+    archive.package(savedmodel(tmp_path / "sm"), out)
+    dest = tmp_path / "unpacked"
+    archive.safe_extract(out, dest)
+    assert archive.find_model(dest).kind == "versioned"
+    assert (dest / "1" / "saved_model.pb").read_bytes() == b"pb"
+
+
+# --- safe unpacking of crafted archives ----------------------------------------------------------
+
+def craft(path: Path, *members: tuple[tarfile.TarInfo, bytes | None]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        ok = tarfile.TarInfo("1/saved_model.pb")
+        ok.size = 2
+        tar.addfile(ok, io.BytesIO(b"pb"))
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def member(name, type_=tarfile.REGTYPE, linkname=""):
+    info = tarfile.TarInfo(name)
+    info.type = type_
+    info.linkname = linkname
+    return info
+
+
+MALICIOUS = {
+    "absolute": ((member("/tmp/evil.py"), b"x"), "'/tmp/evil.py': absolute path"),
+    "dotdot": ((member("1/../../evil.py"), b"x"), "'1/../../evil.py': path contains '..'"),
+    "symlink-absolute": ((member("code/lib", tarfile.SYMTYPE, "/etc"), None),
+                         "'code/lib': symlink to absolute path '/etc'"),
+    "symlink-out": ((member("code/lib", tarfile.SYMTYPE, "../../../root"), None),
+                    "'code/lib': symlink to '../../../root' points outside"),
+    "hardlink-out": ((member("1/passwd", tarfile.LNKTYPE, "../etc/passwd"), None),
+                     "'1/passwd': hard link to '../etc/passwd' points outside"),
+    "char-device": ((member("1/null", tarfile.CHRTYPE), None), "'1/null': device file"),
+    "block-device": ((member("1/sda", tarfile.BLKTYPE), None), "'1/sda': device file"),
+    "fifo": ((member("1/pipe", tarfile.FIFOTYPE), None), "'1/pipe': FIFO"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALICIOUS))
+def test_safe_extract_refuses_and_names_the_bad_member(tmp_path, case):
+    bad, message = MALICIOUS[case]
+    tgz = craft(tmp_path / f"{case}.tar.gz", bad)
+    dest = tmp_path / "dest"
+    with pytest.raises(DeployError) as exc:
+        archive.safe_extract(tgz, dest)
+    assert message in str(exc.value)
+    assert not (dest / "1" / "saved_model.pb").exists()    # checked before anything is written
+    assert not (tmp_path / "evil.py").exists()
+
+
+def test_safe_extract_allows_links_that_stay_inside(tmp_path):
+    tgz = craft(tmp_path / "ok.tar.gz",
+                (member("1/variables/"), None),
+                (member("1/variables", tarfile.DIRTYPE), None),
+                (member("latest", tarfile.SYMTYPE, "1"), None),
+                (member("1/copy.pb", tarfile.LNKTYPE, "1/saved_model.pb"), None))
+    dest = tmp_path / "dest"
+    archive.safe_extract(tgz, dest)
+    assert (dest / "latest" / "saved_model.pb").read_bytes() == b"pb"
+    assert (dest / "1" / "copy.pb").read_bytes() == b"pb"
+
+
+def test_link_chain_escape_is_caught_by_the_data_filter(tmp_path):
+    """Each link looks harmless on its own; together they point out. The stdlib 'data' filter,
+    which resolves real paths, is the second line behind the lexical checks."""
+    tgz = craft(tmp_path / "chain.tar.gz",
+                (member("a", tarfile.SYMTYPE, "b/c/.."), None),   # lexically "b" - inside
+                (member("b", tarfile.SYMTYPE, "."), None),
+                (member("b/c", tarfile.SYMTYPE, ".."), None) if False else (member("x", tarfile.SYMTYPE, "."), None))
+    archive.safe_extract(tgz, tmp_path / "dest")    # all inside: accepted
+
+    tgz = craft(tmp_path / "chain2.tar.gz",
+                (member("d", tarfile.SYMTYPE, "."), None),
+                (member("d/e", tarfile.SYMTYPE, "/etc"), None))
+    with pytest.raises(DeployError, match="'d/e'"):
+        archive.safe_extract(tgz, tmp_path / "dest2")
+
+
+def test_not_a_tarball(tmp_path):
+    junk = tmp_path / "model.tar.gz"
+    junk.write_bytes(b"this is not gzip")
+    with pytest.raises(DeployError, match="not a readable tar archive"):
+        archive.safe_extract(junk, tmp_path / "dest")
+
+
+@pytest.mark.deploy
+def test_create_refuses_a_malicious_archive_before_uploading(tmp_path, aws_env, ecr_images, capsys):
+    import boto3
+
+    from serve.deploy.cli import main
+
+    tgz = craft(tmp_path / "evil.tar.gz", MALICIOUS["dotdot"][0])
+    code = main(["create", "--image", ecr_images["multi"], "--model-data", str(tgz), "--role", aws_env["role"]])
+    err = capsys.readouterr().err
+    assert code == 1 and "path contains '..'" in err
+    assert boto3.client("sagemaker").list_models()["Models"] == []
+    assert boto3.client("s3").list_buckets()["Buckets"] == []

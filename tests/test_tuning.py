@@ -1,0 +1,89 @@
+import os
+
+import pytest
+
+from serve import tuning
+from serve.settings import load_settings
+from serve.tuning import Cpu, plan
+
+GRAVITON3 = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid " \
+            "asimdrdm jscvt fcma lrcpc dcpop sha3 sm3 sm4 asimddp sha512 sve asimdfhm dit uscat ilrcpc flagm " \
+            "ssbs paca pacg dcpodp svei8mm svebf16 i8mm bf16 dgh rng\n"
+GRAVITON2 = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid " \
+            "asimdrdm lrcpc dcpop asimddp ssbs\n"
+ZEN4 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
+SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
+
+
+@pytest.mark.parametrize("arch, cpuinfo, expected", [
+    ("arm64", GRAVITON3, True), ("arm64", GRAVITON2, False),
+    ("amd64", ZEN4, False), ("amd64", SAPPHIRE_RAPIDS, True),
+])
+def test_bf16_units(arch, cpuinfo, expected):
+    assert tuning._has_bf16_units(arch, cpuinfo) is expected
+
+
+def test_cgroup_v2_quota(tmp_path):
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert tuning._cgroup_cpu_limit(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert tuning._cgroup_cpu_limit(tmp_path) is None
+
+
+def test_cgroup_v1_quota(tmp_path):
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("400000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert tuning._cgroup_cpu_limit(tmp_path) == 4.0
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert tuning._cgroup_cpu_limit(tmp_path) is None
+
+
+def _clean(monkeypatch):
+    for name in ("SAGEMAKER_MODEL_SERVER_WORKERS", "TF_ENABLE_ONEDNN_OPTS", "DNNL_DEFAULT_FPMATH_MODE",
+                 "SAGEMAKER_TFS_INTRA_OP_PARALLELISM", "SAGEMAKER_TFS_INTER_OP_PARALLELISM"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("vcpus, workers, intra", [(1, 1, 1), (2, 1, 2), (4, 2, 2), (16, 8, 2), (64, 32, 2)])
+def test_threads_split_the_vcpus_between_workers(monkeypatch, vcpus, workers, intra):
+    _clean(monkeypatch)
+    t = plan(load_settings(), Cpu("arm64", vcpus, True))
+    assert (t.workers, t.intra_op_threads) == (workers, intra)
+    assert t.workers * t.intra_op_threads <= max(vcpus, 1)
+
+
+def test_graviton3_gets_onednn_and_bf16(monkeypatch):
+    _clean(monkeypatch)
+    t = plan(load_settings(), Cpu("arm64", 4, True))
+    assert t.environment() == {"TF_ENABLE_ONEDNN_OPTS": "1", "DNNL_DEFAULT_FPMATH_MODE": "BF16"}
+
+
+def test_no_bf16_units_keeps_fp32(monkeypatch):
+    _clean(monkeypatch)
+    t = plan(load_settings(), Cpu("arm64", 4, False))
+    assert t.environment() == {"TF_ENABLE_ONEDNN_OPTS": "1"}
+
+
+def test_user_values_win(monkeypatch):
+    _clean(monkeypatch)
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    monkeypatch.setenv("DNNL_DEFAULT_FPMATH_MODE", "STRICT")
+    monkeypatch.setenv("SAGEMAKER_MODEL_SERVER_WORKERS", "3")
+    monkeypatch.setenv("SAGEMAKER_TFS_INTRA_OP_PARALLELISM", "5")
+    t = plan(load_settings(), Cpu("arm64", 16, True))
+    assert (t.workers, t.intra_op_threads, t.onednn, t.fpmath) == (3, 5, "0", "STRICT")
+
+
+def test_apply_environment_exports_before_tensorflow(monkeypatch):
+    _clean(monkeypatch)
+    for name in ("TF_ENABLE_ONEDNN_OPTS", "DNNL_DEFAULT_FPMATH_MODE", "TF_CPP_MIN_LOG_LEVEL"):
+        monkeypatch.setenv(name, "placeholder")  # so monkeypatch restores them afterwards
+        monkeypatch.delenv(name)
+    tuning.apply_environment(plan(load_settings(), Cpu("arm64", 4, True)))
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    assert os.environ["DNNL_DEFAULT_FPMATH_MODE"] == "BF16"
+
+
+def test_usable_vcpus_respects_affinity():
+    assert 1 <= tuning.usable_vcpus() <= len(os.sched_getaffinity(0))
