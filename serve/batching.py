@@ -58,7 +58,7 @@ class Batcher:
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
         self._thread.start()
-        self.stats = {"calls": 0, "items": 0, "largest": 0}
+        self.stats = {"calls": 0, "items": 0, "largest": 0, "fallbacks": 0}
 
     @contextmanager
     def arriving(self):
@@ -146,15 +146,15 @@ class Batcher:
         if len(batch) == 1:
             self._run_alone(batch[0])
             return
-        names = batch[0].inputs.keys()
-        stacked = {n: np.concatenate([item.inputs[n] for item in batch]) for n in names}
         try:
+            stacked = {n: np.concatenate([item.inputs[n] for item in batch]) for n in batch[0].inputs}
             outputs = self._call(batch[0].signature, stacked)
             total = sum(item.size for item in batch)
             if any(len(a) != total for a in outputs.values()):
                 raise ValueError("outputs do not have one row per instance")
         except Exception as exc:  # find the culprit: each request runs alone
             log.debug("batch of %d failed (%s); running its requests one by one", len(batch), exc)
+            self.stats["fallbacks"] += 1
             for item in batch:
                 self._run_alone(item)
             return

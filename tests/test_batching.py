@@ -1,0 +1,122 @@
+"""The adaptive batcher around a real SavedModel: same answers as unbatched calls, each to its caller."""
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from serve.batching import Batcher
+from serve.model import find_model, load_model
+
+
+class Recorder:
+    """The real signature call, noting the shape of every batch it was given."""
+
+    def __init__(self, model, delay=0.0):
+        self.model = model
+        self.delay = delay
+        self.calls = []
+        self.lock = threading.Lock()
+
+    def __call__(self, signature, feed):
+        with self.lock:
+            self.calls.append((signature, {k: v.shape for k, v in feed.items()}))
+        if self.delay:
+            time.sleep(self.delay)  # a slow model, so that requests pile up behind it
+        return self.model.signatures[signature].call(feed)
+
+
+@pytest.fixture(scope="module")
+def model(multi_io_model_dir):
+    return load_model(find_model(multi_io_model_dir.model_dir))
+
+
+def make(model, delay=0.0, max_batch=32, wait=0.002):
+    rec = Recorder(model, delay)
+    return rec, Batcher(rec, max_batch, wait, batchable=lambda s: model.signatures[s].batched)
+
+
+def submit_all(batcher, requests, timeout=30):
+    with ThreadPoolExecutor(len(requests)) as pool:
+        futures = [pool.submit(lambda r: batcher.wait(batcher.submit(*r), timeout), r) for r in requests]
+        return [f.exception() or f.result() for f in futures]
+
+
+def test_lone_request_runs_at_once(model):
+    rec, batcher = make(model, wait=1.0)
+    start = time.perf_counter()
+    out = batcher.wait(batcher.submit("sum_only", {"x": np.ones((1, 3), np.float32)}), 10)
+    assert time.perf_counter() - start < 0.5  # the 1 s wait applies only while a batch is forming
+    np.testing.assert_array_equal(out["s"], [3.0])
+
+
+def test_concurrent_requests_are_stacked_and_split_back(model):
+    rec, batcher = make(model, delay=0.05)
+    rng = np.random.default_rng(1)
+    xs = [rng.random((1 + i % 3, 3), dtype=np.float32) for i in range(24)]
+    results = submit_all(batcher, [("sum_only", {"x": x}) for x in xs])
+    for x, out in zip(xs, results):
+        unbatched = model.signatures["sum_only"].call({"x": x})
+        np.testing.assert_allclose(out["s"], unbatched["s"], rtol=1e-6)
+    assert len(rec.calls) < len(xs), "nothing was batched"
+    assert max(shape["x"][0] for _, shape in rec.calls) > 3
+
+
+def test_max_batch_size_is_respected(model):
+    rec, batcher = make(model, delay=0.05, max_batch=4)
+    submit_all(batcher, [("sum_only", {"x": np.ones((1, 3), np.float32)}) for _ in range(16)])
+    assert all(shape["x"][0] <= 4 for _, shape in rec.calls)
+
+
+def test_shapes_and_signatures_are_never_mixed(model):
+    rec, batcher = make(model, delay=0.05)
+    reqs = []
+    for i in range(18):
+        width = 2 + i % 3
+        reqs.append(("any_width", {"x": np.full((1, width), i, np.float32)}))
+    reqs += [("sum_only", {"x": np.full((1, 3), 100 + i, np.float32)}) for i in range(6)]
+    results = submit_all(batcher, reqs)
+    for (sig, feed), out in zip(reqs, results):
+        np.testing.assert_allclose(out["s"], feed["x"].sum(axis=1))
+    assert len(rec.calls) < len(reqs), "nothing was batched"
+    assert batcher.stats["fallbacks"] == 0, "requests of different shapes were put in one batch"
+
+
+def test_one_bad_request_fails_alone(model):
+    rec, batcher = make(model, delay=0.05)
+    xs = [np.full((1, 3), i, np.float32) for i in range(12)]
+    xs[5] = np.array([[1.0, np.nan, 2.0]], np.float32)
+    results = submit_all(batcher, [("checked", {"x": x}) for x in xs])
+    for i, (x, out) in enumerate(zip(xs, results)):
+        if i == 5:
+            assert isinstance(out, Exception) and "NaN" in str(out)
+        else:
+            np.testing.assert_allclose(out["s"], x.sum(axis=1))
+    assert any(shape["x"][0] > 1 for _, shape in rec.calls), "the bad request was never in a batch"
+
+
+def test_batching_off_means_one_request_per_call(model):
+    rec, batcher = make(model, delay=0.02, max_batch=1)
+    submit_all(batcher, [("sum_only", {"x": np.ones((1, 3), np.float32)}) for _ in range(8)])
+    assert len(rec.calls) == 8
+
+
+def test_timeout_answers_504(model):
+    from serve.errors import RequestTimeout
+
+    rec, batcher = make(model, delay=1.0)
+    with pytest.raises(RequestTimeout) as err:
+        batcher.wait(batcher.submit("sum_only", {"x": np.ones((1, 3), np.float32)}), 0.2)
+    assert "SAGEMAKER_MODEL_SERVER_TIMEOUT" in err.value.message
+
+
+def test_arriving_requests_are_waited_for(model):
+    rec, batcher = make(model, wait=0.5)
+    with batcher.arriving():
+        first = batcher.submit("sum_only", {"x": np.ones((1, 3), np.float32)})
+        with batcher.arriving():
+            time.sleep(0.05)
+            second = batcher.submit("sum_only", {"x": np.ones((1, 3), np.float32)})
+    batcher.wait(first, 5), batcher.wait(second, 5)
+    assert [shape["x"][0] for _, shape in rec.calls] == [2]
