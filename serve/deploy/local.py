@@ -116,13 +116,13 @@ def _running(name: str) -> tuple[bool, int | None]:
 def run(spec: LocalSpec, info: Callable[[str], None],
         download: Callable[[str, Path], None] | None = None,
         on_ready: Callable[[str], None] | None = None) -> LocalResult:
-    if _docker("version", "--format", "{{.Server.Version}}", check=False).returncode != 0:
-        raise DeployError("no Docker engine is answering (is dockerd running?)")
     result = LocalResult()
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="deploy-local-")))
         os.chmod(workdir, 0o755)
         model_dir = prepare_model_dir(spec.model_data, workdir, download)
+        if _docker("version", "--format", "{{.Server.Version}}", check=False).returncode != 0:
+            raise DeployError("no Docker engine is answering (is dockerd running?)")
         image_plat = image_platform(spec.image, info)
         plat = spec.platform
         if plat is None and image_plat.split("/")[-1] != host_arch():
