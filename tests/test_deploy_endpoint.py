@@ -237,15 +237,25 @@ def test_autoscale_status_list_delete(capsys, aws_env, ecr_images, model_tgz):
     assert cfg["TargetValue"] == 750.0
     assert cfg["PredefinedMetricSpecification"]["PredefinedMetricType"] == "SageMakerVariantInvocationsPerInstance"
 
+    # an update keeps the scaling: deregistered for the update, as SageMaker asks, then restored
+    code, out, err = run(capsys, "update", "scaled", "--instance-type", "ml.c7g.2xlarge")
+    assert code == 0, err
+    assert "auto scaling of endpoint/scaled/variant/AllTraffic suspended for the update" in err
+    assert "restored (1..4, 1 policy)" in err
+    assert len(aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]) == 1
+    (policy,) = aas.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"]
+    assert policy["TargetTrackingScalingPolicyConfiguration"]["TargetValue"] == 750.0
+
     code, out, err = run(capsys, "status", "scaled")
     assert code == 0
-    assert "scaled  InService" in out and "1 x ml.c7g.xlarge" in out and "1..4 instances" in out
+    assert "scaled  InService" in out and "1 x ml.c7g.2xlarge" in out and "1..4 instances" in out
     assert ecr_images["multi"] in out
     code, out, err = run(capsys, "list")
-    assert code == 0 and "scaled" in out and "InService" in out and "1 x ml.c7g.xlarge" in out
+    assert code == 0 and "scaled" in out and "InService" in out and "1 x ml.c7g.2xlarge" in out
 
     code, out, err = run(capsys, "delete", "scaled")
     assert code == 0, err
+    assert "model data stays in s3://sagemaker-" in err
     s = state()
     assert (s["endpoints"], s["configs"], s["models"]) == ([], [], [])
     assert aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []
@@ -288,3 +298,13 @@ def test_console_script_against_moto(aws_env, ecr_images, model_tgz):
     assert proc.returncode == 0, proc.stderr
     assert SECRET not in proc.stdout + proc.stderr
     assert state()["endpoints"] == []
+
+
+def test_region_sources(capsys, aws_env, ecr_images, model_tgz, monkeypatch):
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    assert run(capsys, "list")[0] == 0                     # AWS_REGION alone is enough
+    code, out, err = run(capsys, "list", "--region", "us-east-1")
+    assert code == 0 and "no endpoints in us-east-1" in out
+    monkeypatch.delenv("AWS_REGION")
+    code, out, err = run(capsys, "list")
+    assert code == 1 and "no AWS region" in err

@@ -1,0 +1,148 @@
+"""SageMaker's hosting contract over HTTP, run against the host server and against each image."""
+import http.client
+import io
+import json
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+import requests
+
+
+
+@pytest.fixture
+def url(contract_server):
+    return contract_server.url
+
+
+@pytest.fixture
+def sample(mlp_model_dir):
+    return mlp_model_dir.inputs["features"], mlp_model_dir.expected["output_0"]
+
+
+def post(url, body, content_type="application/json", accept=None, **headers):
+    if accept:
+        headers["Accept"] = accept
+    return requests.post(f"{url}/invocations", data=body, headers={"Content-Type": content_type, **headers},
+                         timeout=120)
+
+
+def test_ping(url):
+    r = requests.get(f"{url}/ping", timeout=5)
+    assert r.status_code == 200
+
+
+def test_row_format(url, sample, tolerance):
+    x, expected = sample
+    r = post(url, json.dumps({"instances": x.tolist()}))
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"].startswith("application/json")
+    np.testing.assert_allclose(r.json()["predictions"], expected, **tolerance)
+
+
+def test_columnar_format_named(url, sample, tolerance):
+    x, expected = sample
+    r = post(url, json.dumps({"inputs": {"features": x.tolist()}, "signature_name": "serving_default"}))
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(r.json()["outputs"], expected, **tolerance)
+
+
+def test_bare_array_from_tolist(url, sample, tolerance):
+    x, expected = sample
+    r = post(url, json.dumps(x[:1].tolist()))
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(r.json()["predictions"], expected[:1], **tolerance)
+
+
+def test_jsonlines_in_and_out(url, sample, tolerance):
+    x, expected = sample
+    body = "\n".join(json.dumps(row) for row in x.tolist())
+    r = post(url, body, "application/jsonlines", accept="application/jsonlines")
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"].startswith("application/jsonlines")
+    np.testing.assert_allclose([json.loads(line) for line in r.text.splitlines()], expected, **tolerance)
+
+
+def test_csv_in_and_out(url, sample, tolerance):
+    x, expected = sample
+    body = "\n".join(",".join(map(str, row)) for row in x.tolist())
+    r = post(url, body, "text/csv", accept="text/csv")
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"].startswith("text/csv")
+    np.testing.assert_allclose(np.loadtxt(io.StringIO(r.text), delimiter=",", ndmin=2), expected, **tolerance)
+
+
+def test_npy_in_and_out(url, sample, tolerance):
+    x, expected = sample
+    buf = io.BytesIO(); np.save(buf, x)
+    r = post(url, buf.getvalue(), "application/x-npy", accept="application/x-npy")
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(np.load(io.BytesIO(r.content)), expected, **tolerance)
+
+
+def test_npz_named_inputs(url, sample, tolerance):
+    x, expected = sample
+    buf = io.BytesIO(); np.savez(buf, features=x)
+    r = post(url, buf.getvalue(), "application/x-npz")
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(r.json()["outputs"], expected, **tolerance)
+
+
+def test_accept_star_and_missing_give_json(url, sample):
+    x, _ = sample
+    for accept in ("*/*", None):
+        r = post(url, json.dumps({"instances": x.tolist()}), accept=accept)
+        assert r.status_code == 200 and "predictions" in r.json()
+
+
+def test_execution_parameters(url):
+    r = requests.get(f"{url}/execution-parameters", timeout=10)
+    assert r.status_code == 200
+    params = r.json()
+    assert params["BatchStrategy"] == "MULTI_RECORD"
+    assert params["MaxPayloadInMB"] == 6
+    assert params["MaxConcurrentTransforms"] >= 1
+
+
+@pytest.mark.parametrize("body, content_type, accept, status, fragment", [
+    ("{not json", "application/json", None, 400, "not valid JSON"),
+    ('{"instances": [[1, 2, 3]]}', "application/json", None, 400, "shape (-1, 4) float32"),
+    ('{"instances": [["a", "b", "c", "d"]]}', "application/json", None, 400, "float32"),
+    ('{"instances": [[1, 2, 3, 4]], "signature_name": "nope"}', "application/json", None, 400,
+     "unknown signature_name 'nope'"),
+    ("1,2,3,4", "image/png", None, 415, "text/csv"),
+    ('{"instances": [[1, 2, 3, 4]]}', "application/json", "image/png", 406, "application/json"),
+])
+def test_errors_say_what_to_fix(url, body, content_type, accept, status, fragment):
+    r = post(url, body, content_type, accept=accept)
+    assert r.status_code == status, r.text
+    assert r.headers["Content-Type"].startswith("application/json")
+    assert fragment in r.json()["error"]
+
+
+def test_unknown_route_is_json_404(url):
+    r = requests.get(f"{url}/nope", timeout=10)
+    assert r.status_code == 404 and "/invocations" in r.json()["error"]
+
+
+def test_oversized_body_refused_before_it_is_read(url):
+    """Announce 7 MB, send 1 KB: the 413 must come back without the server waiting for the rest."""
+    parsed = urlparse(url)
+    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=30)
+    conn.putrequest("POST", "/invocations")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(7 * 1024 * 1024))
+    conn.endheaders()
+    conn.send(b"[" * 1024)
+    response = conn.getresponse()
+    assert response.status == 413
+    assert "SAGEMAKER_MAX_PAYLOAD_IN_MB" in json.loads(response.read())["error"]
+    conn.close()
+
+
+def test_server_survives_bad_requests(url, sample):
+    x, _ = sample
+    for _ in range(3):
+        post(url, "{broken")
+    assert requests.get(f"{url}/ping", timeout=5).status_code == 200
+    assert post(url, json.dumps({"instances": x.tolist()})).status_code == 200
