@@ -308,3 +308,24 @@ def test_region_sources(capsys, aws_env, ecr_images, model_tgz, monkeypatch):
     monkeypatch.delenv("AWS_REGION")
     code, out, err = run(capsys, "list")
     assert code == 1 and "no AWS region" in err
+
+
+def test_progress_line_on_a_tty_rewrites_itself():
+    import io
+
+    from serve.deploy.cli import Console
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Tty()
+    console = Console(stream)
+    console.progress("digits", "Creating", 1.2)
+    console.progress("digits", "Creating", 75.0)
+    console.progress_done()
+    console.info("done")
+    text = stream.getvalue()
+    assert text.startswith("\rdigits: Creating (0m01s)")
+    assert "\rdigits: Creating (1m15s)" in text
+    assert text.endswith("\ndone\n")

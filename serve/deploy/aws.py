@@ -8,6 +8,7 @@ Nothing here ever prints or logs a credential.
 from __future__ import annotations
 
 import functools
+import os
 
 import boto3
 import botocore.config
@@ -23,6 +24,9 @@ class Aws:
 
     def __init__(self, region: str | None = None, profile: str | None = None,
                  endpoint_url: str | None = None):
+        # precedence as in the AWS CLI v2: --region, AWS_REGION, AWS_DEFAULT_REGION, the profile
+        # (botocore itself reads only the last two)
+        region = region or os.environ.get("AWS_REGION") or None
         try:
             self.session = boto3.Session(profile_name=profile, region_name=region)
         except botocore.exceptions.ProfileNotFound as exc:

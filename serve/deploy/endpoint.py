@@ -386,6 +386,7 @@ def update(aws: Aws, spec: UpdateSpec, reporter: Reporter) -> dict:
     stamp = timestamp()
     new_name = resource_name(spec.name, stamp)
     created = Created()
+    scaling = None
     try:
         env = dict(container.get("Environment") or {})
         model_url = container.get("ModelDataUrl")
@@ -414,15 +415,22 @@ def update(aws: Aws, spec: UpdateSpec, reporter: Reporter) -> dict:
         aws.sagemaker.create_endpoint_config(EndpointConfigName=new_name, ProductionVariants=[variant], Tags=[TAG])
         created.endpoint_config = new_name
         reporter.info(f"created endpoint config {new_name} ({variant['InitialInstanceCount']} x {instance_type})")
+        scaling = _suspend_scaling(aws, spec.name, variant["VariantName"], reporter)
         aws.sagemaker.update_endpoint(EndpointName=spec.name, EndpointConfigName=new_name)
         reporter.info(f"updating endpoint {spec.name} (blue/green: the old fleet serves until the new one is InService)")
         desc = wait_for_endpoint(aws, spec.name, reporter, timeout=spec.timeout, poll=spec.poll)
+        _restore_scaling(aws, scaling, reporter)
+        scaling = None
         if desc["EndpointConfigName"] != new_name:
             reason = desc.get("FailureReason", "SageMaker rolled back to the previous configuration")
             raise DeployError(f"update of {spec.name} did not take: {reason}")
     except BaseException as exc:
         reporter.info(f"update failed: {_describe(exc)}; the endpoint keeps its previous configuration; "
                       "deleting what this run created")
+        try:
+            _restore_scaling(aws, scaling, reporter)
+        except botocore.exceptions.ClientError as err:
+            reporter.info(f"could not restore auto scaling: {error_message(err)}; run `deploy autoscale` again")
         left = rollback(aws, created, reporter)
         if left:
             raise DeployError(f"update failed and these are still there: {', '.join(left)}") from exc
@@ -494,6 +502,41 @@ def _deregister_scaling(aws: Aws, name: str, variants: list[str], reporter: Repo
             reporter.info(f"could not deregister auto scaling for {resource_id}: {error_message(exc)}")
 
 
+def _suspend_scaling(aws: Aws, name: str, variant: str, reporter: Reporter) -> dict | None:
+    """Deregister the variant's scalable target (SageMaker's procedure for updating an endpoint
+    that auto scales) and return what is needed to put it back."""
+    resource_id = f"endpoint/{name}/variant/{variant}"
+    targets = aws.autoscaling.describe_scalable_targets(
+        ServiceNamespace="sagemaker", ResourceIds=[resource_id])["ScalableTargets"]
+    if not targets:
+        return None
+    policies = aws.autoscaling.describe_scaling_policies(
+        ServiceNamespace="sagemaker", ResourceId=resource_id)["ScalingPolicies"]
+    aws.autoscaling.deregister_scalable_target(
+        ServiceNamespace="sagemaker", ResourceId=resource_id,
+        ScalableDimension="sagemaker:variant:DesiredInstanceCount")
+    reporter.info(f"auto scaling of {resource_id} suspended for the update")
+    return {"target": targets[0], "policies": policies}
+
+
+def _restore_scaling(aws: Aws, saved: dict | None, reporter: Reporter) -> None:
+    if not saved:
+        return
+    t = saved["target"]
+    aws.autoscaling.register_scalable_target(
+        ServiceNamespace="sagemaker", ResourceId=t["ResourceId"], ScalableDimension=t["ScalableDimension"],
+        MinCapacity=t["MinCapacity"], MaxCapacity=t["MaxCapacity"])
+    for p in saved["policies"]:
+        kwargs = {k: p[k] for k in ("PolicyName", "ServiceNamespace", "ResourceId", "ScalableDimension",
+                                    "PolicyType")}
+        for key in ("TargetTrackingScalingPolicyConfiguration", "StepScalingPolicyConfiguration"):
+            if p.get(key):
+                kwargs[key] = p[key]
+        aws.autoscaling.put_scaling_policy(**kwargs)
+    reporter.info(f"auto scaling of {t['ResourceId']} restored ({t['MinCapacity']}..{t['MaxCapacity']}, "
+                  f"{len(saved['policies'])} polic{'y' if len(saved['policies']) == 1 else 'ies'})")
+
+
 # --- delete / list -----------------------------------------------------------------------------
 
 def delete(aws: Aws, name: str, reporter: Reporter, *, wait: bool = True, timeout: float = 1800.0,
@@ -513,7 +556,10 @@ def delete(aws: Aws, name: str, reporter: Reporter, *, wait: bool = True, timeou
         reporter.info(f"deleted endpoint config {config['EndpointConfigName']}")
     except botocore.exceptions.ClientError as exc:
         reporter.info(f"could not delete endpoint config {config['EndpointConfigName']}: {error_message(exc)}")
-    for model in current["models"]:
+    for model, desc in current["models"].items():
+        data = ((desc or {}).get("PrimaryContainer") or {}).get("ModelDataUrl")
+        if data:
+            reporter.info(f"model data stays in {data} (S3 storage only; remove it with `aws s3 rm {data}`)")
         try:
             aws.sagemaker.delete_model(ModelName=model)
             deleted.append(f"model {model}")
