@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from .errors import DeployError
 
 _VERSION = re.compile(r"^\d+$")
+_FILTER_ERROR = getattr(tarfile, "FilterError", tarfile.TarError)
 _SKIP = {"__pycache__", ".DS_Store", ".ipynb_checkpoints"}
 
 
@@ -188,11 +189,19 @@ def safe_extract(archive: Path, dest: Path) -> list[str]:
         raise DeployError(f"{archive} is not a readable tar archive: {exc}") from exc
     with tar:
         members = tar.getmembers()
+        has_filter = hasattr(tarfile, "data_filter")   # Python >= 3.10.12 / 3.11.4
         for member in members:
             check_member(member)
+            if not has_filter and (member.issym() or member.islnk()) and ".." in member.linkname.split("/"):
+                # without the stdlib filter nothing resolves link chains: refuse '..' in any link
+                raise DeployError(f"unsafe archive member {member.name!r}: link target {member.linkname!r} "
+                                  "contains '..' (this Python has no tarfile 'data' filter)")
         try:
-            tar.extractall(dest, filter="data")
-        except tarfile.FilterError as exc:
+            if not has_filter:
+                tar.extractall(dest)
+            else:
+                tar.extractall(dest, filter="data")
+        except _FILTER_ERROR as exc:
             bad = getattr(exc, "tarinfo", None)
             label = bad.name if bad is not None else "?"
             raise DeployError(f"unsafe archive member {label!r}: {exc}") from exc
