@@ -7,11 +7,13 @@ instances or named tensors.
 from __future__ import annotations
 
 import io
+import itertools
 from dataclasses import dataclass
 from typing import Mapping, Union
 
 import numpy as np
 import orjson
+import simdjson
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_accept_header
 
@@ -103,7 +105,84 @@ def _loads(body: bytes, what: str):
         raise BadRequest(f"{what} is not valid JSON: {exc}") from None
 
 
+def _numeric_array(node) -> tuple[np.ndarray, int] | None:
+    """A simdjson array of numbers -> (float64 ndarray, number of JSON arrays in it), in C.
+
+    Returns None unless the array is regular (every level has one length) and all numbers;
+    the caller then takes the exact path, which also produces the precise error.
+    """
+    shape, level = [], [node]
+    while True:
+        lengths = set(map(len, level))
+        if len(lengths) != 1:
+            return None
+        length = lengths.pop()
+        if length == 0:
+            return None
+        shape.append(length)
+        if not isinstance(level[0][0], simdjson.Array):
+            break
+        level = list(itertools.chain.from_iterable(level))
+    flat = np.frombuffer(node.as_buffer(of_type="d"), dtype=np.float64)
+    if flat.size != int(np.prod(shape)):
+        return None
+    arrays = sum(int(np.prod(shape[:i])) for i in range(len(shape)))
+    return flat.reshape(shape), arrays
+
+
+def _fast_json(body: bytes) -> Decoded | None:
+    """The common TF Serving bodies of plain numbers, parsed by simdjson straight into NumPy.
+
+    Any other shape of body (named instances, strings, b64, ragged or malformed input) returns
+    None and goes through orjson. Every '[' in the body must belong to an array we decoded,
+    which rules out a nested array hiding among numbers.
+    """
+    try:
+        doc = simdjson.Parser().parse(body)
+        brackets, signature, columnar = 0, None, False
+        if isinstance(doc, simdjson.Array):
+            decoded = _numeric_array(doc)
+            if decoded is None:
+                return None
+            inputs, brackets = decoded
+        elif isinstance(doc, simdjson.Object):
+            keys = set(doc.keys())
+            signature = doc.get("signature_name")
+            if not keys <= {"instances", "inputs", "signature_name"} or len(keys & {"instances", "inputs"}) != 1 \
+                    or not isinstance(signature, (str, type(None))):
+                return None
+            columnar = "inputs" in keys
+            value = doc["inputs" if columnar else "instances"]
+            if isinstance(value, simdjson.Array):
+                decoded = _numeric_array(value)
+                if decoded is None:
+                    return None
+                inputs, brackets = decoded
+            elif columnar and isinstance(value, simdjson.Object):
+                inputs = {}
+                for name in value.keys():
+                    decoded = _numeric_array(value[name]) if isinstance(value[name], simdjson.Array) else None
+                    if decoded is None:
+                        return None
+                    inputs[name], count = decoded
+                    brackets += count + name.count("[")
+            else:
+                return None
+            brackets += (signature or "").count("[")
+        else:
+            return None
+        if body.count(b"[") != brackets:
+            return None
+        return Decoded(inputs, signature, columnar)
+    except (ValueError, TypeError, RuntimeError, KeyError, IndexError):
+        return None
+
+
 def _decode_json(body: bytes) -> Decoded:
+    return _fast_json(body) or _exact_json(body)
+
+
+def _exact_json(body: bytes) -> Decoded:
     doc = _loads(body, "request body")
     if isinstance(doc, list):
         return Decoded(_array(doc, "JSON array"), None, columnar=False)

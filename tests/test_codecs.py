@@ -140,3 +140,44 @@ def test_npy_of_several_outputs_points_to_npz():
     assert codecs.NPZ in err.value.message
     body, _ = codecs.encode(MULTI, codecs.NPZ)
     assert set(np.load(io.BytesIO(body)).files) == {"total", "scaled"}
+
+
+@pytest.mark.parametrize("body", [
+    b"[[1, 2], [3, [4]]]",                 # a nested array hiding among numbers
+    b"[[1, 2], [3, 4, 5], [6]]",           # ragged, same total as (3, 2)
+    b'{"instances": [[1, 2], [3]]}',
+])
+def test_fast_path_never_accepts_irregular_arrays(body):
+    with pytest.raises(BadRequest):
+        codecs.decode(body, "application/json")
+
+
+@pytest.mark.parametrize("body", [
+    b"[[1.5, 2], [3, 4e-3]]", b'{"instances": [[1, 2]], "signature_name": "x[0]"}',
+    b'{"inputs": {"a[1]": [[1.0]], "b": [2, 3]}}', b'{"instances": [{"a": 1}, {"a": 2}]}',
+    b'{"instances": [["a", "b"]]}', b'{"instances": [[true, false]]}', b"[[]]",
+])
+def test_fast_path_agrees_with_the_exact_path(body):
+    fast = codecs._fast_json(body)
+    try:
+        exact = codecs._exact_json(body)
+    except BadRequest:
+        assert fast is None
+        return
+    if fast is not None:
+        assert fast.signature_name == exact.signature_name and fast.columnar == exact.columnar
+        if isinstance(exact.inputs, dict):
+            for name in exact.inputs:
+                np.testing.assert_array_equal(fast.inputs[name], exact.inputs[name])
+        else:
+            np.testing.assert_array_equal(fast.inputs, exact.inputs)
+
+
+def test_fast_path_takes_plain_number_bodies():
+    x = np.random.default_rng(2).random((2, 8, 8, 3))
+    for body in (json.dumps(x.tolist()), json.dumps({"instances": x.tolist()}),
+                 json.dumps({"inputs": {"image": x.tolist()}, "signature_name": "serving_default"})):
+        fast = codecs._fast_json(body.encode())
+        assert fast is not None
+        arr = fast.inputs["image"] if isinstance(fast.inputs, dict) else fast.inputs
+        np.testing.assert_array_equal(arr, x)
