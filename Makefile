@@ -9,8 +9,13 @@ PORT ?= 8080
 PLATFORMS ?= linux/arm64,linux/amd64
 EXAMPLE_MODEL := examples/digits/model
 PYTEST_ARGS ?=
+TTY := $(shell test -t 0 && echo -it)
+# Where Docker Hub is out of reach, .ci/setup-host.sh builds the same debian:trixie-slim into a
+# local registry; use it when it is there and BASE_IMAGE is not set.
+LOCAL_BASE := 127.0.0.1:5000/debian:trixie-slim
+BASE := $${BASE_IMAGE:-$$(curl -fsS -o /dev/null http://127.0.0.1:5000/v2/debian/manifests/trixie-slim 2>/dev/null && echo $(LOCAL_BASE))}
 
-.PHONY: venv test test-host test-container build build-arm64 build-x86 push run example bench clean help
+.PHONY: venv test test-host build build-arm64 build-x86 push run example bench clean help docker-ready host-setup
 
 help:  ## list targets
 	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | sed -e 's/:.*##/\t/'
@@ -22,8 +27,17 @@ $(VENV)/.installed: pyproject.toml tests/requirements.txt
 
 venv: $(VENV)/.installed  ## .venv with the project and its test dependencies
 
-test: venv  ## every test: host server, both images (arm64 under qemu), registry, deploy against moto
-	$(PY) -m pytest $(PYTEST_ARGS)
+host-setup:  ## root on Debian without Docker/Docker Hub: engine, buildx, qemu, local registry and base image
+	bash .ci/setup-host.sh
+
+# A fresh machine of the CI kind has only the docker client: set it up (root + apt only).
+docker-ready:
+	@docker info >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then bash .ci/setup-host.sh; \
+	  else echo "make: no Docker engine answers; start Docker (or run 'make host-setup' as root on Debian)" >&2; exit 1; fi; }
+
+test: venv docker-ready  ## every test: host server, both images (arm64 under qemu), registry, deploy against moto
+	BASE_IMAGE=$(BASE) $(PY) -m pytest $(PYTEST_ARGS)
 
 test-host: venv  ## only the tests that need no Docker engine
 	$(PY) -m pytest -m "not container" $(PYTEST_ARGS)
@@ -34,20 +48,20 @@ $(EXAMPLE_MODEL)/.built: examples/digits/train.py | venv
 
 example: $(EXAMPLE_MODEL)/.built  ## train the digits CNN and pack examples/digits/model.tar.gz
 
-build:  ## image for this host's architecture, loaded into the local engine
-	./build.sh --platform linux/$(ARCH) --tag $(IMAGE) --load
+build: docker-ready  ## image for this host's architecture, loaded into the local engine
+	BASE_IMAGE=$(BASE) ./build.sh --platform linux/$(ARCH) --tag $(IMAGE) --load
 
-build-arm64:  ## Graviton image (emulated on x86), loaded
-	./build.sh --platform linux/arm64 --tag $(IMAGE) --load
+build-arm64: docker-ready  ## Graviton image (emulated on x86), loaded
+	BASE_IMAGE=$(BASE) ./build.sh --platform linux/arm64 --tag $(IMAGE) --load
 
-build-x86:  ## x86-64 image, loaded
-	./build.sh --platform linux/amd64 --tag $(IMAGE) --load
+build-x86: docker-ready  ## x86-64 image, loaded
+	BASE_IMAGE=$(BASE) ./build.sh --platform linux/amd64 --tag $(IMAGE) --load
 
-push:  ## multi-arch manifest list to REGISTRY (or ECR=ACCOUNT.dkr.ecr.REGION.amazonaws.com)
-	./build.sh --platform $(PLATFORMS) --tag $(IMAGE) --push $(if $(ECR),--ecr $(ECR))
+push: docker-ready  ## multi-arch manifest list: IMAGE=REPO:TAG, or ECR=ACCOUNT.dkr.ecr.REGION.amazonaws.com
+	BASE_IMAGE=$(BASE) ./build.sh --platform $(PLATFORMS) --tag $(IMAGE) --push $(if $(ECR),--ecr $(ECR))
 
 run: build example  ## serve the example model from the image on port $(PORT), as SageMaker would
-	docker run --rm -it -p $(PORT):8080 -v $(CURDIR)/$(EXAMPLE_MODEL):/opt/ml/model:ro $(IMAGE) serve
+	docker run --rm $(TTY) -p $(PORT):8080 -v $(CURDIR)/$(EXAMPLE_MODEL):/opt/ml/model:ro $(IMAGE) serve
 
 bench: venv  ## throughput/latency against the peer servers; writes bench/results/
 	$(PY) -m bench.run

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import re
 
+import orjson
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
@@ -67,7 +68,7 @@ def create_app(settings: Settings, state: WorkerState, workers: int) -> Flask:
     @app.get("/execution-parameters")
     def execution_parameters():
         # Each worker keeps one batch in its model while the next request is decoded.
-        return _json(codecs.orjson.dumps({
+        return _json(orjson.dumps({
             "MaxConcurrentTransforms": 2 * workers,
             "BatchStrategy": "MULTI_RECORD",
             "MaxPayloadInMB": settings.max_payload_in_mb,
@@ -97,7 +98,7 @@ def create_app(settings: Settings, state: WorkerState, workers: int) -> Flask:
     def tfs_status(target: str):
         tfs_target(target)
         version = state.default.model.location.version or "1"
-        return _json(codecs.orjson.dumps({"model_version_status": [
+        return _json(orjson.dumps({"model_version_status": [
             {"version": version, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}))
 
     @app.errorhandler(ServeError)
