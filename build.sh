@@ -156,7 +156,7 @@ data = token["authorizationData"][0]
 user, _, password = base64.b64decode(data["authorizationToken"]).decode().partition(":")
 sys.stdout.write(password)
 PY
-    die "the registry $ecr refused the login (check AWS credentials, region and ecr:GetAuthorizationToken permission)"
+    die "the registry $ecr refused the login or could not be reached (docker's message above; check AWS credentials, region, ecr:GetAuthorizationToken permission, network)"
   fi
 fi
 

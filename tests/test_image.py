@@ -1,0 +1,167 @@
+"""The images themselves, as SageMaker runs them: metadata, contents, start-up, port, shutdown.
+
+Both images are built once per session by tests/fixtures/docker.py (./build.sh --load); the
+arm64 one is built and run under qemu emulation. The HTTP contract is tested against both
+containers by tests/test_contract.py; here is what is specific to the image.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import requests
+
+from tests.fixtures.docker import REPO, SLOW_PREDICT_S, docker, start_container
+
+pytestmark = pytest.mark.container
+
+ARCHS = [pytest.param("amd64", id="amd64"),
+         pytest.param("arm64", id="arm64", marks=pytest.mark.arm64)]
+# docker image inspect .Size (uncompressed). Measured 2026-11-26: amd64 1.75 GB (tensorflow-cpu
+# 2.21.0 is ~1.3 GB installed), arm64 see docs/container.md. Bounds leave ~10% for drift.
+MAX_SIZE_BYTES = {"amd64": 1_950_000_000, "arm64": 2_100_000_000}
+TF_DIST = {"amd64": "tensorflow-cpu", "arm64": "tensorflow"}
+MACHINE = {"amd64": "x86_64", "arm64": "aarch64"}
+SAGEMAKER_PORT_LABEL = "com.amazonaws.sagemaker.capabilities.accept-bind-to-port"
+
+
+@pytest.fixture(params=ARCHS)
+def arch(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def image(arch, request) -> str:
+    return request.getfixturevalue(f"image_{arch}")
+
+
+def inspect(image: str) -> dict:
+    return json.loads(docker("image", "inspect", image).stdout)[0]
+
+
+def run_in_image(image: str, *cmd: str, timeout: float = 180) -> str:
+    """docker run --rm IMAGE CMD... (through the entrypoint, as a user would); returns stdout."""
+    proc = docker("run", "--rm", image, *cmd, check=False, timeout=timeout)
+    assert proc.returncode == 0, f"{cmd} exited {proc.returncode}: {proc.stderr}"
+    return proc.stdout
+
+
+def test_platform_and_architecture(image, arch):
+    meta = inspect(image)
+    assert (meta["Os"], meta["Architecture"]) == ("linux", arch)
+    # The binaries really are for that machine (run natively or under qemu).
+    out = run_in_image(image, "python", "-c",
+                       "import platform, sys; print(platform.machine(), sys.version_info[0], "
+                       "sys.version_info[1], sys.prefix)")
+    machine, major, minor, prefix = out.split()
+    assert machine == MACHINE[arch]
+    assert (int(major), int(minor)) == (3, 13), "Debian trixie's python3 is 3.13"
+    assert prefix == "/opt/venv"
+
+
+def test_labels_ports_entrypoint_and_env_defaults(image):
+    config = inspect(image)["Config"]
+    assert config["Labels"][SAGEMAKER_PORT_LABEL] == "true"
+    assert "8080/tcp" in config["ExposedPorts"]
+    # Exec form (a JSON list, no /bin/sh -c) so that `serve` ends up as PID 1 and gets SIGTERM.
+    assert config["Entrypoint"] == ["/opt/container/entrypoint.sh"]
+    assert config["Cmd"] == ["serve"]
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert env["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    assert env["DNNL_DEFAULT_FPMATH_MODE"] == "BF16"
+    assert env["PATH"].split(":")[0] == "/opt/venv/bin"
+    assert env["PYTHONDONTWRITEBYTECODE"] == "1"
+
+
+def test_installed_stack_is_the_lock_and_nothing_more(image, arch):
+    """TensorFlow flavour per arch, the serve package, pip check clean, no build leftovers."""
+    script = r"""
+import importlib.metadata as md, json, os, shutil, subprocess, sys
+dists = {d.metadata["Name"].lower().replace("_", "-"): d.version for d in md.distributions()}
+def files(path):
+    return [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs if f != "lock"]
+leftovers = files("/root/.cache") + files("/var/lib/apt/lists") + files("/tmp") + files("/opt/ml")
+print(json.dumps({
+    "dists": dists,
+    "pip_check": subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True).returncode,
+    "compilers": [c for c in ("gcc", "cc", "g++", "make") if shutil.which(c)],
+    "leftovers": leftovers,
+    "serve": shutil.which("serve"),
+}))
+"""
+    info = json.loads(run_in_image(image, "python", "-c", script))
+    dists = info["dists"]
+    assert dists[TF_DIST[arch]] == "2.21.0"
+    other = {"amd64": "tensorflow", "arm64": "tensorflow-cpu"}[arch]
+    assert other not in dists, f"{other} must not be installed next to {TF_DIST[arch]}"
+    assert "sagemaker-tf-graviton" in dists
+    assert info["serve"] == "/opt/venv/bin/serve"
+    assert info["pip_check"] == 0
+    assert info["compilers"] == []
+    assert info["leftovers"] == []
+    # Every distribution in the image is pinned by the arch's lock file (plus pip and the project).
+    lock = (REPO / "container" / f"requirements-{arch}.txt").read_text()
+    pins = {line.split("==")[0]: line.split("==")[1].split()[0]
+            for line in lock.splitlines() if "==" in line and not line.startswith("#")}
+    extra = set(dists) - set(pins) - {"pip", "sagemaker-tf-graviton"}
+    assert not extra, f"installed but not in the lock: {sorted(extra)}"
+    wrong = {n: (dists.get(n), v) for n, v in pins.items() if dists.get(n) != v}
+    assert not wrong, f"installed versions differ from the lock: {wrong}"
+
+
+def test_image_size_within_bound(image, arch):
+    size = inspect(image)["Size"]
+    assert size < MAX_SIZE_BYTES[arch], f"{arch} image is {size / 1e6:.0f} MB"
+
+
+def test_train_is_refused_with_a_message(image_amd64):
+    proc = docker("run", "--rm", image_amd64, "train", check=False)
+    assert proc.returncode == 2
+    assert "does not implement SageMaker training" in proc.stderr
+
+
+def test_bind_to_port_moves_the_port(image_amd64, mlp_model_dir):
+    with start_container(image_amd64, mlp_model_dir, env={"SAGEMAKER_BIND_TO_PORT": "9091"}) as c:
+        assert c.container_port == 9091
+        assert requests.get(f"{c.url}/ping", timeout=5).status_code == 200
+        probe = ("import socket\n"
+                 "def up(p):\n"
+                 "    s = socket.socket(); s.settimeout(2)\n"
+                 "    try: return s.connect_ex(('127.0.0.1', p)) == 0\n"
+                 "    finally: s.close()\n"
+                 "print(up(9091), up(8080))")
+        out = c.exec("python", "-c", probe)
+        assert out.stdout.split() == ["True", "False"], out.stdout + out.stderr
+
+
+def test_docker_stop_lets_the_inflight_request_finish(image, arch, slow_model_dir):
+    """SageMaker stops a container with SIGTERM and kills it 30 s later: the request in flight
+    must complete and the container must exit 0 before that."""
+    with start_container(image, slow_model_dir) as c:
+        cmdline = c.exec("cat", "/proc/1/cmdline").stdout.split("\0")
+        assert "/opt/venv/bin/serve" in cmdline, f"PID 1 is {cmdline}, not the serve command"
+        result: dict = {}
+
+        def call():
+            start = time.monotonic()
+            try:
+                r = requests.post(f"{c.url}/invocations", json={"instances": [[1, 2, 3, 4]]}, timeout=60)
+                result.update(status=r.status_code, body=r.text, seconds=time.monotonic() - start)
+            except requests.RequestException as exc:
+                result.update(error=repr(exc), seconds=time.monotonic() - start)
+
+        thread = threading.Thread(target=call)
+        thread.start()
+        time.sleep(2)  # the request is in predict_fn's sleep now
+        assert thread.is_alive(), f"the slow request ended early: {result}"
+        exit_code = c.stop(timeout=30)
+        thread.join(60)
+        logs = c.logs()
+        assert result.get("status") == 200, f"in-flight request: {result}\n{logs[-3000:]}"
+        assert np.allclose(json.loads(result["body"])["predictions"], [[0.5, 0.5, 0.5]])
+        assert result["seconds"] >= SLOW_PREDICT_S - 1
+        assert exit_code == 0, f"exit code {exit_code}\n{logs[-3000:]}"
+        assert c.stop_seconds < 30, f"docker stop took {c.stop_seconds:.1f} s ({arch})"
