@@ -174,6 +174,25 @@ def test_toolkit_defaults_fill_in_what_the_script_leaves_out(mlp_model_dir, tmp_
     assert r.json() == {"labels": mlp_model_dir.expected["output_0"].argmax(axis=1).tolist()}
 
 
+def test_submit_directory_from_s3(mlp_model_dir, tmp_path, aws_env):
+    """SageMaker's SDK uploads sourcedir.tar.gz to S3 and names it in SAGEMAKER_SUBMIT_DIRECTORY."""
+    import boto3
+
+    archive = tmp_path / "sourcedir.tar.gz"
+    (tmp_path / "inference.py").write_text(PARTIAL_SCRIPT)
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "inference.py", arcname="inference.py")
+    s3 = boto3.client("s3", region_name=aws_env["region"])
+    s3.create_bucket(Bucket="code-bucket", CreateBucketConfiguration={"LocationConstraint": aws_env["region"]})
+    s3.upload_file(str(archive), "code-bucket", "job/source/sourcedir.tar.gz")
+    env = {"SAGEMAKER_SUBMIT_DIRECTORY": "s3://code-bucket/job/source/sourcedir.tar.gz",
+           "SAGEMAKER_REGION": aws_env["region"]}
+    with start_host_server(mlp_model_dir.model_dir, env) as server:
+        r = invoke(server.url, json.dumps({"instances": mlp_model_dir.inputs["features"].tolist()}))
+    assert r.status_code == 200, r.text
+    assert r.json() == {"labels": mlp_model_dir.expected["output_0"].argmax(axis=1).tolist()}
+
+
 def test_transform_fn_from_a_submit_directory_folder(mlp_model_dir, tmp_path):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "inference.py").write_text(TRANSFORM_SCRIPT)
