@@ -8,9 +8,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-LABELS = {"byoc": "Flask+gunicorn (BYOC)", "mms": "sagemaker-inference+MMS", "mlserver": "MLServer batching",
+LABELS = {"byoc": "Flask+gunicorn (BYOC)", "byoc-same": "Flask+gunicorn (BYOC), our workers", "mms": "sagemaker-inference+MMS", "mlserver": "MLServer batching",
           "ours": "this project (host)", "ours-container": "this project (container)"}
-STYLE = {"byoc": ("tab:gray", "o"), "mms": ("tab:brown", "s"), "mlserver": ("tab:purple", "^"),
+STYLE = {"byoc": ("tab:gray", "o"), "byoc-same": ("silver", "o"), "mms": ("tab:brown", "s"), "mlserver": ("tab:purple", "^"),
          "ours": ("tab:green", "D"), "ours-container": ("tab:olive", "v")}
 
 
@@ -46,6 +46,10 @@ def main(src, dst):
         ax_l.set_yscale("log")
         for ax in (ax_t, ax_l):
             ax.grid(True, which="both", alpha=0.3)
+            levels = sorted({l["connections"] for r in res["runs"] if r["model"] == m for l in r.get("levels", [])})
+            if levels:
+                ax.set_xticks(levels)
+                ax.set_xticklabels([str(c) for c in levels])
         ax_t.legend(fontsize=7)
     meta = res["meta"]
     fig.suptitle(f"{meta['vcpus']} vCPU {meta['arch']}, wrk 1 thread, one example per request, {meta['date']}", fontsize=10)

@@ -19,8 +19,24 @@ def _fmt(v, nd=1):
     return str(v)
 
 
+def _ratio(a, b):
+    if not b:
+        return ""
+    v = a / b
+    return f"{v:.2f}x" if v >= 0.1 else f"{v:.3f}x"
+
+
 def _level(run, c):
     return next((l for l in run.get("levels", []) if l["connections"] == c), None)
+
+
+def label(run):
+    base = LABELS.get(run["stack"], run["stack"])
+    if run["stack"] in ("byoc", "byoc-same", "mms", "mlserver") and run.get("workers"):
+        base += f", {run['workers']} worker{'s' if run['workers'] > 1 else ''}"
+    elif run["stack"].startswith("ours") and run.get("workers"):
+        base += f", {run['workers']} worker{'s' if run['workers'] > 1 else ''} (default)"
+    return base
 
 
 def _runs(results, model):
@@ -55,10 +71,14 @@ def ratios(results):
         if tf.get("status") == "ok":
             row["vs_tf_best"] = lt["rps"] / tf["best_items_per_s"]
             row["vs_tf_batch1"] = lt["rps"] / tf["batch1"]["calls_per_s"]
-        byoc = next((x for x in _runs(results, m) if x["stack"] == "byoc" and x.get("status") == "ok"), None)
-        if byoc and l1 and _level(byoc, 1):
-            row["p50_c1_vs_byoc"] = l1["p50_ms"] / _level(byoc, 1)["p50_ms"]
-            if r.get("memory_idle") and byoc.get("memory_idle"):
+        byocs = [x for x in _runs(results, m) if x["stack"] in ("byoc", "byoc-same") and x.get("status") == "ok"
+                 and _level(x, 1)]
+        if byocs and l1:
+            # the stricter of the BYOC runs for latency; the one with our worker count for memory
+            row["p50_c1_vs_byoc"] = l1["p50_ms"] / min(_level(x, 1)["p50_ms"] for x in byocs)
+            same = [x for x in byocs if x.get("workers") == r.get("workers")]
+            byoc = same[0] if same else None
+            if byoc and r.get("memory_idle") and byoc.get("memory_idle"):
                 row["rss_vs_byoc"] = r["memory_idle"]["rss_mib"] / byoc["memory_idle"]["rss_mib"]
                 row["pss_vs_byoc"] = r["memory_idle"]["pss_mib"] / byoc["memory_idle"]["pss_mib"]
         peers_p99 = [(_level(x, top) or {}).get("p99_ms") for x in _runs(results, m)
@@ -78,6 +98,7 @@ TARGETS = [
     (None, "p50_c1_vs_byoc", "<=", 1.0, "c1 p50 no worse than BYOC"),
     (None, "p99_top_vs_min_peer", "<", 1.0, "top-concurrency p99 below every peer's"),
     (None, "rss_vs_byoc", "<=", 1.0, "idle RSS no more than BYOC (same workers)"),
+    (None, "pss_vs_byoc", "<=", 1.0, "idle PSS no more than BYOC (same workers)"),
 ]
 
 
@@ -139,12 +160,12 @@ def write_markdown(results, path):
         L.append("| " + " | ".join(head) + " |")
         L.append("|" + "---|" * len(head))
         for r in runs:
-            label = LABELS.get(r["stack"], r["stack"])
+            lab = label(r)
             if r.get("status") != "ok":
-                L.append(f"| {label} | {r.get('status')}: {r.get('reason', '')[:160].replace('|', '/')} |" +
+                L.append(f"| {lab} | {r.get('status')}: {r.get('reason', '')[:160].replace('|', '/')} |" +
                          " |" * (len(head) - 2))
                 continue
-            cells = [label]
+            cells = [lab]
             for c in levels:
                 l = _level(r, c)
                 cells += [_fmt(l["rps"]), _fmt(l["p50_ms"], 2), _fmt(l["p99_ms"], 1)] if l else ["", "", ""]
@@ -154,11 +175,12 @@ def write_markdown(results, path):
             cells.append(f"{_fmt(mem.get('rss_mib'), 0)} ({_fmt(mem.get('pss_mib'), 0)})")
             cells.append(_fmt(r.get("startup_s")))
             lt = _level(r, top)
-            cells.append(f"{lt['rps'] / bp[1]['rps']:.2f}x" if lt and bp and bp[1]["rps"] else "")
-            cells.append(f"{lt['rps'] / tf['best_items_per_s']:.2f}x" if lt and tf and tf.get("status") == "ok" else "")
+            cells.append(_ratio(lt["rps"], bp[1]["rps"]) if lt and bp else "")
+            cells.append(_ratio(lt["rps"], tf["best_items_per_s"]) if lt and tf and tf.get("status") == "ok" else "")
             L.append("| " + " | ".join(cells) + " |")
         if bp:
-            L.append(f"\nBest peer at c{top}: {LABELS[bp[0]]} ({_fmt(bp[1]['rps'])} req/s).\n")
+            bpr = next(x for x in runs if x["stack"] == bp[0])
+            L.append(f"\nBest peer at c{top}: {label(bpr)} ({_fmt(bp[1]['rps'])} req/s).\n")
     rows = target_rows(results)
     if rows:
         L.append("\n## Targets (issue 5), ratios from this run\n")

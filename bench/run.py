@@ -96,7 +96,10 @@ def run_http(stack, model, base, a, bodies):
     if stack == "ours" and not (REPO / ".venv" / "bin" / "serve").exists():
         return {**rec, "status": "skipped", "reason": ".venv/bin/serve not installed"}
 
-    starter = {"byoc": S.start_byoc, "mms": S.start_mms, "mlserver": S.start_mlserver,
+    ours_workers = S.ours_default_workers(ours_env)
+    starter = {"byoc": S.start_byoc,
+               "byoc-same": lambda m, b, w: S.start_byoc(m, b, ours_workers, tag="byoc-same"),
+               "mms": S.start_mms, "mlserver": S.start_mlserver,
                "ours": lambda m, b, w: S.start_ours(m, b, w, ours_env),
                "ours-container": lambda m, b, w: S.start_ours_container(m, b, w, a.image, ours_env)}[stack]
     server = None
@@ -112,7 +115,13 @@ def run_http(stack, model, base, a, bodies):
         rec["body_bytes"] = len(body)
         time.sleep(2.0)
         rec["memory_idle"] = server.memory()
-        rec["workers"] = a.workers if stack in S.PEER_STACKS else None
+        rec["workers"] = {"byoc-same": ours_workers}.get(stack, a.workers if stack in S.PEER_STACKS else None)
+        if stack.startswith("ours"):
+            import re
+            mw = re.search(r"workers=(\d+)", server.logs(200000))
+            rec["workers"] = int(mw.group(1)) if mw else None
+            mt = re.search(r"intra_op_threads=(\d+)", server.logs(200000))
+            rec["intra_op_threads"] = int(mt.group(1)) if mt else None
         script = wrk_script(body_path)
         url = server.url + path
         for c in levels:
@@ -144,7 +153,8 @@ def arm64_smoke(a, bases, bodies):
     rec = {"status": "skipped"}
     if not have_docker():
         return {**rec, "reason": "no Docker engine answering"}
-    candidates = [a.image_arm64] if a.image_arm64 else [a.image, "sagemaker-tf-graviton:arm64"]
+    candidates = [a.image_arm64] if a.image_arm64 else [
+        a.image, "sagemaker-tf-graviton:arm64", "sagemaker-tf-graviton:test-arm64", "sagemaker-tf-graviton:dev-arm64"]
     image = next((i for i in candidates if i and image_exists(i) and image_arch(i) == "arm64"), None)
     if not image:
         return {**rec, "reason": f"no arm64 image among {candidates} (build with ./build.sh --platform linux/arm64 "
@@ -225,8 +235,16 @@ def main(argv=None):
                     f"{r['best_batch']}: {r['best_items_per_s']} items/s; +stdlib json "
                     f"{r['batch1_stdlib_json']['calls_per_s']}/s")
             save()
-    # 3. HTTP stacks: peers first, then this project
-    for s in [s for s in S.HTTP_STACKS if s in stacks]:
+    # 3. HTTP stacks: peers first, then this project. BYOC also runs with this project's worker
+    # count when that differs from the peers' (the like-for-like memory and latency comparison).
+    ours_workers = S.ours_default_workers(dict(kv.split("=", 1) for kv in a.ours_env))
+    results["meta"]["ours_workers"] = ours_workers
+    http = [s for s in S.HTTP_STACKS if s in stacks]
+    if "byoc" in http and ours_workers != a.workers and "byoc-same" not in http:
+        http.insert(http.index("byoc") + 1, "byoc-same")
+    elif "byoc-same" in http and ours_workers == a.workers:
+        http.remove("byoc-same")
+    for s in http:
         for m in models:
             log(f"[{s}] {m}")
             results["runs"].append(run_http(s, m, bases[m], a, bodies))

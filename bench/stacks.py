@@ -11,12 +11,13 @@ from .harness import (PEERS, REPO, TMP, ContainerServer, HostServer, ensure_venv
 LABELS = {
     "tf": "TensorFlow in-process (no HTTP)",
     "byoc": "Flask + gunicorn sync (SageMaker BYOC pattern)",
+    "byoc-same": "Flask + gunicorn sync (SageMaker BYOC pattern)",
     "mms": "sagemaker-inference 1.10.1 + MMS 1.1.11",
     "mlserver": "MLServer 1.7.1, adaptive batching (32, 5 ms)",
     "ours": "this project, host (`serve`)",
     "ours-container": "this project, amd64 container",
 }
-PEER_STACKS = ("byoc", "mms", "mlserver")
+PEER_STACKS = ("byoc", "byoc-same", "mms", "mlserver")
 HTTP_STACKS = PEER_STACKS + ("ours", "ours-container")
 
 
@@ -24,13 +25,24 @@ def _quiet_tf():
     return {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 
 
-def start_byoc(model, base, workers):
+def ours_default_workers(ours_env: dict) -> int:
+    """The worker count this project's server will pick here (its own rule), for like-for-like peers."""
+    if ours_env.get("SAGEMAKER_MODEL_SERVER_WORKERS"):
+        return int(ours_env["SAGEMAKER_MODEL_SERVER_WORKERS"])
+    try:
+        from serve.tuning import default_workers, usable_vcpus
+        return default_workers(usable_vcpus())
+    except Exception:
+        return os.cpu_count() or 1
+
+
+def start_byoc(model, base, workers, tag="byoc"):
     venv = ensure_venv("byoc", PEERS / "byoc" / "requirements.txt")
     port = free_port()
     cmd = [venv / "bin" / "gunicorn", "-k", "sync", "-w", str(workers), "--timeout", "60",
            "-b", f"127.0.0.1:{port}", "app:app"]
     env = {**_quiet_tf(), "MODEL_DIR": str(base / "model" / "1")}
-    return HostServer(f"byoc-{model}", cmd, env=env, cwd=PEERS / "byoc", port=port), "/invocations", "json"
+    return HostServer(f"{tag}-{model}", cmd, env=env, cwd=PEERS / "byoc", port=port), "/invocations", "json"
 
 
 def start_mms(model, base, workers):
