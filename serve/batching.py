@@ -4,8 +4,9 @@ One thread per worker owns the model. It takes the oldest waiting request and ev
 other waiting request that can be stacked with it (same signature, same per-instance
 shapes and dtypes) up to ``max_batch_size`` instances, runs them as one call and hands
 each caller its own rows back. While a call runs, new requests queue, so under load
-batches form by themselves; a lone request at low load is run at once. The wait
-(``max_wait``) is spent only when more requests are known to be on their way
+batches form by themselves. A lone request at low load is run at once, on its own thread
+(no hand-off to the model thread and back, which costs more than a small model's call).
+The wait (``max_wait``) is spent only when more requests are known to be on their way
 (``arriving`` > 0: they have been received and are being decoded), never on a guess.
 
 A request that fails inside a batch is retried alone, so one bad request fails by
@@ -41,6 +42,11 @@ class _Item:
     future: Future = field(default_factory=Future)
 
 
+@dataclass
+class _Arrival:
+    ended: bool = False
+
+
 def _stack_key(signature: str, inputs: Arrays) -> Hashable:
     return signature, tuple(sorted((n, a.shape[1:], a.dtype.str) for n, a in inputs.items()))
 
@@ -55,6 +61,7 @@ class Batcher:
         self._queue: deque[_Item] = deque()
         self._cond = threading.Condition()
         self._arriving = 0
+        self._busy = False          # a call is running or a batch is forming
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
         self._thread.start()
@@ -62,26 +69,52 @@ class Batcher:
 
     @contextmanager
     def arriving(self):
-        """Announce a request that is being decoded, so a forming batch may wait for it."""
+        """Announce a request that is being decoded, so a forming batch may wait for it.
+
+        Pass what this yields to ``submit``, which ends the announcement; leaving the block ends
+        it otherwise (a request that failed to decode).
+        """
+        arrival = _Arrival()
         with self._cond:
             self._arriving += 1
         try:
-            yield
+            yield arrival
         finally:
             with self._cond:
-                self._arriving -= 1
-                self._cond.notify()
+                self._end_arrival(arrival)
 
-    def submit(self, signature: str, inputs: Arrays) -> Future:
+    def _end_arrival(self, arrival: "_Arrival | None") -> None:
+        if arrival is not None and not arrival.ended:
+            arrival.ended = True
+            self._arriving -= 1
+            self._cond.notify()
+
+    def submit(self, signature: str, inputs: Arrays, arrival: "_Arrival | None" = None) -> Future:
         first = next(iter(inputs.values()), None)
         size = first.shape[0] if first is not None and first.ndim else 1
         item = _Item(signature, inputs, size, _stack_key(signature, inputs))
         with self._cond:
             if self._closed:
                 raise RuntimeError("batcher is closed")
-            self._queue.append(item)
-            self._cond.notify()
+            self._end_arrival(arrival)
+            inline = not self._busy and not self._queue and self._arriving == 0
+            if inline:
+                self._busy = True
+            else:
+                self._queue.append(item)
+                self._cond.notify()
+        if inline:
+            item.future.set_running_or_notify_cancel()
+            try:
+                self._execute([item])
+            finally:
+                self._idle()
         return item.future
+
+    def _idle(self) -> None:
+        with self._cond:
+            self._busy = False
+            self._cond.notify_all()
 
     @staticmethod
     def wait(future: Future, timeout: float) -> Arrays:
@@ -101,10 +134,11 @@ class Batcher:
 
     def _take(self) -> list[_Item] | None:
         with self._cond:
-            while not self._queue and not self._closed:
+            while (self._busy or not self._queue) and not self._closed:
                 self._cond.wait()
             if not self._queue:
                 return None
+            self._busy = True
             first = self._queue.popleft()
             batch, total = [first], first.size
             if not self._batchable(first.signature) or first.size >= self._max:
@@ -136,8 +170,11 @@ class Batcher:
             if batch is None:
                 return
             batch = [item for item in batch if item.future.set_running_or_notify_cancel()]
-            if batch:
-                self._execute(batch)
+            try:
+                if batch:
+                    self._execute(batch)
+            finally:
+                self._idle()
 
     def _execute(self, batch: list[_Item]) -> None:
         self.stats["calls"] += 1

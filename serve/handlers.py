@@ -73,10 +73,10 @@ class DefaultHandler:
 
     def handle(self, invocation: Invocation) -> Result:
         accept = codecs.negotiate(invocation.accept)  # before any work: a 406 costs nothing
-        with self._batcher.arriving():
+        with self._batcher.arriving() as arrival:
             decoded = codecs.decode(invocation.body, invocation.content_type)
             signature = self.model.signature(decoded.signature_name)
-            future = self._batcher.submit(signature.name, signature.prepare(decoded.inputs))
+            future = self._batcher.submit(signature.name, signature.prepare(decoded.inputs), arrival)
         outputs = self._batcher.wait(future, self._timeout)
         return Result(*codecs.encode(outputs, accept, columnar=decoded.columnar))
 

@@ -17,11 +17,13 @@ class Recorder:
         self.model = model
         self.delay = delay
         self.calls = []
+        self.threads = []
         self.lock = threading.Lock()
 
     def __call__(self, signature, feed):
         with self.lock:
             self.calls.append((signature, {k: v.shape for k, v in feed.items()}))
+            self.threads.append(threading.current_thread().name)
         if self.delay:
             time.sleep(self.delay)  # a slow model, so that requests pile up behind it
         return self.model.signatures[signature].call(feed)
@@ -49,6 +51,7 @@ def test_lone_request_runs_at_once(model):
     out = batcher.wait(batcher.submit("sum_only", {"x": np.ones((1, 3), np.float32)}), 10)
     assert time.perf_counter() - start < 0.5  # the 1 s wait applies only while a batch is forming
     np.testing.assert_array_equal(out["s"], [3.0])
+    assert rec.threads == [threading.current_thread().name]  # ran inline: no hand-off to the model thread
 
 
 def test_concurrent_requests_are_stacked_and_split_back(model):
@@ -106,9 +109,14 @@ def test_timeout_answers_504(model):
     from serve.errors import RequestTimeout
 
     rec, batcher = make(model, delay=1.0)
+    busy = threading.Thread(target=lambda: batcher.wait(
+        batcher.submit("sum_only", {"x": np.ones((1, 3), np.float32)}), 10))
+    busy.start()  # occupies the model, so the next request has to queue
+    time.sleep(0.1)
     with pytest.raises(RequestTimeout) as err:
         batcher.wait(batcher.submit("sum_only", {"x": np.ones((1, 3), np.float32)}), 0.2)
     assert "SAGEMAKER_MODEL_SERVER_TIMEOUT" in err.value.message
+    busy.join()
 
 
 def test_arriving_requests_are_waited_for(model):
