@@ -44,10 +44,12 @@ def _shape_from_brackets(b: np.ndarray, n_values: int) -> tuple:
     opens = b == ord("[")
     depth_after = np.cumsum(opens.astype(np.int32) - (b == ord("]")))
     d = int(depth_after[opens].max())
-    lists_at = np.bincount(depth_after[opens], minlength=d + 1)  # lists opened at each depth
+    lists_at = np.bincount(depth_after[opens], minlength=d + 1)  # lists opened at each depth (1 = outermost)
     shape = [int(lists_at[k + 1] // lists_at[k]) for k in range(1, d)]
     shape.append(n_values // int(lists_at[d]))
-    return tuple([int(lists_at[1])] + shape) if lists_at[1] > 1 else tuple([1] + shape)
+    if int(np.prod(shape)) != n_values:
+        raise ValueError("ragged nested list")
+    return tuple(shape)
 
 
 def numpy_fromstring(body: bytes) -> np.ndarray:
@@ -91,7 +93,7 @@ def codec_bench(models, reps) -> list:
             out = np.asarray(fn(body), dtype=np.float32)
             ok = out.shape == ref.shape and np.array_equal(out, ref)
             n = max(3, reps // max(1, len(body) // 20000))
-            t = min(timeit.repeat(lambda: fn(body), number=n, repeat=5)) / n
+            t = min(timeit.repeat(lambda: fn(body), number=n, repeat=7)) / n
             rows.append({"model": m, "op": "decode", "method": name, "bytes": len(body), "us": round(t * 1e6, 1),
                          "exact": bool(ok), "shape": list(out.shape)})
         # encode: the model's output for one example
@@ -102,7 +104,7 @@ def codec_bench(models, reps) -> list:
             ("orjson.dumps(OPT_SERIALIZE_NUMPY)", lambda: orjson.dumps({"predictions": y}, option=orjson.OPT_SERIALIZE_NUMPY)),
         ]
         for name, fn in encoders:
-            t = min(timeit.repeat(fn, number=reps, repeat=5)) / reps
+            t = min(timeit.repeat(fn, number=reps, repeat=7)) / reps
             rows.append({"model": m, "op": "encode", "method": name, "bytes": len(fn()), "us": round(t * 1e6, 1),
                          "exact": True, "shape": list(out_shape)})
     return rows
@@ -113,7 +115,7 @@ def codec_bench(models, reps) -> list:
 def server_bench(models, a) -> list:
     bodies = write_bodies(TMP, models)
     rows = []
-    for cname, env in CONFIGS:
+    for i, (cname, env) in enumerate(CONFIGS):
         for m in models:
             base = TMP / "models" / m
             if not (base / "model" / "1" / "saved_model.pb").exists():
@@ -121,7 +123,7 @@ def server_bench(models, a) -> list:
             rec = {"config": cname, "env": env, "model": m, "levels": []}
             server = None
             try:
-                server, path, _ = S.start_ours(f"tuning-{m}", base, None, env)
+                server, path, _ = S.start_ours(f"tuning{i}-{m}", base, None, env)
                 body = bodies[m]["json"].read_bytes()
                 wait_ready(server, path, body, timeout=300, check=S.check_json)
                 time.sleep(1.5)
@@ -138,6 +140,8 @@ def server_bench(models, a) -> list:
             except Exception as e:
                 rec["status"] = "failed"
                 rec["reason"] = f"{type(e).__name__}: {e}"[:600]
+                if server is not None:
+                    rec["log_tail"] = server.logs(3000)
                 log(f"  {cname} {m} FAILED {rec['reason']}")
             finally:
                 if server is not None:
@@ -152,7 +156,7 @@ def write_md(codecs, servers, a, path):
          f"{a.load0}, at end {[round(x, 2) for x in os.getloadavg()]}. The machine is shared; compare rows "
          f"within this file only.\n"]
     if codecs:
-        L.append("## JSON decode and encode, one example per body (microseconds per body, best of 5)\n")
+        L.append("## JSON decode and encode, one example per body (microseconds per body, best of 7)\n")
         L.append("| model | body bytes | op | method | µs | exact |")
         L.append("|---|---|---|---|---|---|")
         for r in codecs:
