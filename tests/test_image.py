@@ -16,7 +16,8 @@ import requests
 
 from tests.fixtures.docker import REPO, SLOW_PREDICT_S, docker, start_container
 
-pytestmark = pytest.mark.container
+# The first test to need an image builds it (arm64 under qemu: up to ~30 min cold).
+pytestmark = [pytest.mark.container, pytest.mark.timeout(3600)]
 
 ARCHS = [pytest.param("amd64", id="amd64"),
          pytest.param("arm64", id="arm64", marks=pytest.mark.arm64)]
