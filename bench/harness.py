@@ -303,6 +303,7 @@ def wrk(url: str, script: Path, connections: int, duration: float, timeout: floa
         "mean_ms": round(d["mean_us"] / 1000, 2),
         "max_ms": round(d["max_us"] / 1000, 2),
         "non_2xx": d["status"],
+        "loadavg_1m": round(os.getloadavg()[0], 2),
         "socket_errors": errors,
     }
 

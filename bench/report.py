@@ -130,6 +130,9 @@ def write_markdown(results, path):
              f"{meta['heavy_concurrency']} only. Peers run with {meta['peer_workers']} workers. "
              f"Memory: summed over the server's process tree at idle after one request; RSS counts pages shared "
              f"between forked workers once per process, PSS divides them. Whole run: {meta.get('wall_s', 0):.0f} s.\n")
+    for mr in meta.get("merged_runs", []):
+        L.append(f"Rows for {', '.join(mr['stacks'])} were re-measured on {mr['date']} (`bench.run {' '.join(mr['argv'])}`, "
+                 f"load average {mr['loadavg_at_start']}) and merged into this run.\n")
     if meta.get("ours_env"):
         L.append(f"This project's server ran with {' '.join(meta['ours_env'])}.\n")
     for m, info in results["models"].items():

@@ -51,6 +51,9 @@ def parse_args(argv=None):
     ap.add_argument("--ours-env", action="append", default=[], metavar="K=V",
                     help="extra env for this project's server (host and container)")
     ap.add_argument("--skip-arm64", action="store_true")
+    ap.add_argument("--merge", action="store_true",
+                    help="re-run only the given stacks/models and replace their rows in the existing results.json "
+                         "(the rest of the table keeps its earlier numbers: say so when you publish it)")
     ap.add_argument("--out", default=str(RESULTS))
     a = ap.parse_args(argv)
     if a.quick:
@@ -83,7 +86,7 @@ def run_http(stack, model, base, a, bodies):
     levels = [int(c) for c in (a.heavy_concurrency if heavy else a.concurrency).split(",")]
     duration = a.heavy_duration if heavy else a.duration
     ours_env = dict(kv.split("=", 1) for kv in a.ours_env)
-    rec = {"stack": stack, "model": model, "levels": []}
+    rec = {"stack": stack, "model": model, "levels": [], "loadavg_1m_before": round(os.getloadavg()[0], 2)}
     if stack == "ours-container":
         if not have_docker():
             return {**rec, "status": "skipped", "reason": "no Docker engine answering"}
@@ -221,6 +224,10 @@ def main(argv=None):
                               "v2_body_bytes": bodies[m]["v2"].stat().st_size} for m in models},
                "inprocess": {}, "runs": [], "arm64_smoke": None}
 
+    previous = None
+    if a.merge and os.path.exists(os.path.join(out, "results.json")):
+        previous = json.load(open(os.path.join(out, "results.json")))
+
     def save():
         with open(os.path.join(out, "results.json"), "w") as f:
             json.dump(results, f, indent=1)
@@ -256,6 +263,21 @@ def main(argv=None):
         log(f"  {results['arm64_smoke']}")
     results["meta"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["meta"]["wall_s"] = round(time.time() - t_start, 1)
+    if previous is not None:
+        fresh = {(r["stack"], r["model"]) for r in results["runs"]}
+        for r in results["runs"]:
+            r["merged_at"] = results["meta"]["date"]
+        previous["runs"] = [r for r in previous["runs"] if (r["stack"], r["model"]) not in fresh] + results["runs"]
+        previous["inprocess"].update(results["inprocess"])
+        if results["arm64_smoke"] is not None:
+            previous["arm64_smoke"] = results["arm64_smoke"]
+        previous["meta"].setdefault("merged_runs", []).append(
+            {"date": results["meta"]["date"], "stacks": stacks, "models": models, "argv": sys.argv[1:],
+             "loadavg_at_start": results["meta"]["loadavg_at_start"]})
+        order = {s: i for i, s in enumerate(("byoc", "byoc-same", "mms", "mlserver", "ours", "ours-container"))}
+        previous["runs"].sort(key=lambda r: (list(previous["models"]).index(r["model"])
+                                             if r["model"] in previous["models"] else 99, order.get(r["stack"], 99)))
+        results = previous
     save()
 
     from .report import write_markdown
