@@ -209,7 +209,8 @@ def main(argv=None):
         log(f"  {r['model']:10s} {r['op']:6s} {r['us']:10.1f} us  {r['method']}")
     servers = [] if a.skip_server else server_bench(models, a)
     write_md(codecs, servers, a, a.out)
-    json.dump({"codecs": codecs, "servers": servers}, open(os.path.splitext(a.out)[0] + ".json", "w"), indent=1)
+    TMP.mkdir(parents=True, exist_ok=True)
+    json.dump({"codecs": codecs, "servers": servers}, open(TMP / "tuning.json", "w"), indent=1)
     log(f"[tuning] wrote {a.out}")
 
 
