@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -96,6 +97,8 @@ def run_http(stack, model, base, a, bodies):
         if arch != "amd64":
             return {**rec, "status": "skipped", "reason": f"image {a.image} is {arch}, not amd64"}
         rec["image"] = a.image
+    if stack == "mms" and not shutil.which("java"):
+        return {**rec, "status": "skipped", "reason": "no Java runtime for MMS (apt-get install openjdk-17-jre-headless)"}
     if stack == "ours" and not (REPO / ".venv" / "bin" / "serve").exists():
         return {**rec, "status": "skipped", "reason": ".venv/bin/serve not installed"}
 
@@ -194,6 +197,8 @@ def machine_info():
 
 def main(argv=None):
     a = parse_args(argv)
+    if not shutil.which("wrk"):
+        sys.exit("bench: wrk not found; install Debian's package: apt-get install -y wrk")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     out = os.path.abspath(a.out)
     os.makedirs(out, exist_ok=True)
