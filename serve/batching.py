@@ -6,8 +6,8 @@ shapes and dtypes) up to ``max_batch_size`` instances, runs them as one call and
 each caller its own rows back. While a call runs, new requests queue, so under load
 batches form by themselves. A lone request at low load is run at once, on its own thread
 (no hand-off to the model thread and back, which costs more than a small model's call).
-The wait (``max_wait``) is spent only when more requests are known to be on their way
-(``arriving`` > 0: they have been received and are being decoded), never on a guess.
+The wait (``max_wait``) is spent only on requests that were already being decoded when the
+batch started to form, never on a guess and never on newcomers, who go to the next batch.
 
 A request that fails inside a batch is retried alone, so one bad request fails by
 itself and not its batch-mates.
@@ -42,9 +42,9 @@ class _Item:
     future: Future = field(default_factory=Future)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Arrival:
-    ended: bool = False
+    seq: int
 
 
 def _stack_key(signature: str, inputs: Arrays) -> Hashable:
@@ -60,7 +60,8 @@ class Batcher:
         self._batchable = batchable
         self._queue: deque[_Item] = deque()
         self._cond = threading.Condition()
-        self._arriving = 0
+        self._arrivals: set[_Arrival] = set()   # received, still being decoded
+        self._announced = 0
         self._busy = False          # a call is running or a batch is forming
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
@@ -74,9 +75,10 @@ class Batcher:
         Pass what this yields to ``submit``, which ends the announcement; leaving the block ends
         it otherwise (a request that failed to decode).
         """
-        arrival = _Arrival()
         with self._cond:
-            self._arriving += 1
+            self._announced += 1
+            arrival = _Arrival(self._announced)
+            self._arrivals.add(arrival)
         try:
             yield arrival
         finally:
@@ -84,9 +86,8 @@ class Batcher:
                 self._end_arrival(arrival)
 
     def _end_arrival(self, arrival: "_Arrival | None") -> None:
-        if arrival is not None and not arrival.ended:
-            arrival.ended = True
-            self._arriving -= 1
+        if arrival is not None and arrival in self._arrivals:
+            self._arrivals.discard(arrival)
             self._cond.notify()
 
     def submit(self, signature: str, inputs: Arrays, arrival: "_Arrival | None" = None) -> Future:
@@ -97,7 +98,7 @@ class Batcher:
             if self._closed:
                 raise RuntimeError("batcher is closed")
             self._end_arrival(arrival)
-            inline = not self._busy and not self._queue and self._arriving == 0
+            inline = not self._busy and not self._queue and not self._arrivals
             if inline:
                 self._busy = True
             else:
@@ -144,10 +145,12 @@ class Batcher:
             if not self._batchable(first.signature) or first.size >= self._max:
                 return batch
             deadline = time.monotonic() + self._max_wait
+            cutoff = self._announced
             while True:
                 total = self._gather(batch, total)
                 remaining = deadline - time.monotonic()
-                if total >= self._max or self._arriving == 0 or remaining <= 0 or self._closed:
+                expected = any(a.seq <= cutoff for a in self._arrivals)
+                if total >= self._max or not expected or remaining <= 0 or self._closed:
                     return batch
                 self._cond.wait(remaining)
 

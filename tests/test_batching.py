@@ -128,3 +128,20 @@ def test_arriving_requests_are_waited_for(model):
             second = batcher.submit("sum_only", {"x": np.ones((1, 3), np.float32)})
     batcher.wait(first, 5), batcher.wait(second, 5)
     assert [shape["x"][0] for _, shape in rec.calls] == [2]
+
+
+def test_newcomers_do_not_hold_a_forming_batch(model):
+    rec, batcher = make(model, wait=2.0)
+    one = np.ones((1, 3), np.float32)
+    x_announced = batcher.arriving()
+    x = x_announced.__enter__()                       # being decoded when the batch starts forming
+    first = batcher.submit("sum_only", {"x": one})    # queued: x is on its way
+    time.sleep(0.1)
+    with batcher.arriving():                          # a newcomer, announced after forming began
+        start = time.monotonic()
+        second = batcher.submit("sum_only", {"x": one}, x)
+        batcher.wait(first, 5), batcher.wait(second, 5)
+        took = time.monotonic() - start
+    x_announced.__exit__(None, None, None)
+    assert [shape["x"][0] for _, shape in rec.calls] == [2]
+    assert took < 1.0, "the batch waited for a request announced after it started forming"
