@@ -36,10 +36,9 @@ ARM64_IMAGES = ("sagemaker-tf-graviton:arm64", "sagemaker-tf-graviton:test-arm64
 
 
 def _env(bf16: bool) -> dict:
-    env = {"ONEDNN_VERBOSE": "1", "TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    if bf16:
-        env["DNNL_DEFAULT_FPMATH_MODE"] = "BF16"
-    return env
+    # The control sets STRICT explicitly: an image may carry DNNL_DEFAULT_FPMATH_MODE in its ENV.
+    return {"ONEDNN_VERBOSE": "1", "TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
+            "DNNL_DEFAULT_FPMATH_MODE": "BF16" if bf16 else "STRICT"}
 
 
 def _evidence(out: str) -> dict:
@@ -76,10 +75,10 @@ def _section(title, with_bf16, without):
     L = [f"== {title}",
          f"DNNL_DEFAULT_FPMATH_MODE=BF16: {len(with_bf16['bf16'])} of {len(with_bf16['exec'])} executed primitives "
          f"carry attr-fpmath:bf16 (probe finished: {with_bf16['ok']})",
-         f"without the variable:          {len(without['bf16'])} of {len(without['exec'])}",
+         f"with DNNL_DEFAULT_FPMATH_MODE=STRICT (control): {len(without['bf16'])} of {len(without['exec'])}",
          "-- oneDNN info lines (ISA decides whether bf16 kernels exist):", *with_bf16["info"],
          "-- primitives with attr-fpmath:bf16 (first 6):", *with_bf16["bf16"][:6],
-         "-- the same primitives without the variable (first 3):",
+         "-- the same primitives with STRICT (first 3):",
          *[l for l in without["exec"] if "convolution" in l or "matmul" in l][:3], ""]
     return L
 
@@ -98,6 +97,7 @@ def main(argv=None):
     w, wo = run_host(True), run_host(False)
     L += _section(f"host ({os.uname().machine})", w, wo)
     verdict = {"host": bool(w["bf16"]) and not wo["bf16"]}
+    image = None
     if not a.skip_arm64:
         image = a.image or next((i for i in ARM64_IMAGES if have_docker() and image_exists(i)
                                  and image_arch(i) == "arm64"), None)
@@ -109,6 +109,11 @@ def main(argv=None):
         else:
             L += ["== arm64: skipped (no Docker engine or no arm64 image loaded)", ""]
     L.insert(4, "# result: " + ", ".join(f"{k}: {'attr-fpmath:bf16 seen' if v else 'NOT seen'}" for k, v in verdict.items()))
+    if not a.skip_arm64 and image:
+        r = subprocess.run(["docker", "image", "inspect", "-f", "{{range .Config.Env}}{{println .}}{{end}}", image],
+                           capture_output=True, text=True)
+        baked = [e for e in r.stdout.splitlines() if e.startswith(("DNNL_", "ONEDNN_", "TF_ENABLE_ONEDNN"))]
+        L.append(f"# note: {image} sets in its ENV: {' '.join(baked) or 'nothing oneDNN-related'}")
     with open(a.out, "w") as f:
         f.write("\n".join(L) + "\n")
     log(f"[bf16] {verdict} -> {a.out}")

@@ -276,9 +276,10 @@ def main(argv=None):
         previous["inprocess"].update(results["inprocess"])
         if results["arm64_smoke"] is not None:
             previous["arm64_smoke"] = results["arm64_smoke"]
-        previous["meta"].setdefault("merged_runs", []).append(
-            {"date": results["meta"]["date"], "stacks": stacks, "models": models, "argv": sys.argv[1:],
-             "loadavg_at_start": results["meta"]["loadavg_at_start"]})
+        if stacks:
+          previous["meta"].setdefault("merged_runs", []).append(
+              {"date": results["meta"]["date"], "stacks": stacks, "models": models, "argv": sys.argv[1:],
+               "loadavg_at_start": results["meta"]["loadavg_at_start"]})
         order = {s: i for i, s in enumerate(("byoc", "byoc-same", "mms", "mlserver", "ours", "ours-container"))}
         previous["runs"].sort(key=lambda r: (list(previous["models"]).index(r["model"])
                                              if r["model"] in previous["models"] else 99, order.get(r["stack"], 99)))
