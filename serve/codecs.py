@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import threading
 from dataclasses import dataclass
 from typing import Mapping, Union
 
@@ -130,6 +131,21 @@ def _numeric_array(node) -> tuple[np.ndarray, int] | None:
     return flat.reshape(shape), arrays
 
 
+_parsers = threading.local()
+
+
+def _parse(body: bytes):
+    """simdjson with one reusable parser per thread (a new parser costs more than a small body)."""
+    parser = getattr(_parsers, "parser", None)
+    if parser is None:
+        parser = _parsers.parser = simdjson.Parser()
+    try:
+        return parser.parse(body)
+    except RuntimeError:  # a document from this parser is still referenced somewhere
+        _parsers.parser = simdjson.Parser()
+        return _parsers.parser.parse(body)
+
+
 def _fast_json(body: bytes) -> Decoded | None:
     """The common TF Serving bodies of plain numbers, parsed by simdjson straight into NumPy.
 
@@ -138,7 +154,7 @@ def _fast_json(body: bytes) -> Decoded | None:
     which rules out a nested array hiding among numbers.
     """
     try:
-        doc = simdjson.Parser().parse(body)
+        doc = _parse(body)
         brackets, signature, columnar = 0, None, False
         if isinstance(doc, simdjson.Array):
             decoded = _numeric_array(doc)
@@ -178,8 +194,13 @@ def _fast_json(body: bytes) -> Decoded | None:
         return None
 
 
+# Below this size orjson's Python objects are cheaper than simdjson's fixed cost (bench/results/tuning.md).
+FAST_JSON_MIN_BYTES = 16 * 1024
+
+
 def _decode_json(body: bytes) -> Decoded:
-    return _fast_json(body) or _exact_json(body)
+    fast = _fast_json(body) if len(body) >= FAST_JSON_MIN_BYTES else None
+    return fast or _exact_json(body)
 
 
 def _exact_json(body: bytes) -> Decoded:
