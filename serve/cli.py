@@ -11,7 +11,7 @@ import logging
 import sys
 
 from . import __version__
-from .model import ModelNotFound, find_model
+from .layout import ModelNotFound, find_model
 from .settings import SettingsError, load_settings
 from .tuning import apply_environment, detect_cpu, plan
 from .usercode import UserCodeSetupError, install_requirements, locate

@@ -23,7 +23,6 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 import orjson
-import requests
 
 from . import codecs
 from .batching import Batcher
@@ -153,8 +152,10 @@ class TfsHandler:
                        invocation.content_type or codecs.JSON, invocation.accept or codecs.JSON,
                        len(invocation.body))
 
-    def model_response(self, request_body: Any) -> requests.Response:
+    def model_response(self, request_body: Any) -> "requests.Response":
         """What TF Serving's REST API would have answered, as the requests.Response scripts expect."""
+        import requests  # only scripts of this style need it
+
         response = requests.Response()
         response.headers["Content-Type"] = codecs.JSON
         response.encoding = "utf-8"

@@ -1,70 +1,19 @@
-"""Find the model in the model dir, load it, describe its signatures, call it.
-
-Layouts, as AWS's TensorFlow serving container accepts them:
-  <version>/saved_model.pb, <name>/<version>/saved_model.pb (highest numeric version wins),
-  saved_model.pb at the root, or a Keras .keras / .h5 file.
-``find_model`` only looks at the file system, so the `serve` command can name the model
-in its start-up line without importing TensorFlow.
-"""
+"""Load the model that ``layout.find_model`` located, describe its signatures, check inputs, call it."""
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
 
 from .errors import BadRequest
+from .layout import ModelLocation, ModelNotFound
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SIGNATURE = "serving_default"
-KERAS_SUFFIXES = (".keras", ".h5")
-
-
-class ModelNotFound(Exception):
-    pass
-
-
-@dataclass(frozen=True)
-class ModelLocation:
-    path: Path
-    kind: str            # "savedmodel" or "keras"
-    name: str            # TF Serving's model name ("model" when the layout has none)
-    version: str | None
-
-    def __str__(self) -> str:
-        v = f" version {self.version}" if self.version else ""
-        return f"{self.kind} '{self.name}'{v} at {self.path}"
-
-
-def _versions(folder: Path) -> list[Path]:
-    found = [p for p in folder.iterdir() if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").is_file()]
-    return sorted(found, key=lambda p: int(p.name))
-
-
-def find_model(model_dir: Path) -> ModelLocation:
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise ModelNotFound(f"model directory {model_dir} does not exist")
-    if (model_dir / "saved_model.pb").is_file():
-        return ModelLocation(model_dir, "savedmodel", "model", None)
-    versions = _versions(model_dir)
-    if versions:
-        return ModelLocation(versions[-1], "savedmodel", "model", versions[-1].name)
-    for sub in sorted(p for p in model_dir.iterdir() if p.is_dir() and p.name != "code"):
-        versions = _versions(sub)
-        if versions:
-            return ModelLocation(versions[-1], "savedmodel", sub.name, versions[-1].name)
-    keras_files = sorted(p for p in model_dir.rglob("*") if p.suffix in KERAS_SUFFIXES and p.is_file()
-                         and "code" not in p.relative_to(model_dir).parts[:1])
-    if keras_files:
-        return ModelLocation(keras_files[0], "keras", keras_files[0].stem, None)
-    raise ModelNotFound(
-        f"no model in {model_dir}: expected <version>/saved_model.pb, <name>/<version>/saved_model.pb, "
-        f"saved_model.pb, or a .keras/.h5 file")
 
 
 @dataclass(frozen=True)

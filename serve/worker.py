@@ -15,7 +15,8 @@ from typing import Any
 
 from . import handlers
 from .batching import Batcher
-from .model import configure_threads, find_model, load_model
+from .layout import find_model
+from .model import configure_threads, load_model
 from .settings import Settings
 from .tuning import Tuning
 from .usercode import CodeLocation, import_script

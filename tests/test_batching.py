@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from serve.batching import Batcher
-from serve.model import find_model, load_model
+from serve.layout import find_model
+from serve.model import load_model
 
 
 class Recorder:

@@ -92,7 +92,7 @@ def test_package_roundtrips_through_safe_extract(tmp_path):
     archive.package(savedmodel(tmp_path / "sm"), out)
     dest = tmp_path / "unpacked"
     archive.safe_extract(out, dest)
-    assert archive.find_model(dest).kind == "versioned"
+    assert archive.find_model(dest).version == "1"
     assert (dest / "1" / "saved_model.pb").read_bytes() == b"pb"
 
 

@@ -14,50 +14,21 @@ import posixpath
 import re
 import stat
 import tarfile
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from ..layout import ModelLocation, ModelNotFound, find_model as _find_model
 from .errors import DeployError
 
-_VERSION = re.compile(r"^\d+$")
 _FILTER_ERROR = getattr(tarfile, "FilterError", tarfile.TarError)
 _SKIP = {"__pycache__", ".DS_Store", ".ipynb_checkpoints"}
 
 
-@dataclass
-class Layout:
-    """Where the model sits inside a model folder."""
-
-    kind: str                       # "versioned", "named", "root-savedmodel", "keras"
-    paths: list[str] = field(default_factory=list)   # the entries that make up the model
-
-    def describe(self) -> str:
-        return f"{self.kind}: {', '.join(self.paths)}"
-
-
-def find_model(model_dir: Path) -> Layout:
-    """Find a model the server can load in MODEL_DIR, or raise DeployError saying what is expected."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise DeployError(f"{model_dir} is not a folder")
-    if (model_dir / "saved_model.pb").is_file():
-        return Layout("root-savedmodel", ["saved_model.pb"])
-    versions = sorted(p.name for p in model_dir.iterdir()
-                      if p.is_dir() and _VERSION.match(p.name) and (p / "saved_model.pb").is_file())
-    if versions:
-        return Layout("versioned", versions)
-    named = sorted(f"{p.name}/{v.name}" for p in model_dir.iterdir() if p.is_dir() and p.name != "code"
-                   for v in p.iterdir()
-                   if v.is_dir() and _VERSION.match(v.name) and (v / "saved_model.pb").is_file())
-    if named:
-        return Layout("named", named)
-    keras = sorted(p.name for p in model_dir.iterdir() if p.is_file() and p.suffix in (".keras", ".h5"))
-    if keras:
-        return Layout("keras", keras)
-    raise DeployError(
-        f"no loadable model in {model_dir}: expected a SavedModel (saved_model.pb at the root, "
-        "under a numeric version folder such as 1/, or under NAME/1/) or a .keras / .h5 file"
-    )
+def find_model(model_dir: Path) -> ModelLocation:
+    """The model the server would load from MODEL_DIR, or DeployError saying what is expected."""
+    try:
+        return _find_model(model_dir)
+    except ModelNotFound as exc:
+        raise DeployError(str(exc)) from None
 
 
 def _want(path: Path) -> bool:
@@ -105,7 +76,7 @@ def package(model_dir: Path, out: Path, code_dir: Path | None = None) -> list[st
     tmp = out.with_name(out.name + ".tmp")
     try:
         with tarfile.open(tmp, "w:gz", format=tarfile.PAX_FORMAT) as tar:
-            if layout.kind == "root-savedmodel":
+            if layout.at_root:
                 _add_tree(tar, model_dir, "1", skip_top={"code"})
             else:
                 for child in sorted(model_dir.iterdir()):

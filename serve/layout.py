@@ -1,0 +1,62 @@
+"""Where the model is in a model dir: the archive layout the server and the deploy command share.
+
+Layouts, as AWS's TensorFlow serving container accepts them:
+  <version>/saved_model.pb, <name>/<version>/saved_model.pb (highest numeric version wins),
+  saved_model.pb at the root, or a Keras .keras / .h5 file; user code lives in code/.
+File system only (no TensorFlow, no NumPy), so the `serve` master and `deploy` stay light.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+KERAS_SUFFIXES = (".keras", ".h5")
+CODE_DIR = "code"
+
+
+class ModelNotFound(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelLocation:
+    path: Path
+    kind: str            # "savedmodel" or "keras"
+    name: str            # TF Serving's model name ("model" when the layout has none)
+    version: str | None
+
+    @property
+    def at_root(self) -> bool:
+        """A SavedModel directly in the model dir, with no version folder."""
+        return self.kind == "savedmodel" and self.version is None
+
+    def __str__(self) -> str:
+        v = f" version {self.version}" if self.version else ""
+        return f"{self.kind} '{self.name}'{v} at {self.path}"
+
+
+def _versions(folder: Path) -> list[Path]:
+    found = [p for p in folder.iterdir() if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").is_file()]
+    return sorted(found, key=lambda p: int(p.name))
+
+
+def find_model(model_dir: Path) -> ModelLocation:
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelNotFound(f"model directory {model_dir} does not exist")
+    if (model_dir / "saved_model.pb").is_file():
+        return ModelLocation(model_dir, "savedmodel", "model", None)
+    versions = _versions(model_dir)
+    if versions:
+        return ModelLocation(versions[-1], "savedmodel", "model", versions[-1].name)
+    for sub in sorted(p for p in model_dir.iterdir() if p.is_dir() and p.name != CODE_DIR):
+        versions = _versions(sub)
+        if versions:
+            return ModelLocation(versions[-1], "savedmodel", sub.name, versions[-1].name)
+    keras_files = sorted(p for p in model_dir.rglob("*") if p.suffix in KERAS_SUFFIXES and p.is_file()
+                         and p.relative_to(model_dir).parts[0] != CODE_DIR)
+    if keras_files:
+        return ModelLocation(keras_files[0], "keras", keras_files[0].stem, None)
+    raise ModelNotFound(
+        f"no loadable model in {model_dir}: expected <version>/saved_model.pb (TF Serving layout), "
+        f"<name>/<version>/saved_model.pb, saved_model.pb at the root, or a .keras/.h5 file")
