@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.container, pytest.mark.timeout(3600)]
 ARCHS = [pytest.param("amd64", id="amd64"),
          pytest.param("arm64", id="arm64", marks=pytest.mark.arm64)]
 # docker image inspect .Size (uncompressed). Measured 2026-11-26: amd64 1.75 GB (tensorflow-cpu
-# 2.21.0 is ~1.3 GB installed), arm64 see docs/container.md. Bounds leave ~10% for drift.
+# 2.21.0 is ~1.3 GB installed), arm64 see README "Sizes and build times". Bounds leave ~10% for drift.
 MAX_SIZE_BYTES = {"amd64": 1_950_000_000, "arm64": 2_100_000_000}
 TF_DIST = {"amd64": "tensorflow-cpu", "arm64": "tensorflow"}
 MACHINE = {"amd64": "x86_64", "arm64": "aarch64"}
