@@ -16,7 +16,7 @@ from typing import Any
 from . import handlers
 from .batching import Batcher
 from .layout import find_model
-from .model import configure_threads, load_model
+from .model import Model, configure_threads, load_model
 from .settings import Settings
 from .tuning import Tuning
 from .usercode import CodeLocation, import_script
@@ -57,7 +57,7 @@ def _load(state: WorkerState, settings: Settings, tuning: Tuning, code: CodeLoca
             model = load_model(find_model(settings.model_dir))
             described = str(model.location)
         default = None
-        if hasattr(model, "signatures") and hasattr(model, "warm_up"):
+        if isinstance(model, Model):  # ours, not whatever a model_fn returned
             batcher = Batcher(lambda sig, feed: model.signatures[sig].call(feed),
                               max_batch_size=settings.tfs_max_batch_size if settings.tfs_enable_batching else 1,
                               max_wait=settings.batch_timeout_s,

@@ -502,21 +502,30 @@ def _deregister_scaling(aws: Aws, name: str, variants: list[str], reporter: Repo
             reporter.info(f"could not deregister auto scaling for {resource_id}: {error_message(exc)}")
 
 
-def _suspend_scaling(aws: Aws, name: str, variant: str, reporter: Reporter) -> dict | None:
-    """Deregister the variant's scalable target (SageMaker's procedure for updating an endpoint
-    that auto scales) and return what is needed to put it back."""
-    resource_id = f"endpoint/{name}/variant/{variant}"
+def _read_scaling(aws: Aws, resource_id: str) -> tuple[dict, list[dict]] | None:
+    """The variant's scalable target and its policies, or None when it does not auto scale."""
     targets = aws.autoscaling.describe_scalable_targets(
         ServiceNamespace="sagemaker", ResourceIds=[resource_id])["ScalableTargets"]
     if not targets:
         return None
     policies = aws.autoscaling.describe_scaling_policies(
         ServiceNamespace="sagemaker", ResourceId=resource_id)["ScalingPolicies"]
+    return targets[0], policies
+
+
+def _suspend_scaling(aws: Aws, name: str, variant: str, reporter: Reporter) -> dict | None:
+    """Deregister the variant's scalable target (SageMaker's procedure for updating an endpoint
+    that auto scales) and return what is needed to put it back."""
+    resource_id = f"endpoint/{name}/variant/{variant}"
+    found = _read_scaling(aws, resource_id)
+    if found is None:
+        return None
+    target, policies = found
     aws.autoscaling.deregister_scalable_target(
         ServiceNamespace="sagemaker", ResourceId=resource_id,
         ScalableDimension="sagemaker:variant:DesiredInstanceCount")
     reporter.info(f"auto scaling of {resource_id} suspended for the update")
-    return {"target": targets[0], "policies": policies}
+    return {"target": target, "policies": policies}
 
 
 def _restore_scaling(aws: Aws, saved: dict | None, reporter: Reporter) -> None:
@@ -594,17 +603,13 @@ def list_endpoints(aws: Aws, name_contains: str | None = None) -> list[dict]:
 
 
 def scaling_of(aws: Aws, name: str, variant: str) -> dict | None:
-    resource_id = f"endpoint/{name}/variant/{variant}"
     try:
-        targets = aws.autoscaling.describe_scalable_targets(
-            ServiceNamespace="sagemaker", ResourceIds=[resource_id])["ScalableTargets"]
-        if not targets:
-            return None
-        policies = aws.autoscaling.describe_scaling_policies(
-            ServiceNamespace="sagemaker", ResourceId=resource_id)["ScalingPolicies"]
+        found = _read_scaling(aws, f"endpoint/{name}/variant/{variant}")
     except botocore.exceptions.ClientError:
         return None
-    target = targets[0]
+    if found is None:
+        return None
+    target, policies = found
     value = None
     for p in policies:
         cfg = p.get("TargetTrackingScalingPolicyConfiguration") or {}
