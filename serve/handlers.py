@@ -65,17 +65,18 @@ class DefaultHandler:
         self._batcher = batcher
         self._timeout = timeout
 
-    def predict(self, inputs: codecs.Inputs, signature_name: str | None = None) -> dict[str, np.ndarray]:
+    def _submit(self, inputs: codecs.Inputs, signature_name: str | None, arrival=None):
         signature = self.model.signature(signature_name)
-        future = self._batcher.submit(signature.name, signature.prepare(inputs))
-        return self._batcher.wait(future, self._timeout)
+        return self._batcher.submit(signature.name, signature.prepare(inputs), arrival)
+
+    def predict(self, inputs: codecs.Inputs, signature_name: str | None = None) -> dict[str, np.ndarray]:
+        return self._batcher.wait(self._submit(inputs, signature_name), self._timeout)
 
     def handle(self, invocation: Invocation) -> Result:
         accept = codecs.negotiate(invocation.accept)  # before any work: a 406 costs nothing
         with self._batcher.arriving() as arrival:
             decoded = codecs.decode(invocation.body, invocation.content_type)
-            signature = self.model.signature(decoded.signature_name)
-            future = self._batcher.submit(signature.name, signature.prepare(decoded.inputs), arrival)
+            future = self._submit(decoded.inputs, decoded.signature_name, arrival)
         outputs = self._batcher.wait(future, self._timeout)
         return Result(*codecs.encode(outputs, accept, columnar=decoded.columnar))
 

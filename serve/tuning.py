@@ -1,10 +1,10 @@
 """What the CPU offers, turned into TensorFlow/oneDNN settings before TensorFlow is imported.
 
 A value the user set always wins; we only fill in what is missing. The defaults
-come from measurements (README, "Performance"): one worker per two vCPUs keeps
-Python's per-request work (HTTP, JSON) off the cores the model needs, and the
-adaptive batcher turns concurrency into batch size, so each worker's model call
-gets the worker's share of the cores as intra-op threads.
+come from measurements (README, "Performance"): one worker per vCPU, each with one
+intra-op thread. Python's per-request work (HTTP, JSON) runs under one GIL per process,
+so it needs a process per core; the adaptive batcher in each worker turns concurrency
+into batch size, which is how the cores are kept busy with the model.
 """
 from __future__ import annotations
 
@@ -100,8 +100,8 @@ def detect_cpu() -> Cpu:
 
 
 def default_workers(vcpus: int) -> int:
-    """One worker per two vCPUs (at least one); see the module docstring and README."""
-    return max(1, vcpus // 2)
+    """One worker per vCPU; see the module docstring and README."""
+    return max(1, vcpus)
 
 
 def plan(settings: Settings, cpu: Cpu) -> Tuning:

@@ -45,7 +45,7 @@ def _clean(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.mark.parametrize("vcpus, workers, intra", [(1, 1, 1), (2, 1, 2), (4, 2, 2), (16, 8, 2), (64, 32, 2)])
+@pytest.mark.parametrize("vcpus, workers, intra", [(1, 1, 1), (2, 2, 1), (4, 4, 1), (16, 16, 1)])
 def test_threads_split_the_vcpus_between_workers(monkeypatch, vcpus, workers, intra):
     _clean(monkeypatch)
     t = plan(load_settings(), Cpu("arm64", vcpus, True))
@@ -73,6 +73,13 @@ def test_user_values_win(monkeypatch):
     monkeypatch.setenv("SAGEMAKER_TFS_INTRA_OP_PARALLELISM", "5")
     t = plan(load_settings(), Cpu("arm64", 16, True))
     assert (t.workers, t.intra_op_threads, t.onednn, t.fpmath) == (3, 5, "0", "STRICT")
+
+
+def test_fewer_workers_get_more_threads_each(monkeypatch):
+    _clean(monkeypatch)
+    monkeypatch.setenv("SAGEMAKER_MODEL_SERVER_WORKERS", "2")
+    t = plan(load_settings(), Cpu("arm64", 16, True))
+    assert (t.workers, t.intra_op_threads, t.inter_op_threads) == (2, 8, 2)
 
 
 def test_apply_environment_exports_before_tensorflow(monkeypatch):
