@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from .harness import REPO, RESULTS, have_docker, image_exists, log
+from .harness import RESULTS, have_docker, image_exists, log
 
 PROBE = r'''
 import tensorflow as tf

@@ -283,7 +283,7 @@ def wrk_script(body_path: Path, ctype="application/json") -> Path:
 
 def wrk(url: str, script: Path, connections: int, duration: float, timeout: float = 10.0) -> dict:
     """One wrk run, one thread. Returns req/s, p50/p99 in ms, and error counts."""
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, int(round(duration)))}s", f"--timeout", f"{int(timeout)}s",
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, int(round(duration)))}s", "--timeout", f"{int(timeout)}s",
            "--latency", "-s", str(script), url]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + timeout + 60)
     line = next((l for l in r.stdout.splitlines() if l.startswith("WRKJSON ")), None)

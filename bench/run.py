@@ -20,9 +20,9 @@ import time
 import traceback
 
 from . import stacks as S
-from .harness import (BENCH, REPO, RESULTS, TMP, VENVS, ensure_venv, have_docker, image_exists, log,
+from .harness import (BENCH, REPO, RESULTS, TMP, ensure_venv, have_docker, image_exists, log,
                       wait_ready, wrk, wrk_script)
-from .models import MODELS, ensure_models, saved_model_dir, write_bodies
+from .models import MODELS, saved_model_dir, write_bodies
 
 
 def _env(name, default, cast=float):

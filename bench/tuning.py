@@ -19,7 +19,7 @@ import timeit
 import numpy as np
 
 from .harness import REPO, RESULTS, TMP, log, wait_ready, wrk, wrk_script
-from .models import MODELS, write_bodies
+from .models import write_bodies
 from . import stacks as S
 
 # name, env for the server
@@ -164,7 +164,7 @@ def write_md(codecs, servers, a, path):
                      f"{'yes' if r['exact'] else 'NO'} |")
         L.append("")
     if servers:
-        L.append(f"## This project's server (host), workers and batching\n")
+        L.append("## This project's server (host), workers and batching\n")
         L.append(f"wrk 1 thread, {a.warmup:g} s warm-up + {a.duration:g} s per level; TensorFlow intra-op threads "
                  f"follow the server's rule (vCPUs / workers) unless stated.\n")
         lv = a.levels

@@ -19,7 +19,7 @@ from collections import namedtuple
 from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 import orjson
@@ -28,6 +28,9 @@ from . import codecs
 from .batching import Batcher
 from .errors import RequestTimeout, ServeError, UserCodeError
 from .model import Model
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,5 @@
 """Server life cycle on the host: start-up, readiness, logging, shutdown."""
 import json
-import re
 import signal
 import threading
 import time
