@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.targets",
     "tests.fixtures.docker",
     "tests.fixtures.moto",
+    "tests.fixtures.report",
 ]
