@@ -10,14 +10,15 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from .archives import ArchiveError, safe_extract
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,9 +46,9 @@ def _extract(archive: Path) -> Path:
     if not target.is_dir():
         staging = Path(tempfile.mkdtemp(prefix="sagemaker-code-"))
         try:
-            with tarfile.open(archive) as tar:
-                tar.extractall(staging, filter="data")  # refuses absolute paths, '..', links out, devices
-        except (tarfile.TarError, OSError) as exc:
+            safe_extract(archive, staging)  # refuses absolute paths, '..', links out, devices, naming the member
+        except (ArchiveError, OSError) as exc:
+            shutil.rmtree(staging, ignore_errors=True)
             raise UserCodeSetupError(f"cannot unpack SAGEMAKER_SUBMIT_DIRECTORY {archive}: {exc}") from None
         staging.rename(target)
     return target
@@ -114,5 +115,10 @@ def import_script(code: CodeLocation) -> ModuleType:
         raise UserCodeSetupError(f"cannot import {code.script}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    # the code folder sits in the model folder, which is only ever read: no __pycache__ written there
+    previous, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.dont_write_bytecode = previous
     return module

@@ -1,8 +1,7 @@
-"""`deploy package` and the safe unpacking used by `create` and `local`."""
+"""`deploy package`, and the safe unpacking used by `create` and `local` (cases: tests/test_archives.py)."""
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 import tarfile
@@ -12,6 +11,7 @@ import pytest
 
 from serve.deploy import archive
 from serve.deploy.errors import DeployError
+from tests.test_archives import CASES
 
 DEPLOY = str(Path(sys.executable).with_name("deploy"))
 
@@ -96,81 +96,19 @@ def test_package_roundtrips_through_safe_extract(tmp_path):
     assert (dest / "1" / "saved_model.pb").read_bytes() == b"pb"
 
 
-# --- safe unpacking of crafted archives ----------------------------------------------------------
+# --- safe unpacking: serve.archives (tests/test_archives.py) with deploy's error type ---------------
 
-def craft(path: Path, *members: tuple[tarfile.TarInfo, bytes | None]) -> Path:
-    with tarfile.open(path, "w:gz") as tar:
-        ok = tarfile.TarInfo("1/saved_model.pb")
-        ok.size = 2
-        tar.addfile(ok, io.BytesIO(b"pb"))
-        for info, data in members:
-            if data is not None:
-                info.size = len(data)
-            tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    return path
-
-
-def member(name, type_=tarfile.REGTYPE, linkname=""):
-    info = tarfile.TarInfo(name)
-    info.type = type_
-    info.linkname = linkname
-    return info
-
-
-MALICIOUS = {
-    "absolute": ((member("/tmp/evil.py"), b"x"), "'/tmp/evil.py': absolute path"),
-    "dotdot": ((member("1/../../evil.py"), b"x"), "'1/../../evil.py': path contains '..'"),
-    "symlink-absolute": ((member("code/lib", tarfile.SYMTYPE, "/etc"), None),
-                         "'code/lib': symlink to absolute path '/etc'"),
-    "symlink-out": ((member("code/lib", tarfile.SYMTYPE, "../../../root"), None),
-                    "'code/lib': symlink to '../../../root' points outside"),
-    "hardlink-out": ((member("1/passwd", tarfile.LNKTYPE, "../etc/passwd"), None),
-                     "'1/passwd': hard link to '../etc/passwd' points outside"),
-    "char-device": ((member("1/null", tarfile.CHRTYPE), None), "'1/null': device file"),
-    "block-device": ((member("1/sda", tarfile.BLKTYPE), None), "'1/sda': device file"),
-    "fifo": ((member("1/pipe", tarfile.FIFOTYPE), None), "'1/pipe': FIFO"),
-}
-
-
-@pytest.mark.parametrize("case", sorted(MALICIOUS))
-def test_safe_extract_refuses_and_names_the_bad_member(tmp_path, case):
-    bad, message = MALICIOUS[case]
-    tgz = craft(tmp_path / f"{case}.tar.gz", bad)
-    dest = tmp_path / "dest"
+def test_safe_extract_reports_bad_archives_as_deploy_errors(tmp_path):
+    tgz = CASES["symlink-out"].craft(tmp_path / "evil.tar.gz", tmp_path)
     with pytest.raises(DeployError) as exc:
-        archive.safe_extract(tgz, dest)
-    assert message in str(exc.value)
-    assert not (dest / "1" / "saved_model.pb").exists()    # checked before anything is written
-    assert not (tmp_path / "evil.py").exists()
-
-
-def test_safe_extract_allows_links_that_stay_inside(tmp_path):
-    tgz = craft(tmp_path / "ok.tar.gz",
-                (member("1/variables/"), None),
-                (member("1/variables", tarfile.DIRTYPE), None),
-                (member("latest", tarfile.SYMTYPE, "1"), None),
-                (member("1/copy.pb", tarfile.LNKTYPE, "1/saved_model.pb"), None))
-    dest = tmp_path / "dest"
-    archive.safe_extract(tgz, dest)
-    assert (dest / "latest" / "saved_model.pb").read_bytes() == b"pb"
-    assert (dest / "1" / "copy.pb").read_bytes() == b"pb"
-
-
-def test_link_chain_escape_is_caught_by_the_data_filter(tmp_path):
-    """Each link looks harmless on its own ("up" -> "sub/.." is "." lexically), but "sub" is a link
-    to "." so "up" really points at the parent. The stdlib 'data' filter resolves real paths and is
-    the second line behind the lexical checks; the error still names the member."""
-    tgz = craft(tmp_path / "chain.tar.gz",
-                (member("sub", tarfile.SYMTYPE, "."), None),
-                (member("up", tarfile.SYMTYPE, "sub/.."), None))
-    with pytest.raises(DeployError, match="unsafe archive member 'up'"):
         archive.safe_extract(tgz, tmp_path / "dest")
-
-
-def test_not_a_tarball(tmp_path):
+    assert str(exc.value) == "unsafe archive member 'code/lib': symlink to '../..' points outside the folder"
+    with pytest.raises(DeployError) as exc:
+        archive.check_member(tarfile.TarInfo("/etc/passwd"))
+    assert str(exc.value) == "unsafe archive member '/etc/passwd': absolute path"
     junk = tmp_path / "model.tar.gz"
     junk.write_bytes(b"this is not gzip")
-    with pytest.raises(DeployError, match="not a readable tar archive"):
+    with pytest.raises(DeployError, match=f"^{junk} is not a readable tar archive: "):
         archive.safe_extract(junk, tmp_path / "dest")
 
 
@@ -180,7 +118,7 @@ def test_create_refuses_a_malicious_archive_before_uploading(tmp_path, aws_env, 
 
     from serve.deploy.cli import main
 
-    tgz = craft(tmp_path / "evil.tar.gz", MALICIOUS["dotdot"][0])
+    tgz = CASES["dotdot"].craft(tmp_path / "evil.tar.gz", tmp_path)
     code = main(["create", "--image", ecr_images["multi"], "--model-data", str(tgz), "--role", aws_env["role"]])
     err = capsys.readouterr().err
     assert code == 1 and "path contains '..'" in err

@@ -1,4 +1,4 @@
-"""The SageMaker model archive: what goes in (package) and how it comes out (safe unpack).
+"""The SageMaker model archive: what goes in (package) and how it comes out (safe unpack, serve.archives).
 
 Layout, as the server reads it from /opt/ml/model:
     1/saved_model.pb, 1/variables/...       a SavedModel under a numeric version (TF Serving layout)
@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import os
 import posixpath
-import re
-import stat
 import tarfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
+from .. import archives as _archives
 from ..layout import ModelLocation, ModelNotFound, find_model as _find_model
 from .errors import DeployError
 
-_FILTER_ERROR = getattr(tarfile, "FilterError", tarfile.TarError)
 _SKIP = {"__pycache__", ".DS_Store", ".ipynb_checkpoints"}
 
 
@@ -121,69 +119,16 @@ def _clean(name: str) -> str:
 
 
 def check_member(member: tarfile.TarInfo) -> None:
-    """Refuse a member that could write outside the destination or create a device node.
-
-    Lexical checks, so the error names the member; the stdlib 'data' filter runs afterwards as a
-    second line (it resolves real paths, catching chains of links).
-    """
-    name = member.name
-    path = PurePosixPath(name)
-    if name.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", name) or name.startswith("\\"):
-        raise DeployError(f"unsafe archive member {name!r}: absolute path")
-    if ".." in path.parts or ".." in name.split("\\"):
-        raise DeployError(f"unsafe archive member {name!r}: path contains '..'")
-    if member.ischr() or member.isblk():
-        raise DeployError(f"unsafe archive member {name!r}: device file")
-    if member.isfifo():
-        raise DeployError(f"unsafe archive member {name!r}: FIFO")
-    if member.issym() or member.islnk():
-        kind = "symlink" if member.issym() else "hard link"
-        target = member.linkname
-        if target.startswith("/"):
-            raise DeployError(f"unsafe archive member {name!r}: {kind} to absolute path {target!r}")
-        # symlinks resolve against the member's folder, hard links against the archive root
-        base = posixpath.dirname(name) if member.issym() else ""
-        resolved = posixpath.normpath(posixpath.join(base, target))
-        if resolved == ".." or resolved.startswith("../"):
-            raise DeployError(f"unsafe archive member {name!r}: {kind} to {target!r} points outside the folder")
-    if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
-        raise DeployError(f"unsafe archive member {name!r}: unsupported type {member.type!r}")
+    """serve.archives.check_member, raising DeployError (same message)."""
+    try:
+        _archives.check_member(member)
+    except _archives.ArchiveError as exc:
+        raise DeployError(str(exc)) from exc
 
 
 def safe_extract(archive: Path, dest: Path) -> list[str]:
-    """Unpack ARCHIVE into DEST after checking every member; returns the member names."""
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    """serve.archives.safe_extract, raising DeployError (same message) for an unsafe or unreadable archive."""
     try:
-        tar = tarfile.open(archive, "r:*")
-    except (tarfile.TarError, OSError) as exc:
-        raise DeployError(f"{archive} is not a readable tar archive: {exc}") from exc
-    with tar:
-        members = tar.getmembers()
-        has_filter = hasattr(tarfile, "data_filter")   # Python >= 3.10.12 / 3.11.4
-        for member in members:
-            check_member(member)
-            if not has_filter and (member.issym() or member.islnk()) and ".." in member.linkname.split("/"):
-                # without the stdlib filter nothing resolves link chains: refuse '..' in any link
-                raise DeployError(f"unsafe archive member {member.name!r}: link target {member.linkname!r} "
-                                  "contains '..' (this Python has no tarfile 'data' filter)")
-        try:
-            if not has_filter:
-                tar.extractall(dest)
-            else:
-                tar.extractall(dest, filter="data")
-        except _FILTER_ERROR as exc:
-            bad = getattr(exc, "tarinfo", None)
-            label = bad.name if bad is not None else "?"
-            raise DeployError(f"unsafe archive member {label!r}: {exc}") from exc
-    # the container reads the folder as whatever user it runs as
-    for root, dirs, files in os.walk(dest):
-        for d in dirs:
-            p = os.path.join(root, d)
-            os.chmod(p, stat.S_IMODE(os.lstat(p).st_mode) | 0o555)
-        for f in files:
-            p = os.path.join(root, f)
-            if not os.path.islink(p):
-                os.chmod(p, stat.S_IMODE(os.lstat(p).st_mode) | 0o444)
-    os.chmod(dest, 0o755)
-    return [m.name for m in members]
+        return _archives.safe_extract(archive, dest)
+    except _archives.ArchiveError as exc:
+        raise DeployError(str(exc)) from exc
