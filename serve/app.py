@@ -1,7 +1,8 @@
 """The HTTP layer: SageMaker's routes, TF Serving's predict route, and status codes.
 
 Routes only translate between HTTP and the handler: every error is a ``ServeError`` (or an
-HTTP error from werkzeug, such as 413) rendered as ``{"error": "..."}``.
+HTTP error from werkzeug, such as 413) rendered as ``{"error": "..."}``, with what the
+caller must not see (tracebacks, paths, secrets) taken out by ``redact``.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 from . import codecs
 from .errors import BadRequest, ModelNotReady, ServeError
 from .handlers import Invocation
+from .redact import SecretFilter
 from .settings import Settings
 from .worker import WorkerState
 
@@ -29,12 +31,14 @@ def _json(body: bytes, status: int = 200) -> Response:
     return Response(body, status=status, mimetype=codecs.JSON)
 
 
-def _error(status: int, message: str) -> Response:
-    return _json(codecs.encode_error(message), status)
-
-
-def create_app(settings: Settings, state: WorkerState, workers: int) -> Flask:
+def create_app(settings: Settings, state: WorkerState, workers: int, secrets: SecretFilter) -> Flask:
     app = Flask("serve")
+
+    def _error(status: int, message: str, echoes_request: bool = False) -> Response:
+        # a message that only repeats the caller's own request line needs no redaction
+        text = secrets.mask(message) if echoes_request else secrets.for_caller(message)
+        return _json(codecs.encode_error(text), status)
+
     # werkzeug refuses a larger Content-Length up front and stops reading a chunked body at the limit.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
     limit_hint = f"the limit is {settings.max_payload_in_mb} MB (SAGEMAKER_MAX_PAYLOAD_IN_MB)"
@@ -46,7 +50,13 @@ def create_app(settings: Settings, state: WorkerState, workers: int) -> Flask:
             raise ModelNotReady("model is still loading; retry when GET /ping answers 200")
 
     def read_body() -> bytes:
-        return request.get_data(cache=False)
+        body = request.get_data(cache=False)
+        declared = request.content_length
+        if declared is not None and len(body) < declared:
+            # the client closed early: half a body could still parse (a prefix of CSV rows, say)
+            raise BadRequest(f"request body ended after {len(body)} of the {declared} bytes its "
+                             f"Content-Length announced; send the whole body")
+        return body
 
     @app.get("/ping")
     def ping():
@@ -117,7 +127,7 @@ def create_app(settings: Settings, state: WorkerState, workers: int) -> Flask:
                        f"use GET /ping, POST /invocations or GET /execution-parameters")
         elif exc.code == 405:
             message = f"{request.method} is not allowed on {request.path}"
-        return _error(exc.code or 500, message)
+        return _error(exc.code or 500, message, echoes_request=exc.code in (404, 405))
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):

@@ -1,9 +1,11 @@
 """The `serve` command: settings -> CPU tuning -> user code set-up -> gunicorn.
 
 SageMaker runs ``docker run IMAGE serve``; the same command serves on a plain host.
-Any problem that would leave a half-working server (a bad variable, a failed
+Any problem that would leave a half-working server (a bad variable, no model, a failed
 requirements install, a script that cannot be found) exits non-zero here, before the
-port is opened.
+port is opened, with one line that starts "startup failed:". Problems only a worker can
+find (a model TensorFlow cannot load, a script that raises on import) end the server the
+same way from the worker (see server.ServeWorker).
 """
 from __future__ import annotations
 
@@ -12,17 +14,20 @@ import sys
 
 from . import __version__
 from .layout import ModelNotFound, find_model
-from .settings import SettingsError, load_settings
+from .redact import SecretFilter
+from .settings import SettingsError, load_settings, secret_values
 from .tuning import apply_environment, detect_cpu, plan
 from .usercode import UserCodeSetupError, install_requirements, locate
 
 log = logging.getLogger("serve")
 
 
-def configure_logging(level: int) -> None:
+def configure_logging(level: int, secrets: SecretFilter) -> None:
     logging.basicConfig(
         level=level, stream=sys.stderr,
         format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(secrets)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"serve: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.container_log_level)
+    secrets = SecretFilter(secret_values())
+    configure_logging(settings.container_log_level, secrets)
 
     tuning = plan(settings, detect_cpu())
     apply_environment(tuning)
@@ -48,19 +54,22 @@ def main(argv: list[str] | None = None) -> int:
         if code:
             install_requirements(code)
     except UserCodeSetupError as exc:
-        log.error("%s", exc)
+        log.error("startup failed: %s", exc)
         return 1
     try:
         model = str(find_model(settings.model_dir))
     except ModelNotFound as exc:
-        model = "none found" + (" (model_fn will load it)" if code else f": {exc}")
+        if not code:
+            log.error("startup failed: no model to serve: %s", exc)
+            return 1
+        model = "none found (model_fn will load it)"
     log.info("serve %s on 0.0.0.0:%d: %s, model %s, signature serving_default unless the request names "
              "another, user code %s", __version__, settings.bind_to_port, tuning.describe(), model,
              code.script if code else "none")
 
     from .server import ServeApplication
 
-    ServeApplication(settings, tuning, code).run()
+    ServeApplication(settings, tuning, code, secrets).run()
     return 0
 
 

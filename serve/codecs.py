@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import io
 import itertools
+import lzma
 import threading
+import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import Mapping, Union
 
@@ -242,18 +245,61 @@ def _decode_csv(body: bytes) -> Decoded:
     return Decoded(array, None, columnar=False)
 
 
-def _decode_npy(body: bytes) -> Decoded:
+def _npy_array(data: bytes, what: str) -> np.ndarray:
+    """A .npy file as an array; the header must match the bytes that follow it.
+
+    np.load would allocate whatever the header claims before reading, so a lying header could
+    ask for gigabytes: here the claimed size is checked against the bytes actually sent first.
+    """
+    buf = io.BytesIO(data)
     try:
-        return Decoded(np.load(io.BytesIO(body), allow_pickle=False), None, columnar=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise BadRequest(f"body is not a .npy array (np.save output, no pickled objects): {exc}") from None
+        version = np.lib.format.read_magic(buf)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(buf)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(buf)
+        else:
+            raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported (1.0 and 2.0 are)")
+    except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError, TokenError, ...
+        raise BadRequest(f"{what} is not a .npy array (np.save output): {exc}") from None
+    if dtype.hasobject:
+        raise BadRequest(f"{what} holds Python objects; send numbers (np.save with allow_pickle=False)")
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    offset = buf.tell()
+    if count * dtype.itemsize != len(data) - offset:
+        raise BadRequest(f"{what}: the .npy header says shape {shape} {dtype.name} "
+                         f"({count * dtype.itemsize} bytes) but {len(data) - offset} bytes follow it")
+    # a copy, so user code that edits its input in place (as it could after np.load) still can
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=offset).copy()
+    return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+
+
+# Compressed .npz members may expand; this bounds what one request can make the server hold.
+MAX_NPZ_EXPANDED_BYTES = 256 * 1024 * 1024
+
+
+def _decode_npy(body: bytes) -> Decoded:
+    return Decoded(_npy_array(body, "body"), None, columnar=False)
+
+
+def _member(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> bytes:
+    data = archive.read(member)
+    # zipfile checks the CRC only when the compressed stream ends, which a corrupt one may never do
+    if zlib.crc32(data) != member.CRC:
+        raise BadRequest(f".npz member {member.filename!r} is corrupt (CRC mismatch)")
+    return data
 
 
 def _decode_npz(body: bytes) -> Decoded:
     try:
-        with np.load(io.BytesIO(body), allow_pickle=False) as archive:
-            return Decoded({name: archive[name] for name in archive.files}, None, columnar=True)
-    except (ValueError, OSError, EOFError) as exc:
+        with zipfile.ZipFile(io.BytesIO(body)) as archive:
+            members = [m for m in archive.infolist() if not m.is_dir()]
+            if sum(m.file_size for m in members) > MAX_NPZ_EXPANDED_BYTES:
+                raise BadRequest(f".npz expands to more than {MAX_NPZ_EXPANDED_BYTES >> 20} MiB")
+            return Decoded({m.filename.removesuffix(".npy"): _npy_array(_member(archive, m), f".npz member {m.filename!r}")
+                            for m in members}, None, columnar=True)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAError, ValueError, OSError, EOFError,
+            NotImplementedError, RuntimeError) as exc:  # RuntimeError: an encrypted member
         raise BadRequest(f"body is not a .npz archive (np.savez output): {exc}") from None
 
 

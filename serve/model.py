@@ -88,20 +88,32 @@ def _matches(shape: tuple[int, ...], want: tuple[int | None, ...]) -> bool:
 
 
 def _cast(array: np.ndarray, spec: TensorInfo) -> np.ndarray:
+    """The array in the signature's dtype, refusing any value the cast would change."""
     target = spec.dtype
+    source = array.dtype.kind
+    if source == "f" and not np.isfinite(array).all():
+        raise BadRequest(f"input {spec.describe()} holds NaN or Infinity; send finite numbers")
     if array.dtype == target:
         return array
     kind = target.kind
-    if kind == "f" and array.dtype.kind in "fiub":
-        return array.astype(target, copy=False)
-    if kind in "iu" and array.dtype.kind in "iub":
-        return array.astype(target, copy=False)
-    if kind in "iu" and array.dtype.kind == "f":
-        if np.all(np.isfinite(array)) and np.all(np.mod(array, 1) == 0):
-            return array.astype(target)
-    if kind == "b" and array.dtype.kind in "biu":
+    if kind == "f" and source in "fiub":
+        cast = array.astype(target, copy=False)
+        if source == "f" and not np.isfinite(cast).all():
+            raise BadRequest(f"input {spec.describe()} holds numbers too large for {target.name} "
+                             f"(largest is {np.finfo(target).max:.4g})")
+        return cast
+    if kind in "iu" and source in "iubf":
+        if source == "f" and not (np.mod(array, 1) == 0).all():
+            raise BadRequest(f"input {spec.describe()} takes whole numbers; it got fractions")
+        if array.size:
+            limits = np.iinfo(target)
+            if array.min() < limits.min or array.max() > limits.max:
+                raise BadRequest(f"input {spec.describe()} holds numbers outside {target.name}'s "
+                                 f"range [{limits.min}, {limits.max}]")
         return array.astype(target)
-    if kind in "OSU" and array.dtype.kind in "SUO":
+    if kind == "b" and source in "biu":
+        return array.astype(target)
+    if kind in "OSU" and source in "SUO":
         return array.astype(object)
     raise BadRequest(f"input {spec.describe()} does not accept {array.dtype.name} values")
 

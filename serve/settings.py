@@ -6,6 +6,8 @@ Nothing else in the package reads ``os.environ``: the rest of the code receives 
 """
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -82,6 +84,15 @@ class Settings(BaseSettings):
     @property
     def batch_timeout_s(self) -> float:
         return self.tfs_batch_timeout_micros / 1e6
+
+
+_SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|API_KEY|ACCESS_KEY", re.I)
+
+
+def secret_values() -> tuple[str, ...]:
+    """Values of the variables whose names say they hold a secret (AWS_SECRET_ACCESS_KEY,
+    AWS_SESSION_TOKEN, ...), so that logs and error messages can mask them wherever they appear."""
+    return tuple(v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 6)
 
 
 def env_name(field: str) -> str:

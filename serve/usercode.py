@@ -100,8 +100,11 @@ def install_requirements(code: CodeLocation) -> None:
          "-r", str(requirements)],
         capture_output=True, text=True)
     if proc.returncode != 0:
-        raise UserCodeSetupError(
-            f"pip install -r {requirements} failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        log.info("pip's output:\n%s%s", proc.stdout, proc.stderr)
+        # pip's own verdict is its last "ERROR:" line; that is what the one-line failure quotes
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR:")]
+        reason = errors[-1] if errors else (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise UserCodeSetupError(f"pip install -r {requirements} failed (exit {proc.returncode}): {reason}")
     log.info("installed %s", requirements)
 
 

@@ -4,13 +4,19 @@ Loading runs on a thread so that /ping can answer 503 while it happens (SageMake
 it from the start). Order matters: TensorFlow's thread pools are sized before any op
 runs, the user's script is imported before the model is loaded (its model_fn may be the
 loader), and one real inference warms the model before /ping says 200.
+
+A failure is logged as one line, "startup failed: <which step>: <why>" (the traceback
+only at DEBUG), and ``settled`` tells the worker process to end the server.
 """
 from __future__ import annotations
 
 import gc
+import os
 import logging
 import threading
 import time
+import traceback
+from pathlib import Path
 from typing import Any
 
 from . import handlers
@@ -30,6 +36,7 @@ class WorkerState:
         self.error: str | None = None
         self.handler: handlers.Handler | None = None
         self.default: handlers.DefaultHandler | None = None
+        self.settled = threading.Event()  # set once loading ended, either way
 
     @property
     def ready(self) -> bool:
@@ -45,17 +52,22 @@ def start(settings: Settings, tuning: Tuning, code: CodeLocation | None) -> Work
 
 def _load(state: WorkerState, settings: Settings, tuning: Tuning, code: CodeLocation | None) -> None:
     started = time.perf_counter()
+    step = "setting TensorFlow's thread pools"
     try:
         configure_threads(tuning.intra_op_threads, tuning.inter_op_threads)
+        step = f"importing {code.script.name}" if code else ""
         module = import_script(code) if code else None
         style = handlers.style_of(module)
         model: Any
         if module is not None and hasattr(module, "model_fn"):
+            step = f"{code.script.name}: model_fn({settings.model_dir})"
             model = module.model_fn(str(settings.model_dir))
             described = f"model_fn({settings.model_dir}) -> {type(model).__name__}"
         else:
+            step = f"loading the model from {settings.model_dir}"
             model = load_model(find_model(settings.model_dir))
             described = str(model.location)
+        step = "warming up the model"
         default = None
         if isinstance(model, Model):  # ours, not whatever a model_fn returned
             batcher = Batcher(lambda sig, feed: model.signatures[sig].call(feed),
@@ -68,6 +80,7 @@ def _load(state: WorkerState, settings: Settings, tuning: Tuning, code: CodeLoca
                 log.info("signature %s", sig.describe())
         else:
             warm = 0.0
+        step = f"checking {code.script.name}" if code else "building the handler"
         state.default = default
         state.handler = handlers.build_handler(module, model, default, settings.bind_to_port,
                                                settings.model_server_timeout, settings.model_server_threads)
@@ -78,7 +91,21 @@ def _load(state: WorkerState, settings: Settings, tuning: Tuning, code: CodeLoca
                  time.perf_counter() - started, described, code.script if code else "none", style,
                  warm * 1000, f"max {settings.tfs_max_batch_size}, wait {settings.tfs_batch_timeout_micros} us"
                  if settings.tfs_enable_batching else "off")
-    except Exception as exc:
-        log.exception("loading failed")
-        state.error = f"{type(exc).__name__}: {exc}"
+    except BaseException as exc:
+        state.error = f"{step}: {describe_failure(exc)}"
         state.status = "failed"
+        log.debug("startup failure, traceback:", exc_info=True)
+        log.error("startup failed: %s", state.error)
+    finally:
+        state.settled.set()
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line: the exception, its first message line, and where in the user's code it was raised."""
+    first = next((line for line in str(exc).splitlines() if line.strip()), "")
+    text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not any(part in f.filename for part in ("site-packages", "<frozen", f"{os.sep}serve{os.sep}"))]
+    if frames:
+        text += f" (at {Path(frames[-1].filename).name}, line {frames[-1].lineno})"
+    return text

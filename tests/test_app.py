@@ -32,19 +32,6 @@ def test_ping_is_503_until_the_model_is_loaded_and_warm(mlp_model_dir):
         server.stop()
 
 
-def test_failed_load_keeps_ping_at_503_with_the_reason(tmp_path):
-    (tmp_path / "empty").mkdir()
-    with start_host_server(tmp_path / "empty", wait=False) as server:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            r = first_answer(server.url)
-            if "failed" in r.text:
-                break
-            time.sleep(0.5)
-        assert r.status_code == 503
-        assert "model failed to load" in r.json()["error"] and "saved_model.pb" in r.json()["error"]
-
-
 def test_start_line_states_the_effective_settings(mlp_server):
     line = next(l for l in mlp_server.logs().splitlines() if "serve " in l and " on 0.0.0.0:" in l)
     for field in ("arch=", "vcpus=", "workers=1", "intra_op_threads=", "inter_op_threads=",
@@ -60,24 +47,6 @@ def test_ping_is_not_logged_at_info(mlp_server):
     logs = mlp_server.logs()
     assert "/ping" not in logs
     assert "/missing 404" in logs  # the access log itself works, so the absence above means something
-
-
-def test_sigterm_lets_in_flight_requests_finish(mlp_model_dir, tmp_path):
-    script = "import time\n\ndef input_fn(body, content_type):\n    time.sleep(4)\n    return [[0.0, 0.0, 0.0, 0.0]]\n"
-    model_dir = mlp_model_dir.with_code(tmp_path / "model", script)
-    with start_host_server(model_dir) as server:
-        result = {}
-        t = threading.Thread(target=lambda: result.update(
-            r=requests.post(f"{server.url}/invocations", data=b"{}", timeout=30)))
-        t.start()
-        time.sleep(1)
-        start = time.monotonic()
-        server.process.send_signal(signal.SIGTERM)
-        t.join(30)
-        code = server.process.wait(30)
-        assert time.monotonic() - start < 30
-    assert result["r"].status_code == 200, result["r"].text
-    assert code == 0
 
 
 def test_keras_file_is_served(keras_file_model_dirs):

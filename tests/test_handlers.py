@@ -279,35 +279,6 @@ def test_tfs_handler_calls_rest_uri(mlp_model_dir, tmp_path):
     assert direct.status_code == 200 and direct.json()["predictions"] == r.json()["via_rest"]
 
 
-def test_failed_requirements_install_exits_nonzero_with_pip_error(mlp_model_dir, tmp_path):
-    model_dir = mlp_model_dir.with_code(tmp_path / "model", "def input_fn(b, c):\n    return b\n",
-                                        requirements=f"{tmp_path / 'missing-0.1-py3-none-any.whl'}\n")
-    server = launch(model_dir)
-    try:
-        code = server.process.wait(120)
-    finally:
-        server.stop()
-    assert code != 0
-    logs = server.logs()
-    assert "pip install -r" in logs and "missing-0.1-py3-none-any.whl" in logs
-    assert "Listening at" not in logs  # never a half-working server
-
-
-def test_script_without_known_functions_fails_load(mlp_model_dir, tmp_path):
-    model_dir = mlp_model_dir.with_code(tmp_path / "model", "def helper():\n    pass\n")
-    with start_host_server(model_dir, wait=False) as server:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                r = requests.get(f"{server.url}/ping", timeout=2)
-                if "failed" in r.text:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-    assert r.status_code == 503 and "defines none of" in r.json()["error"]
-
-
 def test_multi_input_multi_output_default_handler(multi_io_model_dir):
     a, b = multi_io_model_dir.inputs["a"], multi_io_model_dir.inputs["b"]
     with start_host_server(multi_io_model_dir.model_dir) as server:

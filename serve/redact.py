@@ -1,0 +1,50 @@
+"""What may leave the process: error messages for callers, and log lines.
+
+A caller is told what to fix and nothing of the inside: no traceback, no file-system path,
+no secret. Logs keep paths (the operator needs them) but never a credential. The secret
+values come from ``settings.secret_values`` (variables whose names say they hold one) plus
+anything shaped like an AWS access key id.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from typing import Iterable
+
+MASK = "***"
+_TRACE = re.compile(r"\s*(?:Traceback|[\w ]*defined at) \(most recent call last\).*", re.S)
+# An absolute path of two or more parts; not a media type (application/json) or URL path part.
+_PATH = re.compile(r"(?<![\w.:/~@-])/(?:[\w.@+-]+/)+([\w.@+-]*)")
+_AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b")
+
+
+class SecretFilter(logging.Filter):
+    """Masks secrets in log records (message, arguments and traceback) and in caller messages."""
+
+    def __init__(self, secrets: Iterable[str] = ()):
+        super().__init__()
+        # longest first, so a secret that contains another is masked whole
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def mask(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return _AWS_KEY_ID.sub(MASK, text)
+
+    def for_caller(self, message: str) -> str:
+        """An error message fit to send: traceback cut, paths reduced to their last part, secrets masked."""
+        message = _TRACE.sub("", message)
+        message = _PATH.sub(lambda m: m.group(1) or "<path>", message)
+        return self.mask(message)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = self.mask(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.mask(record.exc_text)
+        return True
