@@ -120,6 +120,21 @@ def test_hung_user_code_answers_504_at_the_timeout(toolkit_server):
     assert elapsed < 7
 
 
+def test_others_are_served_while_a_request_hangs(toolkit_server, mlp_model_dir):
+    x, expected = mlp_model_dir.inputs["features"], mlp_model_dir.expected["output_0"]
+    with ThreadPoolExecutor(1) as pool:
+        hung = pool.submit(invoke, toolkit_server.url, json.dumps({"x": [[0, 0, 0, 0]], "sleep": 8}))
+        time.sleep(0.5)
+        for _ in range(3):
+            start = time.monotonic()
+            r = invoke(toolkit_server.url, json.dumps({"x": x.tolist()}))
+            assert r.status_code == 200 and time.monotonic() - start < 2, r.text
+            np.testing.assert_allclose(r.json()["probs"], expected, **ATOL)
+        assert not hung.done(), "the hung request was not in flight while the others were served"
+        assert hung.result().status_code == 504
+    assert invoke(toolkit_server.url, json.dumps({"x": x.tolist()})).status_code == 200
+
+
 def test_ping_answers_fast_while_every_worker_is_busy(toolkit_server):
     """One worker; eight 3-second inferences in flight; /ping must still answer in well under 2 s."""
     with ThreadPoolExecutor(8) as pool:
