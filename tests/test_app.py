@@ -1,7 +1,5 @@
 """Server life cycle on the host: start-up, readiness, logging, shutdown."""
 import json
-import signal
-import threading
 import time
 
 import numpy as np

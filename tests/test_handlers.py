@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.fixtures.server import launch, start_host_server
+from tests.fixtures.server import start_host_server
 
 ATOL = {"rtol": 1e-5, "atol": 1e-6}
 

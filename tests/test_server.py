@@ -126,6 +126,9 @@ def test_killed_worker_is_replaced_and_only_its_requests_fail(request, target, m
 def test_sigterm_finishes_in_flight_refuses_new_and_exits_0(request, target, slow_model_dir):
     """SageMaker stops a container with SIGTERM and kills it 30 s later (docker stop -t 30)."""
     with start_target(request, target, slow_model_dir) as server:
+        if target != "host":  # docker's SIGTERM reaches the server only if it is PID 1
+            cmdline = server.exec("cat", "/proc/1/cmdline").stdout.split("\0")
+            assert "/opt/venv/bin/serve" in cmdline, f"PID 1 is {cmdline}, not the serve command"
         result: dict = {}
 
         def in_flight():
