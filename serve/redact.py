@@ -12,10 +12,14 @@ import re
 from typing import Iterable
 
 MASK = "***"
-_TRACE = re.compile(r"\s*(?:Traceback|[\w ]*defined at) \(most recent call last\).*", re.S)
-# An absolute path of two or more parts; not a media type (application/json) or URL path part.
-_PATH = re.compile(r"(?<![\w.:/~@-])/(?:[\w.@+-]+/)+([\w.@+-]*)")
-_AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b")
+_PY_TRACEBACK = re.compile(r"\s*Traceback \(most recent call last\):.*", re.S)
+# TensorFlow puts its stack between "defined at (most recent call last):" and its complaint.
+_DEFINED_AT = re.compile(r"^[^\n]*defined at \(most recent call last\):[^\n]*\n?", re.M)
+_FRAME = re.compile(r'^[ \t]*File "[^"\n]*", line \d+[^\n]*\n?(?:[ \t]{4,}(?!File ")[^\n]*\n?)?', re.M)
+# An absolute path of two or more parts (also in file:// URLs and after ':' in PATH-like lists);
+# not a media type (application/json), a relative name or the path part of an http:// URL.
+_PATH = re.compile(r"(?<![\w.~@/-])(?:file://)?/(?:[\w.@+-]+/)+([\w.@+-]*)")
+_AWS_KEY_ID = re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])")
 
 
 class SecretFilter(logging.Filter):
@@ -33,10 +37,12 @@ class SecretFilter(logging.Filter):
         return _AWS_KEY_ID.sub(MASK, text)
 
     def for_caller(self, message: str) -> str:
-        """An error message fit to send: traceback cut, paths reduced to their last part, secrets masked."""
-        message = _TRACE.sub("", message)
+        """An error message fit to send: secrets masked, stack frames cut, paths reduced to their last part."""
+        message = self.mask(message)  # first: a secret may look like a path and be cut in half below
+        message = _PY_TRACEBACK.sub("", message)
+        message = _FRAME.sub("", _DEFINED_AT.sub("", message))
         message = _PATH.sub(lambda m: m.group(1) or "<path>", message)
-        return self.mask(message)
+        return re.sub(r"\n\s*\n", "\n", message).strip()
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()

@@ -71,10 +71,6 @@ def test_for_caller_cuts_tensorflows_defined_at_section():
         assert leak not in text, (leak, text)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "usefulness, not a leak: _TRACE cuts everything after TF's 'defined at (most recent call last)', "
-    "and TF puts the actual complaint AFTER the stack, so the caller only learns "
-    "'Graph execution error:'"))
 def test_for_caller_keeps_tensorflows_complaint_after_the_stack():
     text = SecretFilter().for_caller(TF_ERROR)
     assert "Input to reshape is a tensor with 4 values, but the requested shape has 5" in text
@@ -138,11 +134,6 @@ def test_for_caller_masks_secrets_in_what_remains():
         f"input_fn raised RuntimeError: cannot read inference.py with key {MASK}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "LEAK in serve/redact.py SecretFilter.for_caller: paths are reduced BEFORE secrets are masked, "
-    "so a secret that _PATH takes for a path (an AWS session token or secret key holding '+/' and a "
-    "later '/', or AWS_CONTAINER_CREDENTIALS_RELATIVE_URI's '/v2/credentials/<id>') is rewritten "
-    "first and then no longer found by mask(): most of it reaches the caller"))
 @pytest.mark.parametrize("secret", [
     "FwoGZXIvYXdzEJr+/abcDEF123/ghiJKL456+xyz/ENDofTOKENpart",
     "/v2/credentials/0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0",
@@ -151,20 +142,10 @@ def test_for_caller_masks_secrets_that_look_like_paths(secret):
     assert SecretFilter([secret]).for_caller(f"token {secret} rejected") == f"token {MASK} rejected"
 
 
-def _gap(reason: str):
-    return pytest.mark.xfail(strict=True, reason="LEAK in serve/redact.py _PATH/_TRACE: " + reason)
-
-
 @pytest.mark.parametrize("message", [
-    pytest.param("PYTHONPATH=/opt/ml/model/code:/opt/ml/model/code/lib",
-                 marks=_gap("the lookbehind (?<![...:/...]) skips a path that follows ':', so only the "
-                            "first entry of a colon-separated list (PATH, PYTHONPATH) is reduced")),
-    pytest.param("cannot open file:///opt/ml/model/code/weights.bin",
-                 marks=_gap("a file:// URL keeps its whole path (the path follows '/')")),
-    pytest.param('failed at\n  File "/opt/ml/model/code/inference.py", line 3, in predict_fn\n    x = f()',
-                 marks=_gap("traceback frames without the 'Traceback (most recent call last)' header "
-                            "(traceback.format_stack/format_tb in a message) are kept; only the path "
-                            "inside is reduced")),
+    "PYTHONPATH=/opt/ml/model/code:/opt/ml/model/code/lib",
+    "cannot open file:///opt/ml/model/code/weights.bin",
+    'failed at\n  File "/opt/ml/model/code/inference.py", line 3, in predict_fn\n    x = f()',
 ])
 def test_for_caller_misses_no_path_or_frame(message):
     text = SecretFilter().for_caller(message)
