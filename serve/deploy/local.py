@@ -153,9 +153,10 @@ def run(spec: LocalSpec, info: Callable[[str], None],
             stack.callback(_stop_process, logs)
         url = f"http://{'127.0.0.1' if spec.host_ip in ('0.0.0.0', '') else spec.host_ip}:{spec.port}"
 
-        # SIGTERM (from a CI runner, say) ends local mode like Ctrl-C does
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-        stack.callback(signal.signal, signal.SIGTERM, previous)
+        # SIGTERM (from a CI runner, say) ends local mode like Ctrl-C does; SIGINT is set too,
+        # because a shell's background job starts with SIGINT ignored and Python keeps that.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            stack.callback(signal.signal, signum, signal.signal(signum, _raise_interrupt))
         try:
             start = time.monotonic()
             _wait_for_ping(url, name, spec.ping_timeout, start)
