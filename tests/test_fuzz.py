@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import struct
 import zipfile
@@ -24,7 +25,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from tests.fixtures.report import report
 from tests.fixtures.server import start_host_server, worker_pids
 
-CASES = int(__import__("os").environ.get("FUZZ_CASES", 5200))  # the issue asks for at least 5,000 per run
+CASES = 5200  # the issue asks for at least 5,000 per run
+# The same cases every run unless FUZZ_RANDOM=1 (new ones each time, for exploring): CI must
+# not turn red on a case nobody can reproduce.
+DERANDOMIZE = os.environ.get("FUZZ_RANDOM") != "1"
 INT32 = (-(2 ** 31), 2 ** 31 - 1)
 CONTENT_TYPES = ["application/json", "application/jsonlines", "text/csv", "application/x-npy",
                  "application/x-npz"]
@@ -120,7 +124,7 @@ def bad_inputs(draw):
         # an empty name means the default signature, as in TF Serving
         extra["signature_name"] = draw(st.text(min_size=1, max_size=12).filter(lambda s: s != "serving_default"))
     elif defect == "object_value":
-        cnt[draw(st.integers(0, n - 1))] = draw(st.sampled_from([{}, {"a": 1}, [1, [2]], True]))
+        cnt[draw(st.integers(0, n - 1))] = draw(st.sampled_from([{}, {"a": 1}, [1, [2]], "1"]))  # (true is a lossless 1)
     return defect, {"features": feats, "count": cnt}, extra
 
 
@@ -348,7 +352,7 @@ def test_malformed_requests_get_json_4xx_and_nothing_breaks(fuzz_server, typed_m
     statuses: Counter[int] = Counter()
     session = requests.Session()
 
-    @settings(max_examples=CASES, deadline=None, database=None, derandomize=False, print_blob=True,
+    @settings(max_examples=CASES, deadline=None, database=None, derandomize=DERANDOMIZE, print_blob=True,
               suppress_health_check=list(HealthCheck))
     @given(case=malformed(body))
     def refused(case: Case):
