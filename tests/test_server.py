@@ -19,7 +19,8 @@ import requests
 
 from tests.fixtures.docker import SLOW_PREDICT_S
 from tests.fixtures.report import report
-from tests.fixtures.server import tree_rss, worker_pids
+from bench.soak import tree_rss
+from tests.fixtures.server import worker_pids
 from tests.fixtures.targets import PROCESS_TARGETS, TARGETS, start_target
 
 MAX_PAYLOAD = 6 * 1024 * 1024  # SAGEMAKER_MAX_PAYLOAD_IN_MB's default, in bytes
@@ -206,11 +207,11 @@ def test_body_size_limit(request, target, mlp_model_dir):
         assert took < 10
 
         pid = server.master_pid()
-        before = tree_rss(pid)
+        before = tree_rss(pid)[0]
         for _ in range(3):
             status, _, took = raw_post(server.url, 1 << 30, b"{" * 1024)
             assert status == 413 and took < 10
-        grew = tree_rss(pid) - before
+        grew = tree_rss(pid)[0] - before
         assert requests.get(f"{server.url}/ping", timeout=PING_LIMIT_S).status_code == 200
     report("size", f"{target}: {MAX_PAYLOAD - 1024} B body 200; {MAX_PAYLOAD + 1} B claim 413 in {took:.2f} s; "
                    f"three 1 GiB claims moved resident memory by {grew / 2**20:+.1f} MiB")
