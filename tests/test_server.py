@@ -20,7 +20,7 @@ import requests
 from tests.fixtures.docker import SLOW_PREDICT_S
 from tests.fixtures.report import report
 from bench.soak import tree_rss
-from tests.fixtures.server import worker_pids
+from tests.fixtures.server import raw_post, worker_pids
 from tests.fixtures.targets import PROCESS_TARGETS, TARGETS, start_target
 
 MAX_PAYLOAD = 6 * 1024 * 1024  # SAGEMAKER_MAX_PAYLOAD_IN_MB's default, in bytes
@@ -171,25 +171,6 @@ def test_sigterm_finishes_in_flight_refuses_new_and_exits_0(request, target, slo
 
 # -- size -------------------------------------------------------------------------------------------
 
-def raw_post(url: str, declared: int, send: bytes) -> tuple[int, bytes, float]:
-    """POST announcing DECLARED bytes but sending only SEND, keeping the socket open; returns the
-    status, body and seconds to the answer (so a server that waited for the rest would time out)."""
-    parsed = urlparse(url)
-    start = time.monotonic()
-    with socket.create_connection((parsed.hostname, parsed.port), timeout=20) as sock:
-        sock.sendall(f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     f"Content-Length: {declared}\r\n\r\n".encode() + send)
-        data = b""
-        while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < int(
-                data.lower().partition(b"content-length:")[2].split(b"\r\n")[0] or 0):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body, time.monotonic() - start
-
-
 @pytest.mark.parametrize("target", PROCESS_TARGETS)
 def test_body_size_limit(request, target, mlp_model_dir):
     with start_target(request, target, mlp_model_dir) as server:
@@ -202,18 +183,19 @@ def test_body_size_limit(request, target, mlp_model_dir):
         assert r.status_code == 200, r.text[:500]
         assert len(r.json()["predictions"]) == len(rows)
 
-        status, answer, took = raw_post(server.url, MAX_PAYLOAD + 1, b"[" * 65536)
-        assert status == 413 and "SAGEMAKER_MAX_PAYLOAD_IN_MB" in json.loads(answer)["error"]
-        assert took < 10
+        # the socket stays open with most of the body unsent: the answer must not wait for it
+        over = raw_post(server.url, b"[" * 65536, declared=MAX_PAYLOAD + 1, timeout=20)
+        assert over.status == 413 and "SAGEMAKER_MAX_PAYLOAD_IN_MB" in json.loads(over.body)["error"]
+        assert over.seconds < 10
 
         pid = server.master_pid()
         before = tree_rss(pid)[0]
         for _ in range(3):
-            status, _, took = raw_post(server.url, 1 << 30, b"{" * 1024)
-            assert status == 413 and took < 10
+            claim = raw_post(server.url, b"{" * 1024, declared=1 << 30, timeout=20)
+            assert claim.status == 413 and claim.seconds < 10
         grew = tree_rss(pid)[0] - before
         assert requests.get(f"{server.url}/ping", timeout=PING_LIMIT_S).status_code == 200
-    report("size", f"{target}: {MAX_PAYLOAD - 1024} B body 200; {MAX_PAYLOAD + 1} B claim 413 in {took:.2f} s; "
+    report("size", f"{target}: {MAX_PAYLOAD - 1024} B body 200; {MAX_PAYLOAD + 1} B claim 413 in {over.seconds:.2f} s; "
                    f"three 1 GiB claims moved resident memory by {grew / 2**20:+.1f} MiB")
     assert grew < 8 * 2**20
 

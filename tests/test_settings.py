@@ -1,8 +1,10 @@
+import os
+import re
 import subprocess
 
 import pytest
 
-from serve.settings import Settings, SettingsError, load_settings
+from serve.settings import Settings, SettingsError, load_settings, secret_values
 from tests.fixtures.server import SERVE
 
 
@@ -63,3 +65,19 @@ def test_serve_exits_nonzero_naming_the_variable(tmp_path):
 def test_settings_are_frozen():
     with pytest.raises(Exception):
         Settings().bind_to_port = 1
+
+
+def test_secret_values_are_the_credentials_in_the_environment(monkeypatch):
+    for name in list(os.environ):
+        if re.search(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|API_KEY|ACCESS_KEY", name, re.I):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-access-key-value")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "session-token-value")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
+    monkeypatch.setenv("MY_API_KEY", "my-api-key-value")
+    monkeypatch.setenv("PATH", "/usr/local/bin:/usr/bin:/bin")
+    monkeypatch.setenv("SAGEMAKER_PROGRAM", "inference.py")
+
+    values = set(secret_values())
+    assert values == {"secret-access-key-value", "session-token-value", "AKIAIOSFODNN7EXAMPLE",
+                      "my-api-key-value"}
