@@ -11,6 +11,12 @@ batch started to form, never on a guess and never on newcomers, who go to the ne
 
 A request that fails inside a batch is retried alone, so one bad request fails by
 itself and not its batch-mates.
+
+A request larger than ``max_batch_size`` (a batch transform mini-batch of thousands of
+records, say) is split into parts of at most ``max_batch_size`` instances, each queued when
+the one before it is done, and its outputs are joined back in order: no model call is ever
+larger than the maximum, and requests that arrive meanwhile get their turn between the parts. ``max_batch_size`` 1 means
+batching is off (SAGEMAKER_TFS_ENABLE_BATCHING=false): requests then run whole, as before.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import logging
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, TimeoutError as FutureTimeout
+from concurrent.futures import Future, InvalidStateError, TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Hashable
@@ -66,7 +72,7 @@ class Batcher:
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
         self._thread.start()
-        self.stats = {"calls": 0, "items": 0, "largest": 0, "fallbacks": 0}
+        self.stats = {"calls": 0, "items": 0, "largest": 0, "fallbacks": 0, "split": 0}
 
     @contextmanager
     def arriving(self):
@@ -93,6 +99,9 @@ class Batcher:
     def submit(self, signature: str, inputs: Arrays, arrival: "_Arrival | None" = None) -> Future:
         first = next(iter(inputs.values()), None)
         size = first.shape[0] if first is not None and first.ndim else 1
+        if size > self._max > 1 and self._batchable(signature) \
+                and all(a.ndim and a.shape[0] == size for a in inputs.values()):
+            return self._submit_parts(signature, inputs, size, arrival)
         item = _Item(signature, inputs, size, _stack_key(signature, inputs))
         with self._cond:
             if self._closed:
@@ -111,6 +120,64 @@ class Batcher:
             finally:
                 self._idle()
         return item.future
+
+    def _submit_parts(self, signature: str, inputs: Arrays, size: int,
+                      arrival: "_Arrival | None") -> Future:
+        """Run SIZE instances as parts of at most max_batch_size, one part in the queue at a time
+        (so requests that arrive meanwhile are served between the parts); one future for the whole."""
+        key = _stack_key(signature, inputs)
+        bounds = [(start, min(start + self._max, size)) for start in range(0, size, self._max)]
+        whole: Future = Future()            # left pending, so that Batcher.wait can cancel it
+        outs: list[Arrays] = []
+
+        def enqueue(index: int) -> None:
+            lo, hi = bounds[index]
+            part = _Item(signature, {n: a[lo:hi] for n, a in inputs.items()}, hi - lo, key)
+            part.future.add_done_callback(lambda f: part_done(index, f))
+            with self._cond:
+                if self._closed:
+                    raise RuntimeError("batcher is closed")
+                self._queue.append(part)
+                self._cond.notify()
+
+        def finish(result: Arrays | None = None, error: BaseException | None = None) -> None:
+            try:
+                if error is not None:
+                    whole.set_exception(error)
+                else:
+                    whole.set_result(result)
+            except InvalidStateError:       # cancelled meanwhile
+                pass
+
+        def part_done(index: int, f: Future) -> None:
+            if whole.done() or f.cancelled():
+                return
+            if f.exception() is not None:
+                finish(error=f.exception())
+                return
+            outs.append(f.result())
+            if index + 1 < len(bounds):
+                try:
+                    enqueue(index + 1)
+                except RuntimeError as exc:
+                    finish(error=exc)
+                return
+            try:
+                joined = {n: np.concatenate([o[n] for o in outs]) for n in outs[0]}
+                if any(len(a) != size for a in joined.values()):
+                    raise ValueError("outputs do not have one row per instance")
+            except Exception as exc:
+                finish(error=exc)
+                return
+            finish(joined)
+
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("batcher is closed")
+            self._end_arrival(arrival)
+            self.stats["split"] += 1
+        enqueue(0)
+        return whole
 
     def _idle(self) -> None:
         with self._cond:

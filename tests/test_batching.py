@@ -146,3 +146,59 @@ def test_newcomers_do_not_hold_a_forming_batch(model):
     x_announced.__exit__(None, None, None)
     assert [shape["x"][0] for _, shape in rec.calls] == [2]
     assert took < 1.0, "the batch waited for a request announced after it started forming"
+
+
+# --- a batch transform mini-batch: thousands of records in one request ----------------------------
+
+def test_large_request_is_split_into_calls_no_larger_than_the_maximum(model):
+    rec, batcher = make(model, max_batch=32)
+    x = np.random.default_rng(2).random((3000, 3), dtype=np.float32)
+    out = batcher.wait(batcher.submit("sum_only", {"x": x}), 60)
+    sizes = [shape["x"][0] for _, shape in rec.calls]
+    assert max(sizes) <= 32 and sum(sizes) == 3000, sizes
+    assert len(sizes) == 94                     # 93 full parts and one of 24
+    np.testing.assert_allclose(out["s"], x.sum(axis=1), rtol=1e-6)   # in order, row for row
+    assert batcher.stats["split"] == 1
+
+
+def test_parts_of_a_large_request_leave_room_for_others(model):
+    rec, batcher = make(model, delay=0.02, max_batch=32)
+    big = np.ones((32 * 15, 3), np.float32)     # 15 calls of 20 ms
+    whole = batcher.submit("sum_only", {"x": big})
+    time.sleep(0.05)
+    start = time.monotonic()
+    small = batcher.wait(batcher.submit("sum_only", {"x": np.full((1, 3), 2, np.float32)}), 10)
+    small_took = time.monotonic() - start
+    np.testing.assert_allclose(small["s"], [6.0])
+    assert not whole.done() or small_took < 0.1, "the small request waited for the whole large one"
+    np.testing.assert_allclose(batcher.wait(whole, 30)["s"], np.full(480, 3.0))
+    assert all(shape["x"][0] <= 32 for _, shape in rec.calls)
+
+
+def test_a_large_request_with_batching_off_runs_whole(model):
+    rec, batcher = make(model, max_batch=1)
+    out = batcher.wait(batcher.submit("sum_only", {"x": np.ones((500, 3), np.float32)}), 30)
+    assert [shape["x"][0] for _, shape in rec.calls] == [500]
+    assert len(out["s"]) == 500
+
+
+def test_a_bad_record_fails_its_whole_request_and_nothing_else(model):
+    rec, batcher = make(model, max_batch=16)
+    x = np.ones((100, 3), np.float32)
+    x[70, 1] = np.nan
+    with pytest.raises(Exception, match="NaN"):
+        batcher.wait(batcher.submit("checked", {"x": x}), 30)
+    ok = batcher.wait(batcher.submit("checked", {"x": np.ones((40, 3), np.float32)}), 30)
+    np.testing.assert_allclose(ok["s"], np.full(40, 3.0))
+
+
+def test_a_timed_out_large_request_stops_calling_the_model(model):
+    from serve.errors import RequestTimeout
+
+    rec, batcher = make(model, delay=0.05, max_batch=8)
+    with pytest.raises(RequestTimeout):
+        batcher.wait(batcher.submit("sum_only", {"x": np.ones((8 * 40, 3), np.float32)}), 0.2)
+    time.sleep(0.3)
+    calls = len(rec.calls)
+    time.sleep(0.3)
+    assert len(rec.calls) == calls < 40, "parts of a cancelled request kept running"
