@@ -16,54 +16,13 @@ from pathlib import Path
 
 import botocore.exceptions
 
-from . import archive, endpoint, local
+from . import archive, endpoint, interrupts, local, output
 from .aws import Aws, error_message
-from .errors import DeployError
+from .errors import DeployError, UsageError
+from .output import Console  # noqa: F401  (the Reporter; importable from here as before)
 
 CONTENT_TYPES = {".json": "application/json", ".jsonl": "application/jsonlines",
                  ".csv": "text/csv", ".npy": "application/x-npy", ".npz": "application/x-npz"}
-
-
-class Console:
-    """Reporter for endpoint.py: messages and a live progress line on stderr."""
-
-    def __init__(self, stream=None, quiet: bool = False):
-        self.stream = stream or sys.stderr
-        self.quiet = quiet
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self._last: tuple[str, str] | None = None
-        self._last_print = 0.0
-        self._open_line = False
-
-    def info(self, message: str) -> None:
-        if self.quiet:
-            return
-        self._end_line()
-        print(message, file=self.stream, flush=True)
-
-    def progress(self, what: str, status: str, elapsed: float) -> None:
-        if self.quiet:
-            return
-        mins, secs = divmod(int(elapsed), 60)
-        line = f"{what}: {status} ({mins:d}m{secs:02d}s)"
-        if self.tty:
-            self.stream.write("\r" + line.ljust(60))
-            self.stream.flush()
-            self._open_line = True
-        elif (what, status) != self._last or time.monotonic() - self._last_print >= 60:
-            print(line, file=self.stream, flush=True)
-            self._last_print = time.monotonic()
-        self._last = (what, status)
-
-    def progress_done(self) -> None:
-        self._end_line()
-        self._last = None
-
-    def _end_line(self) -> None:
-        if self._open_line:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._open_line = False
 
 
 def _out(text: str = "") -> None:
@@ -73,11 +32,13 @@ def _out(text: str = "") -> None:
 # --- subcommands -------------------------------------------------------------------------------
 
 def cmd_package(args, console: Console) -> int:
-    names = archive.package(Path(args.model_dir), Path(args.output),
+    names = archive.package(Path(args.model_dir), Path(args.archive),
                             Path(args.code) if args.code else None)
-    size = Path(args.output).stat().st_size
+    size = Path(args.archive).stat().st_size
     top = sorted({n.split("/")[0] for n in names})
-    _out(f"wrote {args.output} ({size / 1e6:.1f} MB, {len(names)} entries: {', '.join(top)})")
+    result = {"archive": args.archive, "bytes": size, "entries": len(names), "top": top}
+    output.emit(result, args.output, table=lambda r: [
+        f"wrote {r['archive']} ({r['bytes'] / 1e6:.1f} MB, {r['entries']} entries: {', '.join(r['top'])})"])
     return 0
 
 
@@ -274,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--profile", help="named profile from ~/.aws/config")
     g.add_argument("--endpoint-url", help="send every AWS call here (also AWS_ENDPOINT_URL)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+    output.add_output_argument(g)
 
     waiting = argparse.ArgumentParser(add_help=False)
     waiting.add_argument("--timeout", type=_positive_float, default=1800.0,
@@ -291,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
                        parents=[common])
     p.add_argument("model_dir", metavar="MODEL_DIR")
     p.add_argument("--code", metavar="DIR", help="user code folder to put under code/ (inference.py, ...)")
-    p.add_argument("-o", "--output", default="model.tar.gz", help="archive to write (default model.tar.gz)")
+    p.add_argument("-o", "--archive", dest="archive", metavar="FILE", default="model.tar.gz",
+                   help="archive to write (default model.tar.gz)")
     p.set_defaults(func=cmd_package)
 
     def model_args(p, required: bool):
@@ -379,28 +342,83 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXAMPLES = {
+    "package": "deploy package examples/digits/model -o model.tar.gz",
+    "create": "deploy create --image 123456789012.dkr.ecr.eu-west-1.amazonaws.com/sagemaker-tf-graviton:1.0 "
+              "--model-data model.tar.gz --role arn:aws:iam::123456789012:role/SageMakerExecutionRole --name digits",
+    "invoke": "deploy invoke digits --file examples/digits/request.json",
+    "update": "deploy update digits --instance-type ml.c7g.2xlarge",
+    "autoscale": "deploy autoscale digits --min 1 --max 4 --target-invocations 1000",
+    "delete": "deploy delete digits --purge-s3",
+    "list": "deploy list --output json",
+    "status": "deploy status digits --output json",
+    "wait": "deploy wait digits --timeout 1800",
+    "local": "deploy local --image sagemaker-tf-graviton:dev-amd64 --model-data examples/digits/model.tar.gz "
+             "--invoke examples/digits/request.json",
+}
+
+EPILOG = """exit codes: 0 done, 1 AWS refused or failed (or a wait timed out), 2 usage or a local check
+failed (nothing was sent to AWS), 130 SIGINT, 143 SIGTERM, 129 SIGHUP, 141 stdout closed.
+SIGINT, SIGTERM and SIGHUP are handled alike, also in background jobs; see --on-interrupt
+of create/update and docs/deploy.md."""
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("sagemaker-tf-graviton")
+    except Exception:
+        return "unknown"
+
+
+def _finish_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--version, the exit-code epilog and one example per subcommand (kept out of build_parser so
+    subcommands registered there by anyone get the same treatment)."""
+    parser.add_argument("--version", action="version", version=f"deploy {_version()}")
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        for name, sp in getattr(action, "choices", {}).items():
+            if sp.epilog is None and name in EXAMPLES:
+                sp.epilog = f"example:\n  {EXAMPLES[name]}"
+                sp.formatter_class = argparse.RawDescriptionHelpFormatter
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Parse, run, and map every outcome to the exit-code table in errors.py (no traceback)."""
+    parser = _finish_parser(build_parser())
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:          # argparse: 2 for usage, 0 for --help/--version
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    except BrokenPipeError:
+        return output.closed_pipe()
     console = Console(quiet=args.quiet)
     try:
-        return args.func(args, console)
+        with interrupts.handle_signals():
+            return args.func(args, console)
+    except BrokenPipeError:
+        return output.closed_pipe()
+    except interrupts.Interrupted as exc:
+        console.progress_done()
+        console.error(f"deploy: {exc}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        console.progress_done()
+        console.error("deploy: interrupted by SIGINT")
+        return 130
     except DeployError as exc:
         console.progress_done()
-        print(f"deploy: error: {exc}", file=sys.stderr, flush=True)
-        return 1
+        console.error(f"deploy: error: {exc}")
+        return exc.exit_code
     except botocore.exceptions.NoCredentialsError:
-        print("deploy: error: no AWS credentials found (environment, profile or instance role)",
-              file=sys.stderr)
+        console.error("deploy: error: no AWS credentials found (environment, profile or instance role)")
         return 1
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
         console.progress_done()
-        print(f"deploy: error: {error_message(exc)}", file=sys.stderr, flush=True)
+        console.error(f"deploy: error: {error_message(exc)}")
         return 1
-    except KeyboardInterrupt:
-        console.progress_done()
-        print("deploy: interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":
