@@ -5,5 +5,6 @@ pytest_plugins = [
     "tests.fixtures.targets",
     "tests.fixtures.docker",
     "tests.fixtures.moto",
+    "tests.fixtures.moto_migrate",
     "tests.fixtures.report",
 ]

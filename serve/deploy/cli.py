@@ -200,6 +200,9 @@ def cmd_local(args, console: Console) -> int:
             console.info(f"downloading {uri}")
             aws.s3.download_file(bucket, key, str(dest))
 
+    if args.fpmath_check:   # issue 14: serve/deploy/compare.py
+        from . import compare
+        return compare.cmd_fpmath_check(args, console, region, download)
     spec = local.LocalSpec(
         image=args.image, model_data=args.model_data, port=args.port, host_ip=args.host_ip,
         env=endpoint.parse_env(args.env), region=region, platform=args.platform,
@@ -338,7 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accept")
     p.add_argument("--softmax", action="store_true")
     p.add_argument("--no-logs", action="store_true", help="do not stream the container's log")
+    p.add_argument("--fpmath-check", action="store_true", help="serve the image twice, DNNL_DEFAULT_FPMATH_MODE="
+                   "BF16 and STRICT, send --requests to both, report the drift (see deploy compare)")
+    p.add_argument("--requests", metavar="FILE", help="requests for --fpmath-check (as deploy compare)")
+    from .compare import add_threshold_arguments
+    add_threshold_arguments(p)
     p.set_defaults(func=cmd_local)
+    from . import compare, migrate   # issue 14: migrate / promote / rollback / compare register themselves
+    migrate.add_parsers(sub, common, waiting)
+    compare.add_parser(sub, common)
     return parser
 
 

@@ -1,0 +1,550 @@
+"""`deploy compare` and `deploy local --fpmath-check`: the same requests to two (or more) targets,
+latency side by side and how far their answers agree.
+
+Targets are endpoint variants (invoke_endpoint with TargetVariant, so each request reaches the
+variant named, whatever the weights) or servers by URL (POST URL/invocations, such as two
+`deploy local` containers). Requests come from a JSON Lines file (one JSON body per line), a
+folder of files (content type from each extension), or a single file.
+
+Each request goes to every target in turn (the order rotates from request to request so neither
+target always goes first); a warm-up request per target is not counted. Reported:
+  * per target: answered, errors, p50 / p99 / mean latency (client-side, milliseconds);
+  * per pair (each target against the first) and per output: values compared, max absolute and
+    max relative difference, and for outputs whose last axis has 2 or more entries (classifier
+    scores) the share of rows whose top-1 index agrees.
+Answers are read as JSON (TF Serving's {"predictions": ...} or {"outputs": ...}, the row format
+with named outputs, or any numeric array), .npy / .npz or CSV; anything else is compared byte for
+byte. The relative difference is |a - b| / max(|a|, |b|) over the values where max(|a|, |b|) >=
+1e-6 (tiny values would make it meaningless).
+
+`--fpmath-check` runs the image twice with `deploy local` (DNNL_DEFAULT_FPMATH_MODE=BF16, then
+=STRICT, both serving at once) and compares them the same way: the drift BF16 fast math causes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .errors import DeployError, UsageError
+
+REL_FLOOR = 1e-6
+
+
+@dataclass
+class Request:
+    name: str
+    body: bytes
+    content_type: str
+
+
+@dataclass
+class Answer:
+    ok: bool
+    body: bytes = b""
+    content_type: str = ""
+    error: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class Target:
+    label: str
+    send: Callable[[Request], Answer]
+    answers: list[Answer] = field(default_factory=list)
+
+
+# --- requests ----------------------------------------------------------------------------------
+
+def _content_types() -> dict[str, str]:
+    from .cli import CONTENT_TYPES
+    return CONTENT_TYPES
+
+
+def load_requests(path: str | Path) -> list[Request]:
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"--requests {path}: no such file or folder")
+    types = _content_types()
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+        out = [Request(f.name, f.read_bytes(), types.get(f.suffix.lower(), "application/octet-stream"))
+               for f in files]
+    elif p.suffix.lower() in (".jsonl", ".ndjson"):
+        out = []
+        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                json.loads(line)
+            except ValueError as exc:
+                raise UsageError(f"--requests {path}: line {n} is not JSON ({exc})") from None
+            out.append(Request(f"line {n}", line.encode(), "application/json"))
+    else:
+        out = [Request(p.name, p.read_bytes(), types.get(p.suffix.lower(), "application/octet-stream"))]
+    if not out:
+        raise UsageError(f"--requests {path} holds no requests")
+    return out
+
+
+# --- targets -----------------------------------------------------------------------------------
+
+def url_target(url: str, label: str | None = None, timeout: float = 120.0) -> Target:
+    import requests
+
+    base = url.rstrip("/")
+    post_to = base if base.endswith("/invocations") else f"{base}/invocations"
+    session = requests.Session()
+
+    def send(req: Request) -> Answer:
+        start = time.perf_counter()
+        try:
+            resp = session.post(post_to, data=req.body, headers={"Content-Type": req.content_type},
+                                timeout=timeout)
+        except requests.RequestException as exc:
+            return Answer(False, error=f"{type(exc).__name__}", seconds=time.perf_counter() - start)
+        took = time.perf_counter() - start
+        ctype = resp.headers.get("Content-Type", "")
+        if not 200 <= resp.status_code < 300:
+            return Answer(False, resp.content, ctype, f"HTTP {resp.status_code}: {resp.text[:200]}", took)
+        return Answer(True, resp.content, ctype, seconds=took)
+
+    return Target(label or base, send)
+
+
+def variant_target(aws, endpoint_name: str, variant: str) -> Target:
+    import botocore.exceptions
+
+    from .aws import error_message
+
+    def send(req: Request) -> Answer:
+        start = time.perf_counter()
+        try:
+            out = aws.runtime.invoke_endpoint(EndpointName=endpoint_name, TargetVariant=variant,
+                                              Body=req.body, ContentType=req.content_type)
+            body = out["Body"].read()
+        except botocore.exceptions.ClientError as exc:
+            return Answer(False, error=error_message(exc), seconds=time.perf_counter() - start)
+        return Answer(True, body, out.get("ContentType", ""), seconds=time.perf_counter() - start)
+
+    return Target(f"{endpoint_name}/{variant}", send)
+
+
+def endpoint_variants(aws, name: str, wanted: list[str] | None) -> list[str]:
+    """The variants to compare: WANTED (checked against the endpoint), else the two a migration
+    made (x86 first), else all production variants."""
+    from . import endpoint, migrate
+
+    current = endpoint.describe(aws, name)
+    config = current["config"]
+    production = [v["VariantName"] for v in config["ProductionVariants"]]
+    shadow = [v["VariantName"] for v in config.get("ShadowProductionVariants") or []]
+    if wanted:
+        for v in wanted:
+            if v in shadow:
+                raise UsageError(f"{v} is a shadow variant of {name}: SageMaker does not route requests to "
+                                 "shadow variants (their answers go to data capture only). Compare with "
+                                 "`deploy migrate --mode canary --weight 0`, or two `deploy local` servers")
+            if v not in production:
+                raise UsageError(f"endpoint {name} has no production variant {v} (it has {', '.join(production)})")
+        return wanted
+    mig = migrate.read_migration(aws, name, current)
+    if mig and mig.variant in production and mig.x86_variant in production:
+        return [mig.x86_variant, mig.variant]
+    if len(production) < 2:
+        hint = (f"; its Graviton variant {shadow[0]} is a shadow variant, which SageMaker does not route "
+                "requests to" if shadow else "")
+        raise UsageError(f"endpoint {name} has one production variant ({production[0]}): nothing to compare"
+                         + hint)
+    return production
+
+
+# --- answers -----------------------------------------------------------------------------------
+
+def _arrays(value) -> dict:
+    import numpy as np
+
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            out.update({f"{k}.{kk}" if kk != "" else k: vv for kk, vv in _arrays(v).items()})
+        return out
+    if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):   # row format
+        keys = list(value[0])
+        return {k: a for k in keys for a in [_numeric([r.get(k) for r in value])] if a is not None}
+    arr = _numeric(value)
+    return {"": arr} if arr is not None else {}
+
+
+def _numeric(value):
+    import numpy as np
+
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (ValueError, TypeError):
+        return None
+    return arr
+
+
+def decode(body: bytes, content_type: str) -> dict | None:
+    """Named float arrays of an answer, or None when it is not numeric (then compared as bytes)."""
+    import numpy as np
+
+    ctype = (content_type or "").split(";")[0].strip().lower()
+    try:
+        if ctype in ("application/x-npy",):
+            return {"output": np.load(io.BytesIO(body), allow_pickle=False).astype(np.float64)}
+        if ctype in ("application/x-npz",):
+            with np.load(io.BytesIO(body), allow_pickle=False) as z:
+                return {k: z[k].astype(np.float64) for k in z.files}
+        if ctype == "text/csv":
+            return {"output": np.loadtxt(io.StringIO(body.decode()), delimiter=",", ndmin=1)}
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError, OSError):
+        return None
+    if isinstance(doc, dict):
+        for key in ("predictions", "outputs"):
+            if key in doc:
+                named = _arrays(doc[key])
+                return {(k or key): v for k, v in named.items()} or None
+    named = _arrays(doc)
+    return {(k or "output"): v for k, v in named.items()} or None
+
+
+# --- comparing ---------------------------------------------------------------------------------
+
+@dataclass
+class OutputAgreement:
+    name: str
+    compared: int = 0            # values compared
+    requests: int = 0            # requests whose output was compared
+    max_abs_diff: float = 0.0
+    max_rel_diff: float = 0.0
+    top1_rows: int = 0
+    top1_agree: int = 0
+    shape_mismatches: int = 0
+    missing: int = 0
+
+    def add(self, a, b) -> None:
+        import numpy as np
+
+        if a.shape != b.shape:
+            self.shape_mismatches += 1
+            return
+        self.requests += 1
+        if a.size == 0:
+            return
+        diff = np.abs(a - b)
+        if not np.all(np.isfinite(diff)):
+            same = (a == b) | (np.isnan(a) & np.isnan(b))
+            diff = np.where(same, 0.0, np.inf)
+        self.compared += int(a.size)
+        self.max_abs_diff = max(self.max_abs_diff, float(diff.max()))
+        denom = np.maximum(np.abs(a), np.abs(b))
+        mask = denom >= REL_FLOOR
+        if mask.any():
+            self.max_rel_diff = max(self.max_rel_diff, float((diff[mask] / denom[mask]).max()))
+        if a.ndim >= 1 and a.shape[-1] >= 2:
+            ra, rb = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+            self.top1_rows += ra.shape[0]
+            self.top1_agree += int((ra.argmax(axis=1) == rb.argmax(axis=1)).sum())
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["top1_agreement"] = (self.top1_agree / self.top1_rows) if self.top1_rows else None
+        return d
+
+
+def _percentile(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p * len(ordered)) - 1)]
+
+
+def run(targets: list[Target], reqs: list[Request], *, warmup: int = 1,
+        progress: Callable[[str, str, float], None] | None = None) -> None:
+    """Send every request to every target (rotating who goes first); answers land on the targets."""
+    for t in targets:
+        for _ in range(warmup):
+            t.send(reqs[0])
+    start = time.monotonic()
+    for i, req in enumerate(reqs):
+        order = targets[i % len(targets):] + targets[:i % len(targets)]
+        for t in order:
+            t.answers.append(t.send(req))
+        if progress:
+            progress("compare", f"{i + 1}/{len(reqs)} requests", time.monotonic() - start)
+
+
+def report(targets: list[Target], reqs: list[Request], *, source: str = "", warmup: int = 1,
+           max_abs_diff: float | None = None, min_top1: float | None = None, note: str | None = None) -> dict:
+    rows = []
+    for t in targets:
+        ok = [a.seconds * 1000 for a in t.answers if a.ok]
+        errors = [(r.name, a.error) for r, a in zip(reqs, t.answers) if not a.ok]
+        rows.append({"target": t.label, "ok": len(ok), "errors": len(errors),
+                     "p50_ms": _percentile(ok, 0.50), "p99_ms": _percentile(ok, 0.99),
+                     "mean_ms": (sum(ok) / len(ok)) if ok else None,
+                     "first_errors": [f"{n}: {e}" for n, e in errors[:3]]})
+    pairs = []
+    ref = targets[0]
+    for other in targets[1:]:
+        outputs: dict[str, OutputAgreement] = {}
+        bytes_same = bytes_diff = one_sided = 0
+        for a, b in zip(ref.answers, other.answers):
+            if a.ok != b.ok:
+                one_sided += 1
+                continue
+            if not a.ok:
+                continue
+            da, db = decode(a.body, a.content_type), decode(b.body, b.content_type)
+            if da is None or db is None:
+                if a.body == b.body:
+                    bytes_same += 1
+                else:
+                    bytes_diff += 1
+                continue
+            for name in sorted(set(da) | set(db)):
+                agg = outputs.setdefault(name, OutputAgreement(name))
+                if name not in da or name not in db:
+                    agg.missing += 1
+                else:
+                    agg.add(da[name], db[name])
+        pairs.append({"reference": ref.label, "target": other.label,
+                      "outputs": [o.as_dict() for o in outputs.values()],
+                      "failed_on_one_side": one_sided, "non_numeric_same": bytes_same,
+                      "non_numeric_different": bytes_diff})
+    checks = []
+    for pair in pairs:
+        vs = f"{pair['target']} vs {pair['reference']}"
+        if max_abs_diff is not None:
+            if not pair["outputs"]:
+                checks.append({"check": f"max abs diff <= {max_abs_diff:g}", "on": vs, "value": None, "ok": False})
+            for o in pair["outputs"]:
+                ok = o["requests"] > 0 and o["max_abs_diff"] <= max_abs_diff and not o["shape_mismatches"] \
+                    and not o["missing"]
+                checks.append({"check": f"max abs diff <= {max_abs_diff:g}", "on": f"{o['name']}, {vs}",
+                               "value": o["max_abs_diff"], "ok": ok})
+        if min_top1 is not None:
+            classified = [o for o in pair["outputs"] if o["top1_agreement"] is not None]
+            if not classified:
+                checks.append({"check": f"top-1 agreement >= {min_top1:.2%}", "on": vs, "value": None, "ok": False,
+                               "why": "no output with a class axis (last axis of 2 or more)"})
+            for o in classified:
+                checks.append({"check": f"top-1 agreement >= {min_top1:.2%}", "on": f"{o['name']}, {vs}",
+                               "value": o["top1_agreement"], "ok": o["top1_agreement"] >= min_top1})
+        if (max_abs_diff is not None or min_top1 is not None):
+            checks.append({"check": "no request fails on one target only", "on": vs,
+                           "value": pair["failed_on_one_side"], "ok": pair["failed_on_one_side"] == 0})
+    answered = all(r["ok"] > 0 for r in rows)
+    if not answered:
+        checks.append({"check": "every target answered at least one request", "on": "all", "value": None,
+                       "ok": False})
+    return {"requests": len(reqs), "source": source, "warmup": warmup, "targets": rows, "agreement": pairs,
+            "checks": checks, "ok": all(c["ok"] for c in checks), "note": note}
+
+
+def _ms(v) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def _g(v) -> str:
+    return "-" if v is None else f"{v:.2e}"
+
+
+def table(r: dict) -> list[str]:
+    lines = [f"requests  {r['requests']} from {r['source']} (each to every target; {r['warmup']} warm-up "
+             "request per target not counted)", ""]
+    width = max([len("TARGET")] + [len(t["target"]) for t in r["targets"]])
+    lines.append(f"{'TARGET'.ljust(width)}  {'OK':>5} {'ERRORS':>6} {'P50 MS':>8} {'P99 MS':>8} {'MEAN MS':>8}")
+    for t in r["targets"]:
+        lines.append(f"{t['target'].ljust(width)}  {t['ok']:>5} {t['errors']:>6} {_ms(t['p50_ms']):>8} "
+                     f"{_ms(t['p99_ms']):>8} {_ms(t['mean_ms']):>8}")
+        for e in t["first_errors"]:
+            lines.append(f"{''.ljust(width)}  error: {e}")
+    for pair in r["agreement"]:
+        lines += ["", f"agreement {pair['target']} vs {pair['reference']}"]
+        if pair["outputs"]:
+            w = max([len("OUTPUT")] + [len(o["name"]) for o in pair["outputs"]])
+            lines.append(f"  {'OUTPUT'.ljust(w)}  {'VALUES':>7} {'MAX ABS DIFF':>12} {'MAX REL DIFF':>12}  TOP-1 AGREEMENT")
+            for o in pair["outputs"]:
+                top1 = (f"{o['top1_agreement']:.1%} ({o['top1_agree']}/{o['top1_rows']} rows)"
+                        if o["top1_agreement"] is not None else "-")
+                lines.append(f"  {o['name'].ljust(w)}  {o['compared']:>7} {_g(o['max_abs_diff']):>12} "
+                             f"{_g(o['max_rel_diff']):>12}  {top1}")
+                if o["shape_mismatches"] or o["missing"]:
+                    lines.append(f"  {''.ljust(w)}  shapes differ in {o['shape_mismatches']} answers, "
+                                 f"missing in {o['missing']}")
+        if pair["failed_on_one_side"]:
+            lines.append(f"  {pair['failed_on_one_side']} requests failed on one target only")
+        if pair["non_numeric_same"] or pair["non_numeric_different"]:
+            lines.append(f"  non-numeric answers: {pair['non_numeric_same']} identical, "
+                         f"{pair['non_numeric_different']} different")
+    if r["checks"]:
+        lines += ["", "checks"]
+        for c in r["checks"]:
+            value = c["value"]
+            shown = "-" if value is None else (f"{value:.2e}" if isinstance(value, float) and "abs" in c["check"]
+                                               else f"{value:.2%}" if isinstance(value, float) else str(value))
+            lines.append(f"  {'ok  ' if c['ok'] else 'FAIL'}  {c['check']}: {shown} ({c['on']})"
+                         + (f" - {c['why']}" if c.get("why") else ""))
+    if r.get("note"):
+        lines += ["", f"note: {r['note']}"]
+    return lines
+
+
+def _finish(result: dict, args, console) -> int:
+    from . import output
+    output.emit(result, args.output, table=table)
+    if not result["ok"]:
+        failed = [c for c in result["checks"] if not c["ok"]]
+        console.error(f"deploy: compare: {len(failed)} check{'s' if len(failed) != 1 else ''} failed")
+        return 1
+    return 0
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+def cmd_compare(args, console) -> int:
+    reqs = load_requests(args.requests)
+    if bool(args.endpoint) == bool(args.url):
+        raise UsageError("give --endpoint NAME [--variants A,B] or --url URL --url URL")
+    if args.variants and not args.endpoint:
+        raise UsageError("--variants goes with --endpoint")
+    if args.url:
+        if len(args.url) < 2:
+            raise UsageError("give two servers: --url URL --url URL")
+        targets = [url_target(u) for u in args.url]
+        note = None
+    else:
+        from .migrate import _aws
+        aws = _aws(args)
+        wanted = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
+        if wanted is not None and len(wanted) < 2:
+            raise UsageError("--variants needs two or more names: --variants A,B")
+        variants = endpoint_variants(aws, args.endpoint, wanted)
+        targets = [variant_target(aws, args.endpoint, v) for v in variants]
+        note = ("latency measured from this machine through SageMaker's runtime API (network included); "
+                "the endpoint's own ModelLatency is in CloudWatch")
+    console.info(f"sending {len(reqs)} requests to {', '.join(t.label for t in targets)}")
+    run(targets, reqs, warmup=args.warmup, progress=console.progress)
+    console.progress_done()
+    result = report(targets, reqs, source=str(args.requests), warmup=args.warmup,
+                    max_abs_diff=args.max_abs_diff, min_top1=args.min_top1_agreement, note=note)
+    return _finish(result, args, console)
+
+
+class _Compared(Exception):
+    """Raised from inside the two nested `deploy local` runs once the comparison is done, so both
+    containers stop (local.run's own cleanup) and the result comes out."""
+
+    def __init__(self, result: dict):
+        super().__init__("compared")
+        self.result = result
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fpmath_check(spec, requests_path: str, reporter, download=None, *, warmup: int = 1,
+                 max_abs_diff: float | None = None, min_top1: float | None = None) -> dict:
+    """Serve SPEC's image and model twice, DNNL_DEFAULT_FPMATH_MODE=BF16 and =STRICT, and compare."""
+    from . import local
+
+    reqs = load_requests(requests_path)
+    image_plat = local.image_platform(spec.image, reporter.info)
+    arch = image_plat.split("/")[-1] if not spec.platform else spec.platform.split("/")[-1]
+    emulated = arch != local.host_arch()
+    notes = []
+    if arch != "arm64":
+        notes.append(f"{spec.image} runs as {arch}: BF16 fast math changes kernels only on CPUs with bf16 "
+                     "matrix units (Graviton3 and later, Intel AMX); a zero drift here says nothing about Graviton")
+    if emulated:
+        notes.append(f"the {arch} image ran under emulation on this {local.host_arch()} host: the drift is "
+                     "the real one (the emulated CPU has bf16), the latencies are not")
+    modes = {"BF16": "BF16", "STRICT": "STRICT (fp32)"}
+
+    def spec_for(mode: str):
+        return dataclasses.replace(spec, env={**spec.env, "DNNL_DEFAULT_FPMATH_MODE": mode}, port=_free_port(),
+                                   host_ip="127.0.0.1", invoke_file=None, stream_logs=False)
+
+    def bf16_ready(url_bf16: str) -> None:
+        reporter.info("BF16 server ready; starting the STRICT (fp32) one")
+
+        def strict_ready(url_strict: str) -> None:
+            targets = [url_target(url_bf16, modes["BF16"]), url_target(url_strict, modes["STRICT"])]
+            reporter.info(f"sending {len(reqs)} requests to both")
+            run(targets, reqs, warmup=warmup, progress=reporter.progress)
+            reporter.progress_done()
+            raise _Compared(report(targets, reqs, source=str(requests_path), warmup=warmup,
+                                   max_abs_diff=max_abs_diff, min_top1=min_top1, note="; ".join(notes) or None))
+
+        local.run(spec_for("STRICT"), reporter.info, download, on_ready=strict_ready)
+
+    try:
+        local.run(spec_for("BF16"), reporter.info, download, on_ready=bf16_ready)
+    except _Compared as done:
+        result = done.result
+        result.update(image=spec.image, platform=f"linux/{arch}", emulated=emulated)
+        return result
+    raise DeployError("the containers stopped before the comparison ran")
+
+
+def cmd_fpmath_check(args, console, region: str | None, download) -> int:
+    from . import endpoint, local
+
+    if not args.requests:
+        raise UsageError("--fpmath-check needs --requests FILE (JSON Lines, a folder of files, or one file)")
+    if args.invoke:
+        raise UsageError("--fpmath-check and --invoke do not go together")
+    spec = local.LocalSpec(image=args.image, model_data=args.model_data, env=endpoint.parse_env(args.env),
+                           region=region, platform=args.platform, ping_timeout=args.ping_timeout)
+    result = fpmath_check(spec, args.requests, console, download, warmup=args.warmup,
+                          max_abs_diff=args.max_abs_diff, min_top1=args.min_top1_agreement)
+    return _finish(result, args, console)
+
+
+def _share(text: str) -> float:
+    from .migrate import _share as share
+    return share(text)
+
+
+def add_threshold_arguments(p) -> None:
+    p.add_argument("--max-abs-diff", type=float, metavar="X",
+                   help="exit 1 unless every output's max absolute difference is at most X")
+    p.add_argument("--min-top1-agreement", type=_share, metavar="Y",
+                   help="exit 1 unless the top-1 label agrees on at least this share of rows (0.99 or 99%%)")
+    p.add_argument("--warmup", type=int, default=1, metavar="N",
+                   help="requests per target sent first and not counted (default 1)")
+
+
+def add_parser(sub, common) -> None:
+    import argparse
+    p = sub.add_parser("compare", parents=[common],
+                       help="same requests to two endpoint variants or two servers: latency and agreement",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  deploy compare --requests examples/digits/requests.jsonl --endpoint digits "
+                              "--variants AllTraffic,Graviton --max-abs-diff 1e-3\n"
+                              "  deploy compare --requests examples/digits/requests.jsonl "
+                              "--url http://127.0.0.1:18080 --url http://127.0.0.1:18081")
+    p.add_argument("--requests", required=True, metavar="FILE",
+                   help="JSON Lines (one JSON body per line), a folder of files (content type from each "
+                        "extension), or one file")
+    p.add_argument("--endpoint", metavar="NAME", help="compare this endpoint's variants (TargetVariant)")
+    p.add_argument("--variants", metavar="A,B", help="which variants (default: the x86 and Graviton variants "
+                                                     "of a migration, else all production variants)")
+    p.add_argument("--url", action="append", metavar="URL", help="a server (repeat: --url A --url B); "
+                                                                 "requests go to URL/invocations")
+    add_threshold_arguments(p)
+    p.set_defaults(func=cmd_compare)
