@@ -350,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import compare, migrate   # issue 14: migrate / promote / rollback / compare register themselves
     migrate.add_parsers(sub, common, waiting)
     compare.add_parser(sub, common)
+    from .transform import add_parser as add_transform   # issue 15: `deploy transform`
+    add_transform(sub)
     return parser
 
 

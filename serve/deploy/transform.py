@@ -1,0 +1,443 @@
+"""`deploy transform`: a SageMaker batch transform job from one command, or the same run locally.
+
+    deploy transform --image IMAGE --model-data S3_URI|TAR_GZ|DIR --input s3://.../ --output s3://.../
+    deploy transform --local --image IMAGE --model-data DIR|TAR_GZ --input DIR --output DIR
+
+On SageMaker: the image's architectures are checked against the instance type before any call
+that creates something; the model archive is staged as for `deploy create`; a model and a
+transform job are created (MaxPayloadInMB, MaxConcurrentTransforms and BatchStrategy are left
+to the container's /execution-parameters unless given); the job is followed with a live status
+line; the output location is printed, or on failure SageMaker's FailureReason and where the logs
+are; the model this run created is deleted when the job ends, whatever the ending.
+
+A signal or --timeout while the job runs follows --on-interrupt: `rollback` (default) stops the
+job and deletes the model, `keep` leaves the job running (and its model, which it needs) and
+prints how to follow and clean up.
+
+Locally (--local): transform_local.py does what SageMaker's batch agent does, with the image on
+this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import botocore.exceptions
+
+from . import archive, endpoint, instance
+from .aws import Aws, error_message
+from .endpoint import Created, Reporter
+from .errors import DeployError
+
+try:    # exit 2 for local checks where errors.py has it (issue 16); a plain DeployError otherwise
+    from .errors import UsageError
+except ImportError:  # pragma: no cover
+    UsageError = DeployError
+
+ROLLBACK, KEEP = "rollback", "keep"
+TERMINAL = {"Completed", "Failed", "Stopped"}
+CONTENT_TYPES = ("text/csv", "application/jsonlines", "application/json", "application/x-npy")
+
+
+@dataclass
+class TransformSpec:
+    image: str
+    model_data: str
+    input: str
+    output: str
+    role: str | None = None
+    name: str | None = None
+    instance_type: str = "ml.c7g.4xlarge"
+    instance_count: int = 1
+    content_type: str = "text/csv"
+    accept: str | None = None
+    split_type: str = "Line"
+    strategy: str | None = None
+    max_payload_mb: int | None = None
+    max_concurrent: int | None = None
+    join_source: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    bucket: str | None = None
+    arch_check: bool = True
+    timeout: float = 86400.0
+    poll: float = 30.0
+    on_interrupt: str = ROLLBACK
+
+
+def _s3_prefix(uri: str, flag: str) -> str:
+    if not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", uri or ""):
+        raise UsageError(f"{flag} {uri!r} is not an s3://BUCKET/PREFIX URI (use --local for folders)")
+    return uri
+
+
+def check_spec(spec: TransformSpec) -> None:
+    """Everything that can be refused without a network call."""
+    _s3_prefix(spec.input, "--input")
+    _s3_prefix(spec.output, "--output")
+    if not spec.role:
+        raise UsageError("--role is required: the ARN of the SageMaker execution role "
+                         "(or set SAGEMAKER_ROLE_ARN)")
+    if spec.instance_count < 1:
+        raise UsageError("--instance-count must be at least 1")
+    if spec.max_payload_mb is not None and not 0 <= spec.max_payload_mb <= 100:
+        raise UsageError("--max-payload-mb must be between 0 and 100 (SageMaker's limit)")
+    if spec.max_concurrent is not None and spec.max_concurrent < 1:
+        raise UsageError("--max-concurrent must be at least 1")
+    if spec.strategy == "MultiRecord" and spec.split_type == "None":
+        raise UsageError("--strategy MultiRecord needs --split-type Line (a whole file is one record)")
+    instance.instance_arch(spec.instance_type)
+    if spec.name:
+        endpoint.check_name(spec.name)
+
+
+def log_location(region: str, job: str) -> str:
+    group = "/aws/sagemaker/TransformJobs"
+    url = (f"https://{region}.console.aws.amazon.com/cloudwatch/home?region={region}#logsV2:log-groups/"
+           f"log-group/{quote(quote(group, safe=''), safe='')}$3FlogStreamNameFilter$3D{job}")
+    return f"CloudWatch log group {group}, streams {job}/... ({url})"
+
+
+def job_request(spec: TransformSpec, job: str, model: str) -> dict:
+    request = {
+        "TransformJobName": job,
+        "ModelName": model,
+        "TransformInput": {
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": spec.input}},
+            "ContentType": spec.content_type,
+            "SplitType": spec.split_type,
+            "CompressionType": "None",
+        },
+        "TransformOutput": {"S3OutputPath": spec.output,
+                            "AssembleWith": "Line" if spec.split_type == "Line" else "None"},
+        "TransformResources": {"InstanceType": spec.instance_type, "InstanceCount": spec.instance_count},
+        "Tags": [endpoint.TAG],
+    }
+    if spec.accept:
+        request["TransformOutput"]["Accept"] = spec.accept
+    if spec.strategy:
+        request["BatchStrategy"] = spec.strategy
+    if spec.max_payload_mb is not None:
+        request["MaxPayloadInMB"] = spec.max_payload_mb
+    if spec.max_concurrent is not None:
+        request["MaxConcurrentTransforms"] = spec.max_concurrent
+    if spec.join_source:
+        request["DataProcessing"] = {"JoinSource": spec.join_source}
+    return request
+
+
+def wait_for_job(aws: Aws, job: str, reporter: Reporter, *, timeout: float, poll: float) -> dict:
+    start = time.monotonic()
+    try:
+        while True:
+            desc = aws.sagemaker.describe_transform_job(TransformJobName=job)
+            status = desc["TransformJobStatus"]
+            elapsed = time.monotonic() - start
+            reporter.progress(job, status, elapsed)
+            if status in TERMINAL:
+                return desc
+            if elapsed > timeout:
+                raise _TimedOut(f"transform job {job} still {status} after {elapsed:.0f} s "
+                                f"(--timeout {timeout:.0f})")
+            time.sleep(poll)
+    finally:
+        reporter.progress_done()
+
+
+class _TimedOut(DeployError):
+    pass
+
+
+def _is_stop(exc: BaseException) -> bool:
+    return isinstance(exc, (KeyboardInterrupt, _TimedOut)) or type(exc).__name__ == "Interrupted"
+
+
+def _delete_model(aws: Aws, model: str, reporter: Reporter) -> bool:
+    try:
+        aws.sagemaker.delete_model(ModelName=model)
+        reporter.info(f"deleted model {model}")
+        return True
+    except botocore.exceptions.ClientError as exc:
+        reporter.info(f"could not delete model {model}: {error_message(exc)}; "
+                      f"delete it with `aws sagemaker delete-model --model-name {model}`")
+        return False
+
+
+def _local_archive(model_data: str, workdir: Path, reporter: Reporter) -> tuple[Path, bool] | None:
+    """A local folder or archive checked (and packaged) here; None for an s3:// URI."""
+    if model_data.startswith("s3://"):
+        return None
+    path = Path(model_data)
+    if not path.exists():
+        raise UsageError(f"model data {model_data} does not exist")
+    if path.is_dir():
+        tarball = workdir / "model.tar.gz"
+        archive.package(path, tarball)
+        reporter.info(f"packaged {path} -> model.tar.gz")
+    else:
+        tarball = path
+        archive.safe_extract(tarball, workdir / "check")    # unpacks safely and holds a model
+        archive.find_model(workdir / "check")
+    return tarball, archive.has_user_code(tarball)
+
+
+def _stage(aws: Aws, model_data: str, local: tuple[Path, bool] | None, bucket: str | None, prefix: str,
+           reporter: Reporter, created: Created) -> tuple[str, bool]:
+    """(s3 uri, has user code): the s3:// archive as it is, or the local one uploaded."""
+    if local is None:
+        bucket_name, key = endpoint.split_s3(model_data)
+        try:
+            aws.s3.head_object(Bucket=bucket_name, Key=key)
+        except botocore.exceptions.ClientError as exc:
+            raise DeployError(f"model data {model_data} is not readable: {error_message(exc)}") from exc
+        return model_data, endpoint.s3_has_user_code(aws, model_data)
+    tarball, has_code = local
+    bucket = bucket or aws.default_bucket()
+    endpoint.ensure_bucket(aws, bucket, reporter)
+    key = f"{prefix}/model.tar.gz"
+    aws.s3.upload_file(str(tarball), bucket, key)
+    created.s3_object = (bucket, key)
+    uri = f"s3://{bucket}/{key}"
+    reporter.info(f"uploaded {tarball.name} ({tarball.stat().st_size / 1e6:.1f} MB) -> {uri}")
+    return uri, has_code
+
+
+def run_remote(aws: Aws, spec: TransformSpec, reporter: Reporter) -> dict:
+    check_spec(spec)
+    with tempfile.TemporaryDirectory(prefix="deploy-transform-") as tmp:
+        local = _local_archive(spec.model_data, Path(tmp), reporter)
+        # then the architecture: nothing is created (or uploaded) before it passes
+        if spec.arch_check:
+            endpoint.check_architecture(aws, spec.image, spec.instance_type, reporter)
+        else:
+            reporter.info("architecture check skipped (--skip-arch-check)")
+        return _run_job(aws, spec, local, reporter)
+
+
+def _run_job(aws: Aws, spec: TransformSpec, local: tuple[Path, bool] | None, reporter: Reporter) -> dict:
+    stamp = endpoint.timestamp()
+    job = spec.name or endpoint.resource_name("tf-graviton-transform", stamp)
+    model = endpoint.resource_name(job if spec.name else "tf-graviton-transform", stamp)
+    created = Created()
+    desc = None
+    keep_model = False
+    try:
+        model_url, has_code = _stage(aws, spec.model_data, local, spec.bucket, model, reporter, created)
+        env = {**endpoint.default_env(aws.region, has_code), **spec.env}
+        aws.sagemaker.create_model(
+            ModelName=model,
+            PrimaryContainer={"Image": spec.image, "ModelDataUrl": model_url, "Environment": env},
+            ExecutionRoleArn=spec.role, Tags=[endpoint.TAG])
+        created.model = model
+        reporter.info(f"created model {model}")
+        aws.sagemaker.create_transform_job(**job_request(spec, job, model))
+        left_to_container = [k for k, v in (("BatchStrategy", spec.strategy),
+                                            ("MaxPayloadInMB", spec.max_payload_mb),
+                                            ("MaxConcurrentTransforms", spec.max_concurrent)) if v is None]
+        reporter.info(f"created transform job {job} ({spec.instance_count} x {spec.instance_type}, "
+                      f"{spec.input} -> {spec.output})"
+                      + (f"; {', '.join(left_to_container)} from the container's /execution-parameters"
+                         if left_to_container else ""))
+        try:
+            desc = wait_for_job(aws, job, reporter, timeout=spec.timeout, poll=spec.poll)
+        except BaseException as exc:
+            if not _is_stop(exc):
+                raise
+            what = str(exc) if isinstance(exc, _TimedOut) else "interrupted"
+            if spec.on_interrupt == KEEP:
+                keep_model = True
+                reporter.info(f"{what}: transform job {job} keeps running (--on-interrupt keep); "
+                              f"follow it with `aws sagemaker describe-transform-job --transform-job-name {job}`, "
+                              f"stop it with `aws sagemaker stop-transform-job --transform-job-name {job}`, "
+                              f"then `aws sagemaker delete-model --model-name {model}`")
+            else:
+                reporter.info(f"{what}: stopping transform job {job}")
+                try:
+                    aws.sagemaker.stop_transform_job(TransformJobName=job)
+                except botocore.exceptions.ClientError as err:
+                    reporter.info(f"could not stop {job}: {error_message(err)}")
+            raise
+    except BaseException as exc:
+        if created.model and not keep_model:
+            _delete_model(aws, created.model, reporter)
+        if created.model is None and created.s3_object:   # nothing uses the upload
+            bucket, key = created.s3_object
+            try:
+                aws.s3.delete_object(Bucket=bucket, Key=key)
+                reporter.info(f"deleted s3://{bucket}/{key}")
+            except botocore.exceptions.ClientError as err:
+                reporter.info(f"could not delete s3://{bucket}/{key}: {error_message(err)}")
+        if isinstance(exc, (DeployError, KeyboardInterrupt)) or _is_stop(exc):
+            raise
+        if isinstance(exc, botocore.exceptions.ClientError):
+            raise DeployError(f"transform failed: {error_message(exc)}") from exc
+        raise
+    deleted = _delete_model(aws, model, reporter)
+    if created.s3_object:
+        bucket, key = created.s3_object
+        reporter.info(f"model data stays in s3://{bucket}/{key} (remove it with `aws s3 rm s3://{bucket}/{key}`)")
+    status = desc["TransformJobStatus"]
+    result = {"job": job, "status": status, "model": model, "model_deleted": deleted,
+              "output": desc.get("TransformOutput", {}).get("S3OutputPath", spec.output),
+              "instance_type": spec.instance_type, "instance_count": spec.instance_count,
+              "logs": log_location(aws.region, job)}
+    for key in ("TransformStartTime", "TransformEndTime"):
+        if desc.get(key):
+            result[key] = desc[key]
+    if status != "Completed":
+        reason = desc.get("FailureReason") or "no reason given"
+        raise DeployError(f"transform job {job} {status}: {reason}\n"
+                          f"  logs: {result['logs']}")
+    return result
+
+
+# --- the command -----------------------------------------------------------------------------------
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _payload_mb(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError("must be 0..100")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    """Register `deploy transform` on cli.py's subparsers."""
+    p = sub.add_parser(
+        "transform", help="batch transform: a SageMaker job over s3:// data, or --local on this machine",
+        description="Run a SageMaker batch transform job (model + job, wait, model deleted after), "
+                    "or with --local do the same with the image on this machine.",
+        epilog="examples:\n"
+               "  deploy transform --image 123456789012.dkr.ecr.eu-west-1.amazonaws.com/sagemaker-tf-graviton:1.0 "
+               "--model-data model.tar.gz --input s3://my-bucket/batch/in/ --output s3://my-bucket/batch/out/\n"
+               "  deploy transform --local --image sagemaker-tf-graviton:dev-amd64 --model-data model.tar.gz "
+               "--input data/ --output out/",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("AWS")
+    g.add_argument("--region", help="AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / profile)")
+    g.add_argument("--profile", help="named profile from ~/.aws/config")
+    g.add_argument("--endpoint-url", help="send every AWS call here (also AWS_ENDPOINT_URL)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+    p.add_argument("--local", action="store_true",
+                   help="run the image here and do what SageMaker's batch agent does (folders, not S3)")
+    p.add_argument("--image", required=True, help="image URI (ECR for SageMaker; any local image with --local)")
+    p.add_argument("--model-data", required=True, metavar="S3_URI|TAR_GZ|DIR",
+                   help="s3://... or a local model.tar.gz / model folder (uploaded for SageMaker)")
+    p.add_argument("--input", required=True, metavar="s3://.../|DIR", help="input prefix (a folder with --local)")
+    p.add_argument("--output", required=True, metavar="s3://.../|DIR",
+                   help="output prefix (a folder with --local): FILE.out per input FILE")
+    p.add_argument("--instance-type", default="ml.c7g.4xlarge", help="default ml.c7g.4xlarge")
+    p.add_argument("--instance-count", type=_positive_int, default=1)
+    p.add_argument("--content-type", default="text/csv", help="of the input records (default text/csv)")
+    p.add_argument("--accept", help="media type to ask for (default: the content type)")
+    p.add_argument("--split-type", choices=("Line", "None"), default="Line",
+                   help="Line: one record per line (default); None: each file is one record")
+    p.add_argument("--strategy", choices=("MultiRecord", "SingleRecord"),
+                   help="records per request (default: the container's /execution-parameters)")
+    p.add_argument("--max-payload-mb", type=_payload_mb, metavar="M",
+                   help="largest request body in MB (default: the container's /execution-parameters)")
+    p.add_argument("--max-concurrent", type=_positive_int, metavar="N",
+                   help="requests in flight per instance (default: the container's /execution-parameters)")
+    p.add_argument("--join-source", choices=("Input",), help="Input: join each output with its input record")
+    p.add_argument("--env", action="append", metavar="K=V", help="container environment (repeatable)")
+    sm = p.add_argument_group("SageMaker job (without --local)")
+    sm.add_argument("--role", default=os.environ.get("SAGEMAKER_ROLE_ARN"),
+                    help="execution role ARN (default: $SAGEMAKER_ROLE_ARN)")
+    sm.add_argument("--name", help="job name (default tf-graviton-transform-TIMESTAMP)")
+    sm.add_argument("--bucket", help="bucket for a local model archive (default sagemaker-REGION-ACCOUNT)")
+    sm.add_argument("--skip-arch-check", action="store_true",
+                    help="do not compare the image's architectures with the instance type")
+    sm.add_argument("--timeout", type=_positive_float, default=86400.0,
+                    help="seconds to wait for the job (default 86400)")
+    sm.add_argument("--poll", type=_positive_float, default=30.0, help="seconds between status checks (default 30)")
+    sm.add_argument("--on-interrupt", choices=(ROLLBACK, KEEP), default=ROLLBACK,
+                    help="on Ctrl-C/SIGTERM/SIGHUP or --timeout while the job runs: rollback (stop the job, "
+                         "delete the model; default) or keep (leave the job running)")
+    lo = p.add_argument_group("local mode (--local)")
+    lo.add_argument("--port", type=int, default=8080, help="host port for the container (default 8080)")
+    lo.add_argument("--platform", help="override the platform (default: the image's own)")
+    lo.add_argument("--ping-timeout", type=_positive_float, default=600.0,
+                    help="seconds to wait for /ping (default 600; emulated arm64 is slow)")
+    lo.add_argument("--logs", action="store_true", help="stream the container's log")
+    p.set_defaults(func=cmd_transform)
+    return p
+
+
+def _out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def cmd_transform(args, console) -> int:
+    env = endpoint.parse_env(args.env)
+    if args.local:
+        return _cmd_local(args, console, env)
+    spec = TransformSpec(
+        image=args.image, model_data=args.model_data, input=args.input, output=args.output, role=args.role,
+        name=args.name, instance_type=args.instance_type, instance_count=args.instance_count,
+        content_type=args.content_type, accept=args.accept, split_type=args.split_type,
+        strategy=args.strategy, max_payload_mb=args.max_payload_mb, max_concurrent=args.max_concurrent,
+        join_source=args.join_source, env=env, bucket=args.bucket, arch_check=not args.skip_arch_check,
+        timeout=args.timeout, poll=args.poll, on_interrupt=args.on_interrupt)
+    check_spec(spec)                     # before AWS is even configured
+    aws = Aws(region=args.region, profile=args.profile, endpoint_url=args.endpoint_url)
+    out = run_remote(aws, spec, console)
+    _out(f"transform job {out['job']} is {out['status']}")
+    _out(f"  output      {out['output']}")
+    _out(f"  instances   {out['instance_count']} x {out['instance_type']}")
+    _out(f"  model       {out['model']} {'deleted' if out['model_deleted'] else 'NOT deleted'}")
+    _out(f"  logs        {out['logs']}")
+    return 0
+
+
+def _cmd_local(args, console, env: dict[str, str]) -> int:
+    from . import transform_local
+
+    if args.model_data.startswith("s3://") or args.input.startswith("s3://") or args.output.startswith("s3://"):
+        raise UsageError("--local reads and writes local files: give a folder or file for --model-data, "
+                         "--input and --output (copy S3 data down with `aws s3 cp --recursive`)")
+    region = args.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    spec = transform_local.LocalTransformSpec(
+        image=args.image, model_data=args.model_data, input=Path(args.input), output=Path(args.output),
+        content_type=args.content_type, accept=args.accept, split_type=args.split_type,
+        strategy=args.strategy, max_payload_mb=args.max_payload_mb, max_concurrent=args.max_concurrent,
+        join_source=args.join_source, env=env, region=region, platform=args.platform, port=args.port,
+        ping_timeout=args.ping_timeout, stream_logs=args.logs)
+    if spec.strategy == "MultiRecord" and spec.split_type == "None":
+        raise UsageError("--strategy MultiRecord needs --split-type Line (a whole file is one record)")
+    result = transform_local.run(spec, console.info, quiet=args.quiet)
+    ok = result.records - result.failed
+    _out(f"transformed {ok:,} of {result.records:,} records from {result.files} file(s) in "
+         f"{result.seconds:.2f} s: {result.records_per_second:,.0f} records/s "
+         f"({result.requests:,} requests)")
+    for path in result.written:
+        _out(f"  wrote {path}")
+    if result.failures:
+        for file, line, message in result.failures[:transform_local.MAX_REPORTED]:
+            print(f"FAILED {file}:{line}: {message}", file=sys.stderr, flush=True)
+        if len(result.failures) > transform_local.MAX_REPORTED:
+            print(f"... and {len(result.failures) - transform_local.MAX_REPORTED} more failed records",
+                  file=sys.stderr, flush=True)
+        failed_files = sorted({f for f, _, _ in result.failures})
+        raise DeployError(f"{result.failed} record(s) failed in {', '.join(failed_files)} "
+                          f"(no .out written for {'it' if len(failed_files) == 1 else 'them'})")
+    return 0

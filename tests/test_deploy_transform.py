@@ -1,0 +1,462 @@
+"""`deploy transform`: the SageMaker job against moto, the local batch agent against real servers.
+
+- SageMaker (moto in-process, tests/fixtures/moto_transform.py for what moto lacks): the job is
+  created with what SageMaker needs, followed until it ends, its FailureReason and logs printed
+  on failure, the model deleted after either way, and the architecture checked before any call.
+- Local mode, pure parts (records, mini-batches, answers, joins, parameters): no server.
+- Local mode's loop against the host server (the `serve` process, fast) and `deploy transform
+  --local` against the real amd64 image (and once the arm64 image under emulation).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+
+from serve.deploy import transform_local as tl
+from serve.deploy.cli import main
+from serve.deploy.errors import DeployError
+from tests.fixtures import moto_transform as mt
+from tests.fixtures.server import free_port
+
+DEPLOY = str(Path(sys.executable).with_name("deploy"))
+SECRET = "testing-secret-not-real"
+
+
+# --- SageMaker, against moto -------------------------------------------------------------------
+
+@pytest.fixture
+def model_tgz(tmp_path):
+    import tarfile
+    src = tmp_path / "model" / "1" / "variables"
+    src.mkdir(parents=True)
+    (src.parent / "saved_model.pb").write_bytes(b"\x08\x01fake")
+    (src / "variables.index").write_bytes(b"idx")
+    out = tmp_path / "model.tar.gz"
+    with tarfile.open(out, "w:gz") as tar:
+        tar.add(src.parent, "1")
+    return out
+
+
+def sm():
+    return boto3.client("sagemaker")
+
+
+def s3_objects():
+    s3 = boto3.client("s3")
+    return [f"s3://{b['Name']}/{o['Key']}" for b in s3.list_buckets()["Buckets"]
+            for o in s3.list_objects_v2(Bucket=b["Name"]).get("Contents", [])]
+
+
+def transform(capsys, env, image, model, *extra):
+    code = main(["transform", "--image", image, "--model-data", str(model), "--role", env["role"],
+                 "--input", "s3://batch-data/in/", "--output", "s3://batch-data/out/", "--poll", "0.01",
+                 *extra])
+    out, err = capsys.readouterr()
+    assert SECRET not in out + err
+    return code, out, err
+
+
+def only_job():
+    jobs = sm().list_transform_jobs()["TransformJobSummaries"]
+    assert len(jobs) == 1, jobs
+    return sm().describe_transform_job(TransformJobName=jobs[0]["TransformJobName"])
+
+
+def test_transform_creates_the_job_waits_and_deletes_the_model(capsys, transform_moto, ecr_images, model_tgz):
+    mt.script_next_job(["InProgress", "InProgress", "InProgress", "Completed"])
+    code, out, err = transform(capsys, transform_moto, ecr_images["multi"], model_tgz)
+    assert code == 0, err
+    job = only_job()
+    name = job["TransformJobName"]
+    assert name.startswith("tf-graviton-transform-")
+    assert job["TransformInput"] == {
+        "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://batch-data/in/"}},
+        "ContentType": "text/csv", "SplitType": "Line", "CompressionType": "None"}
+    assert job["TransformOutput"] == {"S3OutputPath": "s3://batch-data/out/", "AssembleWith": "Line"}
+    assert job["TransformResources"] == {"InstanceType": "ml.c7g.4xlarge", "InstanceCount": 1}
+    # left to the container's /execution-parameters
+    for key in ("MaxPayloadInMB", "MaxConcurrentTransforms", "BatchStrategy", "DataProcessing"):
+        assert key not in job, key
+    assert "BatchStrategy, MaxPayloadInMB, MaxConcurrentTransforms from the container's /execution-parameters" in err
+    # the model existed for the job, pointed at the uploaded archive, and is gone now
+    models = [n for op, n in mt.calls("create_model")]
+    assert models == [job["ModelName"]]
+    assert mt.calls("delete_model") == [("delete_model", job["ModelName"])]
+    assert sm().list_models()["Models"] == []
+    assert any(o.endswith("/model.tar.gz") for o in s3_objects())
+    # waited through the statuses: one live-status line per change (stderr is not a terminal)
+    assert len(mt.calls("describe_transform_job")) >= 4
+    assert f"{name}: InProgress" in err and f"{name}: Completed" in err
+    assert f"transform job {name} is Completed" in out
+    assert "output      s3://batch-data/out/" in out
+    assert f"deleted model {job['ModelName']}" in err
+
+
+def test_transform_passes_the_flags_it_was_given(capsys, transform_moto, ecr_images, model_tgz):
+    code, out, err = transform(capsys, transform_moto, ecr_images["amd64"], model_tgz,
+                               "--instance-type", "ml.c6i.2xlarge", "--instance-count", "3",
+                               "--content-type", "application/jsonlines", "--accept", "application/jsonlines",
+                               "--strategy", "MultiRecord", "--max-payload-mb", "20", "--max-concurrent", "8",
+                               "--join-source", "Input", "--env", "SAGEMAKER_TFS_MAX_BATCH_SIZE=256",
+                               "--name", "nightly-scoring")
+    assert code == 0, err
+    job = only_job()
+    assert job["TransformJobName"] == "nightly-scoring"
+    assert job["BatchStrategy"] == "MultiRecord"
+    assert job["MaxPayloadInMB"] == 20 and job["MaxConcurrentTransforms"] == 8
+    assert job["DataProcessing"] == {"JoinSource": "Input"}
+    assert job["TransformOutput"]["Accept"] == "application/jsonlines"
+    assert job["TransformInput"]["ContentType"] == "application/jsonlines"
+    assert job["TransformResources"] == {"InstanceType": "ml.c6i.2xlarge", "InstanceCount": 3}
+    assert "/execution-parameters" not in err
+    assert "image " in err and "ml.c6i.2xlarge is amd64: ok" in err
+
+
+def test_model_env_carries_env_flags(capsys, transform_moto, ecr_images, model_tgz):
+    code, out, err = transform(capsys, transform_moto, ecr_images["multi"], model_tgz,
+                               "--env", "SAGEMAKER_TFS_MAX_BATCH_SIZE=256")
+    assert code == 0, err
+    (name, sent), = mt.MODELS.items()
+    assert sent["primary_container"]["Image"] == ecr_images["multi"]
+    assert sent["primary_container"]["ModelDataUrl"].endswith(f"{name}/model.tar.gz")
+    env = sent["primary_container"]["Environment"]
+    assert env["SAGEMAKER_TFS_MAX_BATCH_SIZE"] == "256" and env["DNNL_DEFAULT_FPMATH_MODE"] == "BF16"
+    assert sent["execution_role_arn"] == transform_moto["role"]
+
+
+def test_failed_job_prints_the_reason_and_logs_and_deletes_the_model(capsys, transform_moto, ecr_images, model_tgz):
+    reason = "ClientError: See job logs for more information"
+    mt.script_next_job(["InProgress", "Failed"], reason)
+    code, out, err = transform(capsys, transform_moto, ecr_images["multi"], model_tgz)
+    assert code == 1
+    job = only_job()
+    assert f"transform job {job['TransformJobName']} Failed: {reason}" in err
+    assert "/aws/sagemaker/TransformJobs" in err and f"logStreamNameFilter$3D{job['TransformJobName']}" in err
+    assert sm().list_models()["Models"] == []
+    assert mt.calls("delete_model") == [("delete_model", job["ModelName"])]
+
+
+def test_refused_job_deletes_the_model(capsys, transform_moto, ecr_images, model_tgz):
+    mt.fail_next("create_transform_job", "MaxPayloadInMB * MaxConcurrentTransforms is too large")
+    code, out, err = transform(capsys, transform_moto, ecr_images["multi"], model_tgz)
+    assert code == 1
+    assert "too large" in err
+    assert len(mt.calls("create_model")) == 1
+    assert sm().list_models()["Models"] == []
+    assert sm().list_transform_jobs()["TransformJobSummaries"] == []
+
+
+def test_architecture_is_checked_before_any_call(capsys, transform_moto, ecr_images, model_tgz):
+    code, out, err = transform(capsys, transform_moto, ecr_images["amd64"], model_tgz)   # ml.c7g.4xlarge
+    assert code != 0
+    assert "has architectures [amd64] but ml.c7g.4xlarge is arm64" in err
+    assert mt.calls() == []                   # no model, no job, not even a describe
+    assert s3_objects() == []                 # nothing uploaded
+    code, out, err = transform(capsys, transform_moto, ecr_images["arm64"], model_tgz,
+                               "--instance-type", "ml.m7i.xlarge")
+    assert code != 0 and "ml.m7i.xlarge is amd64" in err
+    assert mt.calls() == [] and s3_objects() == []
+
+
+def test_bad_arguments_are_refused_before_aws(capsys, transform_moto, ecr_images, model_tgz):
+    code, out, err = transform(capsys, transform_moto, ecr_images["multi"], model_tgz,
+                               "--strategy", "MultiRecord", "--split-type", "None")
+    assert code != 0 and "needs --split-type Line" in err
+    code = main(["transform", "--image", ecr_images["multi"], "--model-data", str(model_tgz),
+                 "--role", transform_moto["role"], "--input", "data/", "--output", "s3://b/out/"])
+    assert code != 0 and "is not an s3://BUCKET/PREFIX URI (use --local for folders)" in capsys.readouterr().err
+    assert mt.calls() == [] and s3_objects() == []
+
+
+def test_timeout_stops_the_job_and_deletes_the_model(capsys, transform_moto, ecr_images, model_tgz):
+    mt.script_next_job(["InProgress"])
+    code, out, err = transform(capsys, transform_moto, ecr_images["multi"], model_tgz, "--timeout", "0.05")
+    assert code == 1
+    job = only_job()
+    assert mt.calls("stop_transform_job") == [("stop_transform_job", job["TransformJobName"])]
+    assert "still InProgress after" in err
+    assert sm().list_models()["Models"] == []
+
+
+def _run_and_interrupt(transform_moto, ecr_images, model_tgz, *extra):
+    proc = subprocess.Popen([DEPLOY, "transform", "--image", ecr_images["multi"], "--model-data", str(model_tgz),
+                             "--role", transform_moto["role"], "--input", "s3://batch-data/in/",
+                             "--output", "s3://batch-data/out/", "--poll", "0.05", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        deadline = time.monotonic() + 60
+        while not mt.calls("describe_transform_job") and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, out, err
+
+
+def test_ctrl_c_stops_the_job_and_deletes_the_model(transform_moto, ecr_images, model_tgz):
+    mt.script_next_job(["InProgress"])
+    code, out, err = _run_and_interrupt(transform_moto, ecr_images, model_tgz)
+    assert code == 130, err
+    job = only_job()
+    assert mt.calls("stop_transform_job") == [("stop_transform_job", job["TransformJobName"])]
+    assert sm().list_models()["Models"] == []
+
+
+def test_ctrl_c_with_keep_leaves_the_job_and_its_model(transform_moto, ecr_images, model_tgz):
+    mt.script_next_job(["InProgress"])
+    code, out, err = _run_and_interrupt(transform_moto, ecr_images, model_tgz, "--on-interrupt", "keep")
+    assert code == 130, err
+    job = only_job()
+    assert mt.calls("stop_transform_job") == []
+    assert [m["ModelName"] for m in sm().list_models()["Models"]] == [job["ModelName"]]
+    assert f"stop-transform-job --transform-job-name {job['TransformJobName']}" in err
+
+
+# --- local mode: the pure parts ----------------------------------------------------------------
+
+def test_records_are_lines_or_whole_files():
+    data = b"1,2\r\n\n3,4\n  \n5,6"
+    assert [(r.line, r.data) for r in tl.split_records(data, "Line", 0)] == [(1, b"1,2"), (3, b"3,4"), (5, b"5,6")]
+    assert [(r.line, r.data) for r in tl.split_records(data, "None", 0)] == [(1, data)]
+
+
+def test_mini_batches_stay_within_the_payload_limit():
+    records = [tl.Record(0, i + 1, b"x" * 99) for i in range(1000)]      # 100 bytes with the newline
+    batches = list(tl.mini_batches(records, "MultiRecord", 1000))
+    assert [len(b) for b, _ in batches] == [10] * 100
+    assert all(len(tl.body_of(b, "Line")) <= 1000 for b, _ in batches)
+    assert [r for b, _ in batches for r in b] == records                  # all, in order
+    assert [len(b) for b, _ in tl.mini_batches(records[:5], "SingleRecord", 1000)] == [1] * 5
+    big = records[:3] + [tl.Record(0, 4, b"y" * 2000)] + records[3:6]
+    out = list(tl.mini_batches(big, "MultiRecord", 1000))
+    assert [(len(b), reason is not None) for b, reason in out] == [(3, False), (1, True), (3, False)]
+    assert "more than MaxPayloadInMB" in out[1][1]
+
+
+def test_answers_are_split_one_line_per_record():
+    assert tl.split_answer(b"0.1,0.9\n0.5,0.5\n", "text/csv", 2) == [b"0.1,0.9", b"0.5,0.5"]
+    assert tl.split_answer(b'{"predictions": [[1, 2], [3, 4]]}', "application/json", 2) == [b"[1,2]", b"[3,4]"]
+    with pytest.raises(ValueError, match="3 lines for 2 records"):
+        tl.split_answer(b"1\n2\n3\n", "text/csv", 2)
+
+
+def test_join_follows_sagemakers_rules():
+    assert tl.join(b"1,2,3", b"0.9,0.1", "text/csv") == b"1,2,3,0.9,0.1"
+    assert json.loads(tl.join(b'{"id": 7, "x": [1, 2]}', b"[0.9,0.1]", "application/jsonlines")) == \
+        {"id": 7, "x": [1, 2], "SageMakerOutput": [0.9, 0.1]}
+    assert json.loads(tl.join(b"[1, 2]", b"[0.9,0.1]", "application/jsonlines")) == \
+        {"SageMakerInput": [1, 2], "SageMakerOutput": [0.9, 0.1]}
+    assert json.loads(tl.join(b'{"x": 1}', b"label-a", "application/json")) == {"x": 1, "SageMakerOutput": "label-a"}
+
+
+def test_parameters_come_from_flags_then_the_container_then_defaults():
+    spec = tl.LocalTransformSpec(image="i", model_data="m", input=Path("."), output=Path("o"), max_payload_mb=2)
+    values, sources = tl.effective_parameters(
+        spec, {"BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 6, "MaxConcurrentTransforms": 4})
+    assert values == {"BatchStrategy": "MultiRecord", "MaxPayloadInMB": 2, "MaxConcurrentTransforms": 4}
+    assert sources == {"BatchStrategy": "/execution-parameters", "MaxPayloadInMB": "flag",
+                       "MaxConcurrentTransforms": "/execution-parameters"}
+    values, sources = tl.effective_parameters(spec, None)
+    assert values == {"BatchStrategy": "MultiRecord", "MaxPayloadInMB": 2, "MaxConcurrentTransforms": 1}
+    assert tl.container_env(spec) == {"SAGEMAKER_BATCH": "true", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "2"}
+    spec.strategy, spec.max_concurrent = "SingleRecord", 3
+    assert tl.container_env(spec) == {"SAGEMAKER_BATCH": "true", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "2",
+                                      "SAGEMAKER_BATCH_STRATEGY": "SINGLE_RECORD",
+                                      "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "3"}
+
+
+# --- local mode's loop against the host server ------------------------------------------------
+
+def mlp_rows(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, 4)).astype(np.float32)
+
+
+def write_csv(path: Path, rows: np.ndarray, bad: dict[int, str] | None = None) -> None:
+    lines = [",".join(f"{v:.6f}" for v in row) for row in rows]
+    for index, text in (bad or {}).items():
+        lines[index] = text
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def mlp_predict(mlp_model_dir):
+    import tensorflow as tf
+    fn = tf.saved_model.load(str(mlp_model_dir.model_dir / "1")).signatures["serving_default"]
+
+    def predict(rows: np.ndarray) -> np.ndarray:
+        # the CSV as the server reads it: the 6-decimal text, not the float32 we started from
+        exact = np.array([[float(f"{v:.6f}") for v in row] for row in rows], np.float32)
+        return next(iter(fn(tf.constant(exact)).values())).numpy()
+    return predict
+
+
+def read_out(path: Path) -> np.ndarray:
+    return np.array([[float(v) for v in line.split(",")] for line in path.read_text().splitlines()])
+
+
+def local_spec(tmp_path, **kw) -> tl.LocalTransformSpec:
+    return tl.LocalTransformSpec(image="-", model_data="-", input=tmp_path / "in", output=tmp_path / "out", **kw)
+
+
+PARAMS = {"BatchStrategy": "MultiRecord", "MaxPayloadInMB": 1, "MaxConcurrentTransforms": 4}
+
+
+def test_loop_keeps_order_and_counts_and_splits_by_payload(tmp_path, mlp_server, mlp_predict):
+    big, small = mlp_rows(30000, 1), mlp_rows(7, 2)
+    write_csv(tmp_path / "in" / "big.csv", big)
+    write_csv(tmp_path / "in" / "sub" / "small.csv", small)
+    size = (tmp_path / "in" / "big.csv").stat().st_size
+    assert size > 1024 * 1024                      # two mini-batches at 1 MB
+    run = tl.transform_files(mlp_server.url, local_spec(tmp_path), PARAMS, quiet=True)
+    assert run.failed == 0 and run.records == 30007 and run.files == 2
+    assert run.requests == 2 + 1
+    out_big = read_out(tmp_path / "out" / "big.csv.out")
+    out_small = read_out(tmp_path / "out" / "sub" / "small.csv.out")
+    assert out_big.shape == (30000, 3) and out_small.shape == (7, 3)
+    np.testing.assert_allclose(out_big, mlp_predict(big), atol=1e-5)      # row i answers input row i
+    np.testing.assert_allclose(out_small, mlp_predict(small), atol=1e-5)
+
+
+def test_loop_reports_a_bad_record_with_file_and_line(tmp_path, mlp_server):
+    write_csv(tmp_path / "in" / "good.csv", mlp_rows(50, 3))
+    write_csv(tmp_path / "in" / "bad.csv", mlp_rows(200, 4), bad={136: "0.1,0.2,oops,0.4"})
+    run = tl.transform_files(mlp_server.url, local_spec(tmp_path), PARAMS, quiet=True)
+    assert run.failed == 1
+    assert [(f, line) for f, line, _ in run.failures] == [("bad.csv", 137)]
+    assert "HTTP 400" in run.failures[0][2]
+    assert (tmp_path / "out" / "good.csv.out").is_file()
+    assert not (tmp_path / "out" / "bad.csv.out").exists()
+    assert run.requests < 30                    # bisected, not one request per record
+
+
+def test_loop_single_record_and_join(tmp_path, mlp_server, mlp_predict):
+    rows = mlp_rows(25, 5)
+    write_csv(tmp_path / "in" / "a.csv", rows)
+    params = {**PARAMS, "BatchStrategy": "SingleRecord"}
+    run = tl.transform_files(mlp_server.url, local_spec(tmp_path, join_source="Input"), params, quiet=True)
+    assert run.requests == 25 and run.failed == 0
+    lines = (tmp_path / "out" / "a.csv.out").read_text().splitlines()
+    inputs = (tmp_path / "in" / "a.csv").read_text().splitlines()
+    assert len(lines) == 25
+    for line, source in zip(lines, inputs):
+        assert line.startswith(source + ",")
+    joined = read_out(tmp_path / "out" / "a.csv.out")
+    np.testing.assert_allclose(joined[:, 4:], mlp_predict(rows), atol=1e-5)
+
+
+def test_loop_jsonlines_join(tmp_path, mlp_server, mlp_predict):
+    rows = mlp_rows(12, 6)
+    lines = [json.dumps({"features": [float(f"{v:.6f}") for v in r]}) for r in rows]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_text("\n".join(lines) + "\n")
+    spec = local_spec(tmp_path, content_type="application/jsonlines", join_source="Input")
+    run = tl.transform_files(mlp_server.url, spec, PARAMS, quiet=True)
+    assert run.failed == 0, run.failures
+    out = [json.loads(line) for line in (tmp_path / "out" / "a.jsonl.out").read_text().splitlines()]
+    assert [o["features"] for o in out] == [json.loads(line)["features"] for line in lines]
+    np.testing.assert_allclose([o["SageMakerOutput"] for o in out], mlp_predict(rows), atol=1e-5)
+
+
+# --- deploy transform --local against the real images -------------------------------------------
+
+def image(request, arch):
+    try:
+        return request.getfixturevalue(f"image_{arch}")
+    except pytest.FixtureLookupError:
+        pytest.skip("the container fixtures (tests/fixtures/docker.py) are not loaded")
+
+
+def leftover_containers() -> list[str]:
+    out = subprocess.run(["docker", "ps", "-a", "--filter", "name=deploy-local-", "--format", "{{.Names}}"],
+                         capture_output=True, text=True, timeout=60).stdout
+    return out.split()
+
+
+def run_local(img, model_dir, tmp_path, *extra, timeout=600):
+    return subprocess.run([DEPLOY, "transform", "--local", "--image", img, "--model-data", str(model_dir),
+                           "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                           "--port", str(free_port()), "--env", "SAGEMAKER_MODEL_SERVER_WORKERS=1", *extra],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.container
+def test_local_amd64_order_counts_payload_and_execution_parameters(request, tmp_path, mlp_model_dir, mlp_predict):
+    img = image(request, "amd64")
+    big, small = mlp_rows(30000, 11), mlp_rows(9, 12)
+    write_csv(tmp_path / "in" / "part-0.csv", big)
+    write_csv(tmp_path / "in" / "part-1.csv", small)
+    proc = run_local(img, mlp_model_dir.model_dir, tmp_path, "--max-payload-mb", "1")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    # started as SageMaker's agent starts it, and asked the container
+    assert "-e SAGEMAKER_BATCH=true -e SAGEMAKER_MAX_PAYLOAD_IN_MB=1" in proc.stderr
+    assert "GET /execution-parameters: {" in proc.stderr
+    assert "BatchStrategy MultiRecord (/execution-parameters), MaxPayloadInMB 1 (flag), " \
+           "MaxConcurrentTransforms 2 (/execution-parameters)" in proc.stderr
+    assert "transformed 30,009 of 30,009 records from 2 file(s)" in proc.stdout
+    assert "(3 requests)" in proc.stdout                  # 30,000 rows > 1 MB: two mini-batches
+    assert "records/s" in proc.stdout
+    np.testing.assert_allclose(read_out(tmp_path / "out" / "part-0.csv.out"), mlp_predict(big), atol=1e-5)
+    np.testing.assert_allclose(read_out(tmp_path / "out" / "part-1.csv.out"), mlp_predict(small), atol=1e-5)
+    assert leftover_containers() == []
+
+
+@pytest.mark.container
+def test_local_amd64_bad_record_and_join_source(request, tmp_path, mlp_model_dir, mlp_predict):
+    img = image(request, "amd64")
+    rows = mlp_rows(300, 13)
+    write_csv(tmp_path / "in" / "ok.csv", rows)
+    write_csv(tmp_path / "in" / "broken.csv", mlp_rows(40, 14), bad={9: "1,2,3"})
+    proc = run_local(img, mlp_model_dir.model_dir, tmp_path, "--join-source", "Input")
+    assert proc.returncode == 1
+    assert "FAILED broken.csv:10: HTTP 400" in proc.stderr
+    assert "1 record(s) failed in broken.csv" in proc.stderr
+    assert "transformed 339 of 340 records" in proc.stdout
+    assert not (tmp_path / "out" / "broken.csv.out").exists()
+    inputs = (tmp_path / "in" / "ok.csv").read_text().splitlines()
+    joined = (tmp_path / "out" / "ok.csv.out").read_text().splitlines()
+    assert len(joined) == 300 and all(j.startswith(i + ",") for i, j in zip(inputs, joined))
+    np.testing.assert_allclose(read_out(tmp_path / "out" / "ok.csv.out")[:, 4:], mlp_predict(rows), atol=1e-5)
+    assert leftover_containers() == []
+
+
+@pytest.mark.container
+@pytest.mark.arm64
+def test_local_arm64_under_emulation_small_input(request, tmp_path, mlp_model_dir, mlp_predict):
+    img = image(request, "arm64")
+    rows = mlp_rows(40, 15)
+    write_csv(tmp_path / "in" / "a.csv", rows)
+    proc = run_local(img, mlp_model_dir.model_dir, tmp_path, "--strategy", "SingleRecord",
+                     "--max-concurrent", "2", timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    if os.uname().machine == "x86_64":
+        assert "--platform linux/arm64" in proc.stderr
+    assert "-e SAGEMAKER_BATCH_STRATEGY=SINGLE_RECORD -e SAGEMAKER_MAX_CONCURRENT_TRANSFORMS=2" in proc.stderr
+    assert "(40 requests)" in proc.stdout
+    # BF16 fast math under qemu moves outputs a little (ENVIRONMENT.md): compare with a tolerance
+    np.testing.assert_allclose(read_out(tmp_path / "out" / "a.csv.out"), mlp_predict(rows), atol=1e-2)
+    assert leftover_containers() == []
+
+
+def test_local_refuses_s3_and_empty_input_before_docker(tmp_path, mlp_model_dir):
+    proc = subprocess.run([DEPLOY, "transform", "--local", "--image", "never-pulled:latest", "--model-data",
+                           str(mlp_model_dir.model_dir), "--input", "s3://b/in/", "--output", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "--local reads and writes local files" in proc.stderr
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DeployError, match="holds no files"):
+        tl.run(tl.LocalTransformSpec(image="never-pulled:latest", model_data=str(mlp_model_dir.model_dir),
+                                     input=tmp_path / "empty", output=tmp_path / "out"), print)
