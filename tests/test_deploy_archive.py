@@ -113,7 +113,7 @@ def test_safe_extract_reports_bad_archives_as_deploy_errors(tmp_path):
 
 
 @pytest.mark.deploy
-def test_create_refuses_a_malicious_archive_before_uploading(tmp_path, aws_env, ecr_images, capsys):
+def test_create_refuses_a_malicious_archive_before_uploading(tmp_path, aws_env, ecr_images, capsys, aws_calls):
     import boto3
 
     from serve.deploy.cli import main
@@ -121,6 +121,7 @@ def test_create_refuses_a_malicious_archive_before_uploading(tmp_path, aws_env, 
     tgz = CASES["dotdot"].craft(tmp_path / "evil.tar.gz", tmp_path)
     code = main(["create", "--image", ecr_images["multi"], "--model-data", str(tgz), "--role", aws_env["role"]])
     err = capsys.readouterr().err
-    assert code == 1 and "path contains '..'" in err
+    assert code == 2 and f"model data {tgz}: unsafe archive member" in err and "path contains '..'" in err
+    assert aws_calls == []      # refused before any call, the ECR architecture check included
     assert boto3.client("sagemaker").list_models()["Models"] == []
     assert boto3.client("s3").list_buckets()["Buckets"] == []

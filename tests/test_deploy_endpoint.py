@@ -255,7 +255,8 @@ def test_autoscale_status_list_delete(capsys, aws_env, ecr_images, model_tgz):
 
     code, out, err = run(capsys, "delete", "scaled")
     assert code == 0, err
-    assert "model data stays in s3://sagemaker-" in err
+    assert "model archives deploy uploaded for scaled stay in S3" in err
+    assert "  s3://sagemaker-" in err
     s = state()
     assert (s["endpoints"], s["configs"], s["models"]) == ([], [], [])
     assert aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []

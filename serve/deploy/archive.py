@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 import posixpath
 import tarfile
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import archives as _archives
 from ..layout import ModelLocation, ModelNotFound, find_model as _find_model
-from .errors import DeployError
+from .errors import DeployError, UsageError
 
 _SKIP = {"__pycache__", ".DS_Store", ".ipynb_checkpoints"}
 
@@ -132,3 +134,64 @@ def safe_extract(archive: Path, dest: Path) -> list[str]:
         return _archives.safe_extract(archive, dest)
     except _archives.ArchiveError as exc:
         raise DeployError(str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class CheckedModel:
+    """A local model folder or archive that passed the checks: what the server would load from it."""
+
+    source: Path            # what the user gave
+    kind: str               # "folder" or "archive"
+    model: str              # e.g. "savedmodel 'model' version 1 at 1" (relative to the archive root)
+    has_code: bool
+
+
+def check_local_model(model_data: str | Path, scratch: Path | None = None) -> CheckedModel:
+    """Check a local model folder or model.tar.gz the way the server will read it, with no network.
+
+    The archive is unpacked into SCRATCH (a temporary folder by default, removed afterwards) with
+    serve.archives.safe_extract, and the model is looked up with serve.layout.find_model, the code
+    the server runs at start-up. Raises UsageError naming the user's path (never the scratch one).
+    """
+    path = Path(model_data)
+    if not path.exists():
+        raise UsageError(f"model data {model_data} does not exist (give a model folder, a model.tar.gz "
+                         "or an s3:// URI)")
+    if path.is_dir():
+        try:
+            found = _find_model(path)
+        except ModelNotFound as exc:
+            raise UsageError(str(exc)) from None
+        return CheckedModel(path, "folder", _relative(found, path), has_user_code(path))
+    if not path.is_file():
+        raise UsageError(f"model data {model_data} is neither a folder nor a file")
+    if not tarfile.is_tarfile(path):
+        raise UsageError(f"model data {model_data} is not a tar archive (SageMaker wants a gzip-compressed "
+                         "tar, model.tar.gz): make one with `deploy package MODEL_DIR -o model.tar.gz`")
+    with tempfile.TemporaryDirectory(prefix="deploy-check-", dir=scratch) as tmp:
+        root = Path(tmp) / "model"
+        try:
+            names = _archives.safe_extract(path, root)
+        except _archives.UnsafeArchive as exc:
+            raise UsageError(f"model data {model_data}: {exc}") from None
+        except _archives.ArchiveError:
+            raise UsageError(f"model data {model_data} is a damaged or truncated tar archive: make it again "
+                             "with `deploy package MODEL_DIR -o model.tar.gz`") from None
+        try:
+            found = _find_model(root)
+        except ModelNotFound:
+            top = sorted({n.strip("./").split("/")[0] for n in names if n.strip("./")})
+            raise UsageError(
+                f"no loadable model in archive {model_data} (it holds: {', '.join(top) or 'nothing'}): "
+                "expected <version>/saved_model.pb (TF Serving layout), <name>/<version>/saved_model.pb, "
+                "saved_model.pb at the root, or a .keras/.h5 file") from None
+        return CheckedModel(path, "archive", _relative(found, root), has_user_code(path))
+
+
+def _relative(found: ModelLocation, root: Path) -> str:
+    try:
+        rel = found.path.relative_to(root)
+    except ValueError:
+        rel = found.path
+    v = f" version {found.version}" if found.version else ""
+    return f"{found.kind} '{found.name}'{v} at {rel if str(rel) != '.' else 'the root'}"

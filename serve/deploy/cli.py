@@ -52,12 +52,14 @@ def cmd_create(args, console: Console) -> int:
         image=args.image, model_data=args.model_data, role=args.role, name=args.name,
         instance_type=args.instance_type, instance_count=args.instance_count,
         env=endpoint.parse_env(args.env), bucket=args.bucket, wait=not args.no_wait,
-        timeout=args.timeout, poll=args.poll, arch_check=not args.skip_arch_check)
+        timeout=args.timeout, poll=args.poll, arch_check=not args.skip_arch_check,
+        instance_check=not args.skip_instance_check, on_interrupt=args.on_interrupt)
     out = endpoint.create(aws, spec, console)
-    _out(f"endpoint {out['endpoint']} is {out['status']}")
-    _out(f"  model data  {out['model_data']}")
-    _out(f"  try it      deploy invoke {out['endpoint']} --json '...'")
-    _out(f"  remove it   deploy delete {out['endpoint']}")
+    output.emit(out, args.output, table=lambda o: [
+        f"endpoint {o['endpoint']} is {o['status']}",
+        f"  model data  {o['model_data']}",
+        f"  try it      deploy invoke {o['endpoint']} --json '...'",
+        f"  remove it   deploy delete {o['endpoint']}"])
     return 0
 
 
@@ -67,10 +69,11 @@ def cmd_update(args, console: Console) -> int:
         name=args.endpoint, image=args.image, model_data=args.model_data,
         instance_type=args.instance_type, instance_count=args.instance_count, role=args.role,
         env=endpoint.parse_env(args.env), bucket=args.bucket, timeout=args.timeout, poll=args.poll,
-        arch_check=not args.skip_arch_check)
+        arch_check=not args.skip_arch_check, instance_check=not args.skip_instance_check,
+        on_interrupt=args.on_interrupt)
     out = endpoint.update(aws, spec, console)
-    _out(f"endpoint {out['endpoint']} is {out['status']} on {out['endpoint_config']} "
-         f"({out['image']}, {out['instance_type']})")
+    output.emit(out, args.output, table=lambda o: [
+        f"endpoint {o['endpoint']} is {o['status']} on {o['endpoint_config']} ({o['image']}, {o['instance_type']})"])
     return 0
 
 
@@ -112,8 +115,25 @@ def cmd_invoke(args, console: Console) -> int:
     body = _read_body(args)
     out, content_type = endpoint.invoke(aws, args.endpoint, body, _content_type(args), args.accept,
                                         args.custom_attributes)
+    if args.output in ("json", "text"):
+        answer = endpoint.softmax_response(out) if args.softmax else _decoded(out, content_type)
+        output.emit({"endpoint": args.endpoint, "content_type": content_type, "body": answer}, args.output)
+        return 0
     _print_response(out, content_type, args.softmax)
     return 0
+
+
+def _decoded(body: bytes, content_type: str):
+    """The answer for --output json/text: parsed JSON, else text, else base64."""
+    import base64
+    try:
+        return json.loads(body)
+    except ValueError:
+        pass
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(body).decode()}
 
 
 def cmd_autoscale(args, console: Console) -> int:
@@ -121,16 +141,35 @@ def cmd_autoscale(args, console: Console) -> int:
     out = endpoint.autoscale(aws, args.endpoint, min_count=args.min, max_count=args.max,
                              target=args.target_invocations, scale_in_cooldown=args.scale_in_cooldown,
                              scale_out_cooldown=args.scale_out_cooldown, variant=args.variant)
-    _out(f"auto scaling {out['resource_id']}: {out['min']}..{out['max']} instances, target "
-         f"{out['target']:g} invocations per instance per minute (policy {out['policy']})")
+    output.emit(out, args.output, table=lambda o: [
+        f"auto scaling {o['resource_id']}: {o['min']}..{o['max']} instances, target "
+        f"{o['target']:g} invocations per instance per minute (policy {o['policy']})"])
     return 0
 
 
 def cmd_delete(args, console: Console) -> int:
     aws = _aws(args)
-    deleted = endpoint.delete(aws, args.endpoint, console, wait=not args.no_wait,
-                              timeout=args.timeout, poll=args.poll)
-    _out(f"deleted {', '.join(deleted)}")
+    out = endpoint.delete(aws, args.endpoint, console, wait=not args.no_wait, timeout=args.timeout,
+                          poll=args.poll, if_exists=args.if_exists, purge_s3=args.purge_s3)
+    output.emit(out, args.output, table=_delete_table)
+    return 0
+
+
+def _delete_table(o) -> list[str]:
+    lines = [f"deleted {', '.join(o['deleted'] + o['purged'])}" if o["deleted"] or o["purged"]
+             else f"nothing left of {o['endpoint']}"]
+    if o["s3_archives"]:
+        lines.append(f"kept in S3 ({len(o['s3_archives'])}; --purge-s3 removes them): {', '.join(o['s3_archives'])}")
+    return lines
+
+
+def cmd_wait(args, console: Console) -> int:
+    aws = _aws(args)
+    endpoint.check_name(args.endpoint)
+    desc = endpoint.wait_for_endpoint(aws, args.endpoint, console, timeout=args.timeout, poll=args.poll)
+    out = {"endpoint": args.endpoint, "status": desc["EndpointStatus"],
+           "endpoint_config": desc.get("EndpointConfigName")}
+    output.emit(out, args.output, table=lambda o: [f"endpoint {o['endpoint']} is {o['status']} on {o['endpoint_config']}"])
     return 0
 
 
@@ -143,49 +182,63 @@ def _age(when) -> str:
 def cmd_list(args, console: Console) -> int:
     aws = _aws(args)
     rows = endpoint.list_endpoints(aws, args.name_contains)
-    if args.json:
-        _out(json.dumps(rows, default=str, indent=2))
-        return 0
+    output.emit(rows, "json" if args.json else args.output, table=lambda rows: _list_table(rows, aws.region))
+    return 0
+
+
+def _list_table(rows, region) -> list[str]:
     if not rows:
-        _out(f"no endpoints in {aws.region}")
-        return 0
+        return [f"no endpoints in {region}"]
     width = max(len(r["name"]) for r in rows)
-    _out(f"{'NAME'.ljust(width)}  {'STATUS':<14} {'INSTANCES':<22} CREATED")
+    lines = [f"{'NAME'.ljust(width)}  {'STATUS':<14} {'INSTANCES':<22} CREATED"]
     for r in rows:
         inst = f"{r['count']} x {r['instance_type']}" if r["instance_type"] else ""
-        _out(f"{r['name'].ljust(width)}  {r['status']:<14} {inst:<22} {_age(r['created'])}")
-    return 0
+        lines.append(f"{r['name'].ljust(width)}  {r['status']:<14} {inst:<22} {_age(r['created'])}")
+    return lines
 
 
 def cmd_status(args, console: Console) -> int:
     aws = _aws(args)
+    endpoint.check_name(args.endpoint)
     d = endpoint.describe(aws, args.endpoint)
-    if args.json:
-        _out(json.dumps(d, default=str, indent=2))
-        return 0
+    d["scaling"] = {v["VariantName"]: endpoint.scaling_of(aws, args.endpoint, v["VariantName"])
+                    for v in (d["config"] or d["endpoint"]).get("ProductionVariants") or []}
+    output.emit(d, "json" if args.json else args.output, table=_status_table)
+    return 0
+
+
+def _status_table(d) -> list[str]:
+    """The human view of `deploy status`; copes with a config or model deleted outside deploy."""
     ep, cfg = d["endpoint"], d["config"]
-    _out(f"endpoint     {ep['EndpointName']}  {ep['EndpointStatus']}")
+    lines = [f"endpoint     {ep['EndpointName']}  {ep['EndpointStatus']}"]
     if ep.get("FailureReason"):
-        _out(f"failure      {ep['FailureReason']}")
-    _out(f"config       {cfg['EndpointConfigName']}")
+        lines.append(f"failure      {ep['FailureReason']}")
+    cfg_name = ep.get("EndpointConfigName", "?")
+    lines.append(f"config       {cfg_name}" + ("" if cfg else "  (gone: deleted outside deploy)"))
+    pending = (ep.get("PendingDeploymentSummary") or {}).get("EndpointConfigName")
+    if pending and pending != cfg_name:
+        lines.append(f"updating to  {pending}")
     live = {v["VariantName"]: v for v in ep.get("ProductionVariants") or []}
-    for v in cfg["ProductionVariants"]:
+    for v in (cfg or {}).get("ProductionVariants") or list(live.values()):
         cur = live.get(v["VariantName"], {})
         count = cur.get("CurrentInstanceCount", v.get("InitialInstanceCount"))
-        _out(f"variant      {v['VariantName']}: {count} x {v.get('InstanceType', 'serverless')}")
-        model = d["models"].get(v["ModelName"]) or {}
-        c = model.get("PrimaryContainer", {})
-        _out(f"model        {v['ModelName']}")
-        _out(f"  image      {c.get('Image', '?')}")
-        _out(f"  model data {c.get('ModelDataUrl', '-')}")
+        lines.append(f"variant      {v['VariantName']}: {count} x {v.get('InstanceType', '?' if not cfg else 'serverless')}")
+        if "ModelName" not in v:
+            continue
+        model = d["models"].get(v["ModelName"])
+        lines.append(f"model        {v['ModelName']}" + ("" if model else "  (gone: deleted outside deploy)"))
+        c = (model or {}).get("PrimaryContainer", {})
+        if model:
+            lines.append(f"  image      {c.get('Image', '?')}")
+            lines.append(f"  model data {c.get('ModelDataUrl', '-')}")
         for k, val in sorted((c.get("Environment") or {}).items()):
-            _out(f"  env        {k}={val}")
-        scaling = endpoint.scaling_of(aws, ep["EndpointName"], v["VariantName"])
+            lines.append(f"  env        {k}={val}")
+        scaling = (d.get("scaling") or {}).get(v["VariantName"])
         if scaling:
-            _out(f"  scaling    {scaling['min']}..{scaling['max']} instances, target "
-                 f"{scaling['target']} invocations per instance per minute")
-    _out(f"created      {_age(ep.get('CreationTime'))}, modified {_age(ep.get('LastModifiedTime'))}")
-    return 0
+            lines.append(f"  scaling    {scaling['min']}..{scaling['max']} instances, target "
+                         f"{scaling['target']} invocations per instance per minute")
+    lines.append(f"created      {_age(ep.get('CreationTime'))}, modified {_age(ep.get('LastModifiedTime'))}")
+    return lines
 
 
 def cmd_local(args, console: Console) -> int:
@@ -264,8 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--image", required=required, help="image URI (ECR for a real endpoint)")
         p.add_argument("--model-data", required=required, metavar="S3_URI|TAR_GZ|DIR",
                        help="s3://... or a local model.tar.gz / model folder (uploaded to S3)")
-        p.add_argument("--role", default=os.environ.get("SAGEMAKER_ROLE_ARN") if required else None,
-                       help="execution role ARN" + (" (default: $SAGEMAKER_ROLE_ARN)" if required else ""))
+        p.add_argument("--role", metavar="ARN",
+                       help="execution role ARN" + (" (required: this or $SAGEMAKER_ROLE_ARN)" if required
+                                                    else " (default: the current model's)"))
         p.add_argument("--instance-type", default="ml.c7g.xlarge" if required else None,
                        help="instance type" + (" (default ml.c7g.xlarge)" if required else ""))
         p.add_argument("--instance-count", type=int, default=1 if required else None)
@@ -274,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--bucket", help="bucket for a local archive (default sagemaker-REGION-ACCOUNT)")
         p.add_argument("--skip-arch-check", action="store_true",
                        help="do not compare the image's architectures with the instance type")
+        p.add_argument("--skip-instance-check", action="store_true",
+                       help="accept an instance type missing from the built-in list of SageMaker hosting types")
+        interrupts.add_on_interrupt_argument(p)
 
     p = sub.add_parser("create", help="upload, create model + endpoint config + endpoint, wait",
                        parents=[common, waiting])
@@ -313,17 +370,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("delete", help="delete endpoint, endpoint config and model", parents=[common, waiting])
     p.add_argument("endpoint", metavar="ENDPOINT")
     p.add_argument("--no-wait", action="store_true", help="do not wait for the endpoint to be gone")
+    p.add_argument("--if-exists", action="store_true",
+                   help="exit 0 when there is nothing to delete (a second delete, say)")
+    p.add_argument("--purge-s3", action="store_true",
+                   help="also delete the model archives deploy uploaded for this endpoint (listed otherwise)")
     p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("wait", help="wait until an endpoint is InService (e.g. after --no-wait or "
+                       "--on-interrupt keep)", parents=[common, waiting])
+    p.add_argument("endpoint", metavar="ENDPOINT")
+    p.set_defaults(func=cmd_wait)
 
     p = sub.add_parser("list", help="endpoints in the region", parents=[common])
     p.add_argument("--name-contains")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)   # old spelling of --output json
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("status", help="one endpoint: status, instances, image, model data, env",
                        parents=[common])
     p.add_argument("endpoint", metavar="ENDPOINT")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)   # old spelling of --output json
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("local", help="run the image here as SageMaker would, optionally invoke once",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 
-from .errors import DeployError
+from .errors import DeployError, UsageError
 
 # ml.<letters><generation digits><suffix>.<size>, e.g. ml.c7g.xlarge, ml.c6gn.2xlarge, ml.g4dn.xlarge
 _INSTANCE_RE = re.compile(r"^ml\.(?P<series>[a-z]+)(?P<gen>\d+)(?P<suffix>[a-z-]*)\.(?P<size>[a-z0-9-]+)$")
@@ -38,6 +39,108 @@ def instance_arch(instance_type: str) -> str:
     """
     m = _parse(instance_type)
     return ARM64 if m.group("suffix").startswith("g") else AMD64
+
+
+# SageMaker's list of real-time hosting instance types, as of the date below (the enum SageMaker's
+# own API model declares for a production variant). At run time the installed botocore's copy of
+# the same enum is added, so a newer boto3 learns new types without a change here; no network.
+HOSTING_TYPES_SOURCE = "botocore 1.44.8 service model, SageMaker ProductionVariantInstanceType"
+HOSTING_TYPES_AS_OF = "2026-12-01"
+_HOSTING_SIZES = {
+    "ml.c4": "large xlarge 2xlarge 4xlarge 8xlarge",
+    "ml.c5": "large xlarge 2xlarge 4xlarge 9xlarge 18xlarge",
+    "ml.c5d": "large xlarge 2xlarge 4xlarge 9xlarge 18xlarge",
+    "ml.c6g": "large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge",
+    "ml.c6gd": "large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge",
+    "ml.c6gn": "large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge",
+    "ml.c6i": "large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge 24xlarge 32xlarge",
+    "ml.c6in": "large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge 24xlarge 32xlarge",
+    "ml.c7g": "large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge",
+    "ml.c7i": "large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge 24xlarge 48xlarge",
+    "ml.c8g": "medium large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge 24xlarge 48xlarge",
+    "ml.dl1": "24xlarge",
+    "ml.g4dn": "xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge",
+    "ml.g5": "xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge 24xlarge 48xlarge",
+    "ml.g6": "xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge 24xlarge 48xlarge",
+    "ml.g6e": "xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge 24xlarge 48xlarge",
+    "ml.g7": "2xlarge 4xlarge 8xlarge 12xlarge 24xlarge 48xlarge",
+    "ml.g7e": "2xlarge 4xlarge 8xlarge 12xlarge 24xlarge 48xlarge",
+    "ml.inf1": "xlarge 2xlarge 6xlarge 24xlarge",
+    "ml.inf2": "xlarge 8xlarge 24xlarge 48xlarge",
+    "ml.m4": "xlarge 2xlarge 4xlarge 10xlarge 16xlarge",
+    "ml.m5": "large xlarge 2xlarge 4xlarge 12xlarge 24xlarge",
+    "ml.m5d": "large xlarge 2xlarge 4xlarge 12xlarge 24xlarge",
+    "ml.m6g": "large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge",
+    "ml.m6gd": "large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge",
+    "ml.m6i": "large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge 24xlarge 32xlarge",
+    "ml.m7i": "large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge 24xlarge 48xlarge",
+    "ml.m8g": "medium large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge 24xlarge 48xlarge",
+    "ml.p2": "xlarge 8xlarge 16xlarge",
+    "ml.p3": "2xlarge 8xlarge 16xlarge",
+    "ml.p4d": "24xlarge",
+    "ml.p4de": "24xlarge",
+    "ml.p5": "48xlarge 4xlarge",
+    "ml.p5e": "48xlarge",
+    "ml.p5en": "48xlarge",
+    "ml.p6-b200": "48xlarge",
+    "ml.p6-b300": "48xlarge",
+    "ml.p6e-gb200": "36xlarge",
+    "ml.r5": "large xlarge 2xlarge 4xlarge 12xlarge 24xlarge",
+    "ml.r5d": "large xlarge 2xlarge 4xlarge 12xlarge 24xlarge",
+    "ml.r6g": "large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge",
+    "ml.r6gd": "large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge",
+    "ml.r6i": "large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge 24xlarge 32xlarge",
+    "ml.r7gd": "medium large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge",
+    "ml.r7i": "large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge 24xlarge 48xlarge",
+    "ml.r8g": "medium large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge 24xlarge 48xlarge",
+    "ml.t2": "medium large xlarge 2xlarge",
+    "ml.trn1": "2xlarge 32xlarge",
+    "ml.trn1n": "32xlarge",
+    "ml.trn2": "48xlarge",
+}
+
+
+def hosting_types() -> frozenset[str]:
+    """Every instance type SageMaker hosts endpoints on: the list above plus the installed botocore's."""
+    types = {f"{fam}.{size}" for fam, sizes in _HOSTING_SIZES.items() for size in sizes.split()}
+    try:
+        import botocore.session
+        shape = botocore.session.get_session().get_service_model("sagemaker").shape_for(
+            "ProductionVariantInstanceType")
+        types.update(shape.enum or [])
+    except Exception:       # an old or trimmed botocore: the list above is enough
+        pass
+    return frozenset(types)
+
+
+def check_hosting_type(instance_type: str) -> str:
+    """UsageError unless INSTANCE_TYPE is a SageMaker hosting instance type (no network call)."""
+    _parse_usage(instance_type)
+    known = hosting_types()
+    if instance_type in known:
+        return instance_type
+    close = difflib.get_close_matches(instance_type, sorted(known), n=1, cutoff=0.85)
+    fam = instance_type.rsplit(".", 1)[0]
+    sizes = sorted((t.rsplit(".", 1)[1] for t in known if t.rsplit(".", 1)[0] == fam), key=_size_order)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    if sizes:
+        hint += f" ({fam} comes in {', '.join(sizes)})"
+    raise UsageError(f"instance type {instance_type} is not in SageMaker's list of hosting instance types "
+                     f"(as of {HOSTING_TYPES_AS_OF}, {HOSTING_TYPES_SOURCE}){hint}; if the type is newer "
+                     "than that list, pass --skip-instance-check")
+
+
+def _size_order(size: str) -> tuple[int, str]:
+    order = {"medium": -3, "large": -2, "xlarge": -1}
+    m = re.match(r"^(\d+)xlarge$", size)
+    return (int(m.group(1)) if m else order.get(size, 1000), size)
+
+
+def _parse_usage(instance_type: str) -> re.Match:
+    try:
+        return _parse(instance_type)
+    except DeployError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def check_compatible(image: str, image_archs: set[str], instance_type: str) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import requests
 
-from .errors import DeployError
+from .errors import DeployError, UsageError
 
 MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -69,6 +69,37 @@ def parse(image: str) -> ImageRef:
     if not re.match(r"^[a-z0-9]+(?:[._/-][a-z0-9]+|__)*$", path):
         raise DeployError(f"invalid repository name in image reference {image!r}")
     return ImageRef(registry, path, digest or tag or "latest")
+
+
+def check_ecr_location(image: str, region: str) -> ImageRef:
+    """UsageError unless IMAGE is in Amazon ECR in REGION: SageMaker endpoints pull their image from
+    ECR in the endpoint's own region. Reads only the reference (no network)."""
+    try:
+        ref = parse(image)
+    except DeployError as exc:
+        raise UsageError(str(exc)) from None
+    m = ref.ecr
+    repo = ref.repository.removeprefix("library/")
+    tag = ref.reference if not ref.is_digest else "TAG"
+    target = f"ACCOUNT.dkr.ecr.{region}.amazonaws.com/{repo}:{tag}"
+    push = (f"push it there first, e.g. `./build.sh --platform linux/arm64,linux/amd64 --tag {repo}:{tag} "
+            f"--push --ecr ACCOUNT.dkr.ecr.{region}.amazonaws.com` (creates the repository and logs in), "
+            f"then pass --image {target}")
+    if m is None:
+        if ref.registry == "docker.io":
+            where = ("a local or Docker Hub name" if "/" not in image.split("@")[0].rsplit(":", 1)[0]
+                     else "a Docker Hub name")
+        else:
+            where = f"in registry {ref.registry}, not in Amazon ECR"
+        raise UsageError(f"image {image} is {where}: a SageMaker endpoint pulls its image only from Amazon "
+                         f"ECR in the endpoint's region ({region}); {push}")
+    if m.group("region") != region:
+        mirror = f"{m.group('account')}.dkr.ecr.{region}.amazonaws.com/{ref.repository}:{tag}"
+        raise UsageError(f"image {image} is in ECR in {m.group('region')} but the endpoint is in {region}: "
+                         f"SageMaker pulls only from ECR in the endpoint's region; copy it to {mirror} "
+                         f"(ECR replication, or build.sh --push --ecr {m.group('account')}.dkr.ecr.{region}"
+                         f".amazonaws.com) or pass --region {m.group('region')}")
+    return ref
 
 
 def normalize_arch(arch: str, variant: str | None = None) -> str:
