@@ -380,10 +380,14 @@ def image(request, arch):
         pytest.skip("the container fixtures (tests/fixtures/docker.py) are not loaded")
 
 
-def leftover_containers() -> list[str]:
-    out = subprocess.run(["docker", "ps", "-a", "--filter", "name=deploy-local-", "--format", "{{.Names}}"],
-                         capture_output=True, text=True, timeout=60).stdout
-    return out.split()
+def assert_container_removed(stderr: str) -> None:
+    """The container this run started (named in its `docker run` line) is gone. Checked by name:
+    other sessions on this machine may run deploy-local-* containers at the same time."""
+    import re
+    names = re.findall(r"docker run -d --name (deploy-local-[0-9a-f]+)", stderr)
+    assert len(names) == 1, stderr[-3000:]
+    proc = subprocess.run(["docker", "inspect", names[0]], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0, f"{names[0]} is still there"
 
 
 def run_local(img, model_dir, tmp_path, *extra, timeout=600):
@@ -411,7 +415,7 @@ def test_local_amd64_order_counts_payload_and_execution_parameters(request, tmp_
     assert "records/s" in proc.stdout
     np.testing.assert_allclose(read_out(tmp_path / "out" / "part-0.csv.out"), mlp_predict(big), atol=1e-5)
     np.testing.assert_allclose(read_out(tmp_path / "out" / "part-1.csv.out"), mlp_predict(small), atol=1e-5)
-    assert leftover_containers() == []
+    assert_container_removed(proc.stderr)
 
 
 @pytest.mark.container
@@ -430,7 +434,7 @@ def test_local_amd64_bad_record_and_join_source(request, tmp_path, mlp_model_dir
     joined = (tmp_path / "out" / "ok.csv.out").read_text().splitlines()
     assert len(joined) == 300 and all(j.startswith(i + ",") for i, j in zip(inputs, joined))
     np.testing.assert_allclose(read_out(tmp_path / "out" / "ok.csv.out")[:, 4:], mlp_predict(rows), atol=1e-5)
-    assert leftover_containers() == []
+    assert_container_removed(proc.stderr)
 
 
 @pytest.mark.container
@@ -448,7 +452,7 @@ def test_local_arm64_under_emulation_small_input(request, tmp_path, mlp_model_di
     assert "(40 requests)" in proc.stdout
     # BF16 fast math under qemu moves outputs a little (ENVIRONMENT.md): compare with a tolerance
     np.testing.assert_allclose(read_out(tmp_path / "out" / "a.csv.out"), mlp_predict(rows), atol=1e-2)
-    assert leftover_containers() == []
+    assert_container_removed(proc.stderr)
 
 
 def test_local_refuses_s3_and_empty_input_before_docker(tmp_path, mlp_model_dir):
