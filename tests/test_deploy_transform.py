@@ -464,3 +464,19 @@ def test_local_refuses_s3_and_empty_input_before_docker(tmp_path, mlp_model_dir)
     with pytest.raises(DeployError, match="holds no files"):
         tl.run(tl.LocalTransformSpec(image="never-pulled:latest", model_data=str(mlp_model_dir.model_dir),
                                      input=tmp_path / "empty", output=tmp_path / "out"), print)
+
+
+def test_loop_split_none_sends_whole_files(tmp_path, mlp_server, mlp_predict):
+    import io
+    (tmp_path / "in").mkdir()
+    batches = [np.round(mlp_rows(10 + i, 20 + i), 6) for i in range(3)]
+    for i, rows in enumerate(batches):
+        buf = io.BytesIO()
+        np.save(buf, rows)
+        (tmp_path / "in" / f"batch-{i}.npy").write_bytes(buf.getvalue())
+    spec = local_spec(tmp_path, content_type="application/x-npy", accept="text/csv", split_type="None")
+    params = {**PARAMS, "BatchStrategy": "SingleRecord"}
+    run = tl.transform_files(mlp_server.url, spec, params, quiet=True)
+    assert run.failed == 0 and run.records == 3 and run.requests == 3
+    for i, rows in enumerate(batches):
+        np.testing.assert_allclose(read_out(tmp_path / "out" / f"batch-{i}.npy.out"), mlp_predict(rows), atol=1e-5)

@@ -14,10 +14,11 @@ Then, as the agent (and the SageMaker Python SDK's local mode) does:
      MaxPayloadInMB (records joined by newlines); SingleRecord sends one record per request;
   4. up to MaxConcurrentTransforms requests are in flight at once (a thread pool of
      requests sessions);
-  5. each answer must hold one line per record (text/csv, application/jsonlines; a JSON
+  5. with `Line`, each answer must hold one line per record (text/csv, application/jsonlines; a JSON
      {"predictions": [...]} with one entry per record is split the same way); `<file>.out` gets
      one output line per input record, in input order, joined with the input on
      `--join-source Input` (CSV: input row + "," + output; JSON: SageMaker's rules, see join());
+     with `None`, `<file>.out` is the file's whole answer;
   6. a mini-batch the container refuses is bisected down to the records that fail, each reported
      with its file and line; a file with a failed record gets no .out (SageMaker writes no
      output for a failed object) and the run exits 1.
@@ -346,6 +347,8 @@ def _score(client: _Client, records: list[Record], split_type: str, accept_type:
            ) -> list[tuple[Record, bytes | None, str | None]]:
     """Send RECORDS as one request; on refusal, bisect to find the records that fail alone."""
     status, body, content_type = client.post(body_of(records, split_type))
+    if status == 200 and split_type == "None":       # a whole file in, its whole answer out
+        return [(records[0], body.rstrip(b"\n"), None)]
     if status == 200:
         try:
             lines = split_answer(body, content_type or accept_type, len(records))
