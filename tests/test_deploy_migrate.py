@@ -250,3 +250,57 @@ def test_refusals_create_nothing(capsys, x86_endpoint, ecr_images):
     code, out, err = run(capsys, "promote", "digits")
     assert code == 1 and "no migration in progress" in err
     assert state() == before
+
+
+def test_user_fpmath_setting_is_kept_and_can_be_overridden(capsys, migrate_aws, ecr_images):
+    sm().create_model(ModelName="strict-x86", ExecutionRoleArn=migrate_aws["role"],
+                      PrimaryContainer={"Image": X86_IMAGE, "ModelDataUrl": MODEL_DATA,
+                                        "Environment": {"DNNL_DEFAULT_FPMATH_MODE": "STRICT"}})
+    sm().create_endpoint_config(EndpointConfigName="strict-x86", ProductionVariants=[{
+        "VariantName": "AllTraffic", "ModelName": "strict-x86", "InstanceType": "ml.c6i.xlarge",
+        "InitialInstanceCount": 1}])
+    sm().create_endpoint(EndpointName="digits", EndpointConfigName="strict-x86")
+    code, out, err = run(capsys, "migrate", "digits", "--image", ecr_images["multi"], "--mode", "replace")
+    assert code == 0, err
+    assert "DNNL_DEFAULT_FPMATH_MODE=STRICT kept from the x86 model" in err
+    (v,) = migration_config()["ProductionVariants"]
+    env = sm().describe_model(ModelName=v["ModelName"])["PrimaryContainer"]["Environment"]
+    assert env["DNNL_DEFAULT_FPMATH_MODE"] == "STRICT" and env["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    assert run(capsys, "rollback", "digits")[0] == 0
+    code, out, err = run(capsys, "migrate", "digits", "--image", ecr_images["multi"], "--mode", "replace",
+                         "--env", "DNNL_DEFAULT_FPMATH_MODE=BF16")
+    assert code == 0, err
+    (v,) = migration_config()["ProductionVariants"]
+    assert sm().describe_model(ModelName=v["ModelName"])["PrimaryContainer"]["Environment"][
+        "DNNL_DEFAULT_FPMATH_MODE"] == "BF16"
+
+
+@pytest.mark.parametrize("on_interrupt", ["rollback", "keep"])
+def test_interrupted_while_updating(capsys, x86_endpoint, ecr_images, monkeypatch, on_interrupt):
+    """SIGTERM arriving while SageMaker updates: rolled back (default), or left for `deploy rollback`."""
+    import signal
+
+    from serve.deploy import endpoint, interrupts
+
+    before = state()
+    real_wait = endpoint.wait_for_endpoint
+    calls = []
+
+    def wait(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 1:
+            raise interrupts.Interrupted(signal.SIGTERM)
+        return real_wait(*args, **kwargs)
+    monkeypatch.setattr(endpoint, "wait_for_endpoint", wait)
+    code, out, err = run(capsys, "migrate", "digits", "--image", ecr_images["multi"], "--mode", "canary",
+                         "--on-interrupt", on_interrupt)
+    assert code == 143, err
+    if on_interrupt == "rollback":
+        assert "putting endpoint digits back on digits-x86" in err
+        assert state() == before
+    else:
+        assert "--on-interrupt keep" in err and "deploy rollback digits" in err
+        assert state()["digits"][2] == ["AllTraffic", "Graviton"]
+        code, out, err = run(capsys, "rollback", "digits")
+        assert code == 0, err
+        assert state() == before

@@ -280,7 +280,8 @@ def run(targets: list[Target], reqs: list[Request], *, warmup: int = 1,
         order = targets[i % len(targets):] + targets[:i % len(targets)]
         for t in order:
             t.answers.append(t.send(req))
-        if progress:
+        step = max(1, len(reqs) // 10)
+        if progress and ((i + 1) % step == 0 or i + 1 == len(reqs)):
             progress("compare", f"{i + 1}/{len(reqs)} requests", time.monotonic() - start)
 
 
@@ -468,8 +469,8 @@ def fpmath_check(spec, requests_path: str, reporter, download=None, *, warmup: i
     emulated = arch != local.host_arch()
     notes = []
     if arch != "arm64":
-        notes.append(f"{spec.image} runs as {arch}: BF16 fast math changes kernels only on CPUs with bf16 "
-                     "matrix units (Graviton3 and later, Intel AMX); a zero drift here says nothing about Graviton")
+        notes.append(f"{spec.image} ran as {arch} on this host's CPU: the drift is this CPU's (oneDNN uses bf16 "
+                     "only where the CPU has bf16 instructions), not Graviton's; the arm64 image shows Graviton's")
     if emulated:
         notes.append(f"the {arch} image ran under emulation on this {local.host_arch()} host: the drift is "
                      "the real one (the emulated CPU has bf16), the latencies are not")

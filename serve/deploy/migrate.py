@@ -315,6 +315,10 @@ def migrate(aws: Aws, spec: MigrateSpec, reporter: Reporter) -> dict:
         reporter.info("architecture check skipped (--skip-arch-check)")
 
     env, added = graviton_env(aws.region, dict(container.get("Environment") or {}), spec.env)
+    if env.get("DNNL_DEFAULT_FPMATH_MODE", "").upper() not in ("BF16", "ANY") and "DNNL_DEFAULT_FPMATH_MODE" not in added:
+        reporter.info(f"note: DNNL_DEFAULT_FPMATH_MODE={env['DNNL_DEFAULT_FPMATH_MODE']} kept from the x86 model: "
+                      "the Graviton variant will not use bf16 fast math (--env DNNL_DEFAULT_FPMATH_MODE=BF16 "
+                      "changes that; `deploy local --fpmath-check` shows what it does to your outputs)")
     x86_name = old_variant["VariantName"]
     variant_name = _pick_variant_name({x86_name})
     live = {v["VariantName"]: v for v in ep.get("ProductionVariants") or []}
