@@ -52,12 +52,22 @@ def sm():
 
 
 def s3_objects():
+    """What the command put in S3 (the test's own input bucket left out)."""
     s3 = boto3.client("s3")
-    return [f"s3://{b['Name']}/{o['Key']}" for b in s3.list_buckets()["Buckets"]
+    return [f"s3://{b['Name']}/{o['Key']}" for b in s3.list_buckets()["Buckets"] if b["Name"] != "batch-data"
             for o in s3.list_objects_v2(Bucket=b["Name"]).get("Contents", [])]
 
 
-def transform(capsys, env, image, model, *extra):
+def put_input(keys=("in/part-0.csv", "in/part-1.csv")):
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="batch-data", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    for key in keys:
+        s3.put_object(Bucket="batch-data", Key=key, Body=b"1,2,3,4\n")
+
+
+def transform(capsys, env, image, model, *extra, with_input=True):
+    if with_input:
+        put_input()
     code = main(["transform", "--image", image, "--model-data", str(model), "--role", env["role"],
                  "--input", "s3://batch-data/in/", "--output", "s3://batch-data/out/", "--poll", "0.01",
                  *extra])
@@ -163,7 +173,7 @@ def test_architecture_is_checked_before_any_call(capsys, transform_moto, ecr_ima
     assert mt.calls() == []                   # no model, no job, not even a describe
     assert s3_objects() == []                 # nothing uploaded
     code, out, err = transform(capsys, transform_moto, ecr_images["arm64"], model_tgz,
-                               "--instance-type", "ml.m7i.xlarge")
+                               "--instance-type", "ml.m7i.xlarge", with_input=False)
     assert code != 0 and "ml.m7i.xlarge is amd64" in err
     assert mt.calls() == [] and s3_objects() == []
 
@@ -178,6 +188,13 @@ def test_bad_arguments_are_refused_before_aws(capsys, transform_moto, ecr_images
     assert mt.calls() == [] and s3_objects() == []
 
 
+def test_empty_input_prefix_is_refused_before_anything_is_created(capsys, transform_moto, ecr_images, model_tgz):
+    boto3.client("s3").create_bucket(Bucket="batch-data", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    code, out, err = transform(capsys, transform_moto, ecr_images["multi"], model_tgz, with_input=False)
+    assert code == 1 and "--input s3://batch-data/in/ holds no objects" in err
+    assert mt.calls() == [] and s3_objects() == []
+
+
 def test_timeout_stops_the_job_and_deletes_the_model(capsys, transform_moto, ecr_images, model_tgz):
     mt.script_next_job(["InProgress"])
     code, out, err = transform(capsys, transform_moto, ecr_images["multi"], model_tgz, "--timeout", "0.05")
@@ -189,6 +206,7 @@ def test_timeout_stops_the_job_and_deletes_the_model(capsys, transform_moto, ecr
 
 
 def _run_and_interrupt(transform_moto, ecr_images, model_tgz, *extra):
+    put_input()
     proc = subprocess.Popen([DEPLOY, "transform", "--image", ecr_images["multi"], "--model-data", str(model_tgz),
                              "--role", transform_moto["role"], "--input", "s3://batch-data/in/",
                              "--output", "s3://batch-data/out/", "--poll", "0.05", *extra],

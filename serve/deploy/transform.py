@@ -209,6 +209,20 @@ def _stage(aws: Aws, model_data: str, local: tuple[Path, bool] | None, bucket: s
     return uri, has_code
 
 
+def check_input(aws: Aws, uri: str) -> int:
+    """The input prefix must hold at least one object (SageMaker would start instances and then
+    fail with "No S3 objects found"). Returns how many (of the first 1000) it holds."""
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    try:
+        listed = aws.s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1000)
+    except botocore.exceptions.ClientError as exc:
+        raise DeployError(f"cannot list --input {uri}: {error_message(exc)}") from exc
+    count = sum(1 for o in listed.get("Contents", []) if not o["Key"].endswith("/"))
+    if not count:
+        raise DeployError(f"--input {uri} holds no objects: nothing to transform")
+    return count
+
+
 def run_remote(aws: Aws, spec: TransformSpec, reporter: Reporter) -> dict:
     check_spec(spec)
     with tempfile.TemporaryDirectory(prefix="deploy-transform-") as tmp:
@@ -218,6 +232,8 @@ def run_remote(aws: Aws, spec: TransformSpec, reporter: Reporter) -> dict:
             endpoint.check_architecture(aws, spec.image, spec.instance_type, reporter)
         else:
             reporter.info("architecture check skipped (--skip-arch-check)")
+        count = check_input(aws, spec.input)
+        reporter.info(f"input {spec.input}: {count if count < 1000 else 'at least 1000'} object(s)")
         return _run_job(aws, spec, local, reporter)
 
 
