@@ -14,8 +14,9 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from . import codecs
-from .errors import BadRequest, ModelNotReady, ServeError
-from .handlers import Invocation
+from .errors import BadRequest, ModelNotReady, NotFound, ServeError
+from .handlers import Invocation, Target
+from .readiness import Readiness
 from .redact import SecretFilter
 from .settings import Settings
 from .worker import WorkerState
@@ -24,14 +25,16 @@ log = logging.getLogger(__name__)
 access = logging.getLogger("serve.access")
 
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
-_TFS_TARGET = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/[^/:]+)?(?::(?P<method>\w+))?$")
+_TFS_TARGET = re.compile(
+    r"^(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?(?::(?P<method>\w+))?$")
 
 
 def _json(body: bytes, status: int = 200) -> Response:
     return Response(body, status=status, mimetype=codecs.JSON)
 
 
-def create_app(settings: Settings, state: WorkerState, workers: int, secrets: SecretFilter) -> Flask:
+def create_app(settings: Settings, state: WorkerState, workers: int, secrets: SecretFilter,
+               readiness: Readiness | None = None) -> Flask:
     app = Flask("serve")
 
     def _error(status: int, message: str, echoes_request: bool = False) -> Response:
@@ -60,9 +63,11 @@ def create_app(settings: Settings, state: WorkerState, workers: int, secrets: Se
 
     @app.get("/ping")
     def ping():
-        if state.ready:
+        if state.ready and (readiness is None or readiness.all_ready()):
             return Response(b"", status=200)
         require_ready()
+        raise ModelNotReady(f"{readiness.ready_workers()} of {readiness.expected} workers have loaded the "
+                            f"model; retry when GET /ping answers 200")
 
     @app.post("/invocations")
     def invocations():
@@ -87,29 +92,37 @@ def create_app(settings: Settings, state: WorkerState, workers: int, secrets: Se
     def tfs_target(target: str):
         match = _TFS_TARGET.match(target)
         if not match:
-            raise BadRequest(f"unknown TF Serving path /v1/models/{target}")
+            raise NotFound(f"unknown TF Serving path /v1/models/{target}; use /v1/models/NAME[/versions/N]"
+                           f"[:predict|:classify|:regress]")
+        if match["label"]:
+            raise NotFound("version labels are not served here; use /v1/models/NAME/versions/N")
         require_ready()
         if state.default is None:
             raise BadRequest("this server's model comes from model_fn, so TF Serving's API is not available")
-        if match["name"] != state.default.model.name:
-            raise BadRequest(f"no model named '{match['name']}'; this server has '{state.default.model.name}'")
+        state.default.repository.get(match["name"], match["version"])  # a 404 naming what exists
         return match
 
     @app.post("/v1/models/<path:target>")
-    def tfs_predict(target: str):
-        """TF Serving's REST predict API, which handler(data, context) scripts call at context.rest_uri."""
+    def tfs_call(target: str):
+        """TF Serving's REST API (predict, classify, regress) for every loaded model and version; also
+        what handler(data, context) scripts call at context.rest_uri."""
         match = tfs_target(target)
-        if (match["method"] or "predict") != "predict":
-            raise BadRequest(f"only :predict is served, not :{match['method']}")
-        result = state.default.handle(Invocation(read_body(), codecs.JSON, codecs.JSON))
+        if not match["method"]:
+            raise NotFound(f"POST /v1/models/{target} needs a method: :predict, :classify or :regress")
+        result = state.default.handle(Invocation(read_body(), codecs.JSON, codecs.JSON),
+                                      Target.of(match["name"], match["version"], match["method"]))
         return Response(result.body, status=200, content_type=result.content_type)
 
     @app.get("/v1/models/<path:target>")
     def tfs_status(target: str):
-        tfs_target(target)
-        version = state.default.model.location.version or "1"
+        match = tfs_target(target)
+        if match["method"]:
+            raise NotFound(f"GET /v1/models/{target}: methods are POSTed")
+        versions = state.default.repository.versions(match["name"])
+        shown = [match["version"]] if match["version"] else versions[::-1]
         return _json(orjson.dumps({"model_version_status": [
-            {"version": version, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}))
+            {"version": v or "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+            for v in shown]}))
 
     @app.errorhandler(ServeError)
     def serve_error(exc: ServeError):
@@ -136,8 +149,10 @@ def create_app(settings: Settings, state: WorkerState, workers: int, secrets: Se
 
     @app.after_request
     def log_request(response: Response):
-        # /ping every few seconds would drown everything else, so it is only ever DEBUG.
-        level = logging.DEBUG if request.path == "/ping" or response.status_code < 400 else logging.INFO
+        # /ping every few seconds would drown everything else: INFO only at nginx level debug.
+        shown = settings.access_log_level
+        quiet = (request.path == "/ping" and shown != "all") or (response.status_code < 400 and shown == "failures")
+        level = logging.DEBUG if quiet else logging.INFO
         if access.isEnabledFor(level):
             access.log(level, "%s %s %d %s", request.method, request.path, response.status_code,
                        response.content_length)

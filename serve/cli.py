@@ -13,9 +13,9 @@ import logging
 import sys
 
 from . import __version__
-from .layout import ModelNotFound, find_model
+from .layout import ModelNotFound, find_models
 from .redact import SecretFilter
-from .settings import SettingsError, load_settings, secret_values
+from .settings import SettingsError, env_name, load_settings, secret_values, unused_variables
 from .tuning import apply_environment, detect_cpu, plan
 from .usercode import UserCodeSetupError, install_requirements, locate
 
@@ -56,16 +56,22 @@ def main(argv: list[str] | None = None) -> int:
     except UserCodeSetupError as exc:
         log.error("startup failed: %s", exc)
         return 1
+    for name, why in unused_variables().items():
+        log.info("%s is set but means nothing here: %s", name, why)
     try:
-        model = str(find_model(settings.model_dir))
+        models = find_models(settings.model_dir)
+        model = ", ".join(f"{name} (version{'s' if len(v) > 1 else ''} {', '.join(x.version or '-' for x in v)})"
+                          for name, v in models.items())
     except ModelNotFound as exc:
         if not code:
             log.error("startup failed: no model to serve: %s", exc)
             return 1
         model = "none found (model_fn will load it)"
-    log.info("serve %s on 0.0.0.0:%d: %s, model %s, signature serving_default unless the request names "
-             "another, user code %s", __version__, settings.bind_to_port, tuning.describe(), model,
-             code.script if code else "none")
+    aliases = ", ".join(f"{name} as {env_name(field)}" for field, name in settings.aliases_applied.items())
+    log.info("serve %s on 0.0.0.0:%d: %s, timeout %d s, models %s, signature serving_default unless the request "
+             "names another, user code %s%s", __version__, settings.bind_to_port, tuning.describe(),
+             settings.model_server_timeout, model, code.script if code else "none",
+             f", AWS container settings applied: {aliases}" if aliases else "")
 
     from .server import ServeApplication
 

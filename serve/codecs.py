@@ -6,6 +6,8 @@ instances or named tensors.
 """
 from __future__ import annotations
 
+import base64
+import csv
 import io
 import itertools
 import lzma
@@ -18,8 +20,6 @@ from typing import Mapping, Union
 import numpy as np
 import orjson
 import simdjson
-from werkzeug.datastructures import MIMEAccept
-from werkzeug.http import parse_accept_header
 
 from .errors import BadRequest, NotAcceptable, UnsupportedContentType
 
@@ -31,7 +31,7 @@ NPZ = "application/x-npz"
 
 _ALIASES = {
     "application/json": JSON, "application/x-json": JSON,
-    "application/jsonlines": JSONLINES, "application/jsonl": JSONLINES,
+    "application/jsonlines": JSONLINES, "application/jsonl": JSONLINES, "application/jsons": JSONLINES,
     "application/x-jsonlines": JSONLINES, "application/x-ndjson": JSONLINES,
     "text/csv": CSV, "application/csv": CSV,
     "application/x-npy": NPY, "application/npy": NPY,
@@ -45,9 +45,11 @@ Inputs = Union[np.ndarray, dict[str, np.ndarray]]
 
 @dataclass(frozen=True)
 class Decoded:
-    inputs: Inputs                 # one unnamed array, or arrays by input name
+    inputs: Inputs | None          # one unnamed array, or arrays by input name (None for examples)
     signature_name: str | None
     columnar: bool                 # TF Serving's {"inputs": ...}: answer {"outputs": ...}
+    examples: list | None = None   # TF Serving's classify/regress {"examples": [...]}
+    context: dict | None = None    # ... and its optional "context" features shared by every example
 
 
 def media_type(header: str | None, default: str = JSON) -> str:
@@ -58,16 +60,38 @@ def media_type(header: str | None, default: str = JSON) -> str:
     return _ALIASES.get(base, base)
 
 
+_WILDCARDS = {"*/*": JSON, "application/*": JSON, "text/*": CSV}
+
+
 def negotiate(accept_header: str | None) -> str:
-    """The response media type for an Accept header; JSON when it is missing or */*."""
-    if not accept_header or accept_header.strip() in ("*/*", ""):
+    """The response media type for an Accept header; JSON when it is missing or */*.
+
+    Highest quality first; among equals, the first one the client listed (AWS's TensorFlow
+    container labels its answer with the first listed type). Parameters such as charset are
+    ignored: every text answer is UTF-8.
+    """
+    if not accept_header or not accept_header.strip():
         return JSON
-    accept = parse_accept_header(accept_header, MIMEAccept)
-    best = accept.best_match(list(_ALIASES), default=None)
-    if best is None:
-        raise NotAcceptable(
-            f"cannot answer with Accept: {accept_header}; supported: {', '.join(ENCODABLE)}")
-    return _ALIASES[best]
+    offers = []
+    for position, item in enumerate(accept_header.split(",")):
+        media, *params = (part.strip() for part in item.split(";"))
+        quality = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if media:
+            offers.append((-quality, position, media.lower()))
+    for negative_quality, _, media in sorted(offers):
+        if negative_quality >= 0:
+            break
+        known = _ALIASES.get(media) or _WILDCARDS.get(media)
+        if known:
+            return known
+    raise NotAcceptable(f"cannot answer with Accept: {accept_header}; supported: {', '.join(ENCODABLE)}")
 
 
 # -- decoding ---------------------------------------------------------------------------------------
@@ -87,7 +111,9 @@ def _array(value, what: str) -> np.ndarray:
         array = np.asarray(value)
     except ValueError as exc:  # ragged nesting
         raise BadRequest(f"{what}: every instance must have the same shape ({exc})") from None
-    if array.dtype == object:
+    if array.dtype.kind == "S":  # binary strings from {"b64": ...}: NumPy's S type would drop trailing NULs
+        array = np.array(value, dtype=object)
+    if array.dtype == object and not all(isinstance(v, bytes) for v in array.flat):
         raise BadRequest(f"{what}: every instance must have the same shape and hold numbers or strings")
     return array
 
@@ -107,6 +133,25 @@ def _loads(body: bytes, what: str):
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"{what} is not valid JSON: {exc}") from None
+
+
+def _unb64(value):
+    """TF Serving's {"b64": "..."} objects, anywhere in a parsed body, as the bytes they encode."""
+    if isinstance(value, list):
+        return [_unb64(v) for v in value]
+    if isinstance(value, dict):
+        if value.keys() == {"b64"}:
+            try:
+                return base64.b64decode(value["b64"], validate=True)
+            except (ValueError, TypeError) as exc:
+                raise BadRequest(f'a {{"b64": ...}} value is not valid base64: {exc}') from None
+        return {k: _unb64(v) for k, v in value.items()}
+    return value
+
+
+def _one_instance(array: np.ndarray) -> np.ndarray:
+    """A bare JSON array whose first element is not an array is one instance (AWS's container wraps it)."""
+    return array[np.newaxis] if array.ndim == 1 else array
 
 
 def _numeric_array(node) -> tuple[np.ndarray, int] | None:
@@ -164,6 +209,7 @@ def _fast_json(body: bytes) -> Decoded | None:
             if decoded is None:
                 return None
             inputs, brackets = decoded
+            inputs = _one_instance(inputs)
         elif isinstance(doc, simdjson.Object):
             keys = set(doc.keys())
             signature = doc.get("signature_name")
@@ -207,16 +253,37 @@ def _decode_json(body: bytes) -> Decoded:
 
 
 def _exact_json(body: bytes) -> Decoded:
-    doc = _loads(body, "request body")
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        # several JSON documents one after another (JSON Lines sent as JSON): one instance each
+        if len(_lines(body)) > 1:
+            try:
+                return _instance_per_line(_lines(body))
+            except BadRequest:
+                pass
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if b'"b64"' in body:
+        doc = _unb64(doc)
+    return _json_document(doc)
+
+
+def _json_document(doc) -> Decoded:
+    """TF Serving's request objects; anything else is one instance, as AWS's container wraps it."""
     if isinstance(doc, list):
-        return Decoded(_array(doc, "JSON array"), None, columnar=False)
-    if not isinstance(doc, dict):
-        raise BadRequest('JSON body must be {"instances": [...]}, {"inputs": ...} or an array')
+        if doc and (isinstance(doc[0], list) or all(isinstance(r, dict) for r in doc)):
+            return Decoded(_stack_rows(doc, "JSON array"), None, columnar=False)
+        return Decoded(_stack_rows([doc], "JSON array"), None, columnar=False)
+    if not isinstance(doc, dict) or not doc.keys() & {"instances", "inputs", "examples"}:
+        return Decoded(_stack_rows([doc], "JSON body"), None, columnar=False)
     signature = doc.get("signature_name")
     if signature is not None and not isinstance(signature, str):
         raise BadRequest("signature_name must be a string")
-    if "instances" in doc and "inputs" in doc:
-        raise BadRequest('send either "instances" (row format) or "inputs" (columnar format), not both')
+    if len(doc.keys() & {"instances", "inputs", "examples"}) > 1:
+        raise BadRequest('send one of "instances" (row format), "inputs" (columnar format) or "examples" '
+                         '(classify/regress), not several')
+    if "examples" in doc:
+        return Decoded(None, signature, columnar=False, examples=doc["examples"], context=doc.get("context"))
     if "instances" in doc:
         rows = doc["instances"]
         if not isinstance(rows, list):
@@ -227,22 +294,49 @@ def _exact_json(body: bytes) -> Decoded:
         if isinstance(cols, dict):
             return Decoded({n: _array(v, f'"inputs" \'{n}\'') for n, v in cols.items()}, signature, True)
         return Decoded(_array(cols, '"inputs"'), signature, columnar=True)
-    raise BadRequest('JSON object must have "instances" (row format) or "inputs" (columnar format)')
+    raise AssertionError("unreachable")
 
 
-def _decode_jsonlines(body: bytes) -> Decoded:
-    rows = [_loads(line, f"line {i + 1}") for i, line in enumerate(body.splitlines()) if line.strip()]
-    if not rows:
-        raise BadRequest("JSON Lines body has no instances")
+def _lines(body: bytes) -> list[bytes]:
+    return [line for line in body.splitlines() if line.strip()]
+
+
+def _instance_per_line(lines: list[bytes]) -> Decoded:
+    rows = [_loads(line, f"line {i + 1}") for i, line in enumerate(lines)]
+    if any(b'"b64"' in line for line in lines):
+        rows = _unb64(rows)
     return Decoded(_stack_rows(rows, "JSON Lines"), None, columnar=False)
 
 
+def _decode_jsonlines(body: bytes) -> Decoded:
+    """One instance per line; a single line is read as a JSON body, as AWS's container does."""
+    lines = _lines(body)
+    if not lines:
+        raise BadRequest("JSON Lines body has no instances")
+    if len(lines) == 1:
+        return _decode_json(lines[0])
+    return _instance_per_line(lines)
+
+
 def _decode_csv(body: bytes) -> Decoded:
+    """One instance per line; a single column gives one scalar per line. Text that is not all
+    numbers is read as strings (for string inputs), as AWS's container quotes it."""
     try:
         array = np.loadtxt(io.BytesIO(body), delimiter=",", ndmin=2, dtype=np.float64)
     except ValueError as exc:
-        raise BadRequest(f"CSV must hold one instance per row, numbers only, no header: {exc}") from None
-    return Decoded(array, None, columnar=False)
+        array = _csv_strings(body, exc)
+    return Decoded(array[:, 0] if array.ndim == 2 and array.shape[1] == 1 else array, None, columnar=False)
+
+
+def _csv_strings(body: bytes, number_error: ValueError) -> np.ndarray:
+    try:
+        rows = [row for row in csv.reader(io.StringIO(body.decode("utf-8"))) if row]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise BadRequest(f"CSV must be UTF-8 text with one instance per row: {exc}") from None
+    if not rows or len({len(r) for r in rows}) != 1:
+        raise BadRequest(f"CSV must hold one instance per row, every row with the same number of "
+                         f"columns, no header ({number_error})")
+    return np.array(rows, dtype=str)
 
 
 def _npy_array(data: bytes, what: str) -> np.ndarray:
@@ -312,20 +406,30 @@ _DECODERS = {JSON: _decode_json, JSONLINES: _decode_jsonlines, CSV: _decode_csv,
 _ORJSON = orjson.OPT_SERIALIZE_NUMPY
 
 
-def _json_ready(array: np.ndarray):
+def _text(value, binary: bool):
+    if not isinstance(value, bytes):
+        return value
+    return {"b64": base64.b64encode(value).decode("ascii")} if binary else value.decode("utf-8", "replace")
+
+
+def _json_ready(array: np.ndarray, binary: bool = False):
+    """An output for orjson; tf.string values as text, or as {"b64": ...} for outputs whose name
+    ends in _bytes (TF Serving's rule for binary outputs)."""
     if array.ndim == 0:
-        value = array.item()
-        return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+        return _text(array.item(), binary)
     if array.dtype == object:  # tf.string outputs
-        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in array.ravel()] \
-            if array.ndim <= 1 else array.tolist()
+        return np.frompyfunc(lambda v: _text(v, binary), 1, 1)(array).tolist()
     return np.ascontiguousarray(array)
+
+
+def _binary(name: str) -> bool:
+    return name.endswith("_bytes")
 
 
 def _rows(outputs: Mapping[str, np.ndarray]) -> list:
     """Row format for several outputs: one {name: value} per instance, as TF Serving answers."""
     count = len(next(iter(outputs.values())))
-    return [{n: _json_ready(np.asarray(a[i])) for n, a in outputs.items()} for i in range(count)]
+    return [{n: _json_ready(np.asarray(a[i]), _binary(n)) for n, a in outputs.items()} for i in range(count)]
 
 
 def _only(outputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
@@ -335,14 +439,16 @@ def _only(outputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
 def encode(outputs: Mapping[str, np.ndarray], accept: str, columnar: bool = False) -> tuple[bytes, str]:
     """Encode model outputs for the negotiated media type (see ``negotiate``)."""
     single = _only(outputs)
+    binary = single is not None and _binary(next(iter(outputs)))
     if accept == JSON:
         if columnar:
-            value = _json_ready(single) if single is not None else {n: _json_ready(a) for n, a in outputs.items()}
+            value = _json_ready(single, binary) if single is not None else \
+                {n: _json_ready(a, _binary(n)) for n, a in outputs.items()}
             return orjson.dumps({"outputs": value}, option=_ORJSON), JSON
-        value = _json_ready(single) if single is not None else _rows(outputs)
+        value = _json_ready(single, binary) if single is not None else _rows(outputs)
         return orjson.dumps({"predictions": value}, option=_ORJSON), JSON
     if accept == JSONLINES:
-        rows = [_json_ready(r) for r in single] if single is not None else _rows(outputs)
+        rows = [_json_ready(r, binary) for r in single] if single is not None else _rows(outputs)
         return b"\n".join(orjson.dumps(r, option=_ORJSON) for r in rows) + b"\n", JSONLINES
     if accept == CSV:
         return _encode_csv(outputs), CSV
@@ -371,6 +477,31 @@ def _encode_csv(outputs: Mapping[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
     np.savetxt(buf, table, fmt=fmt, delimiter=",")
     return buf.getvalue()
+
+
+def encode_results(method: str, outputs: Mapping[str, np.ndarray]) -> tuple[bytes, str]:
+    """TF Serving's classify and regress answers: {"results": [...]}, one entry per example.
+
+    regress: one number per example (from the "outputs" tensor). classify: per example, a list
+    of [label, score] pairs from "classes" and "scores" (label "" when the model has no classes).
+    """
+    if method == "regress":
+        values = outputs.get("outputs", _only(outputs))
+        if values is None:
+            raise BadRequest(f"the regress signature returns {sorted(outputs)}; TF Serving expects 'outputs'")
+        return orjson.dumps({"results": np.asarray(values, np.float64).reshape(len(values), -1)[:, 0]},
+                            option=_ORJSON), JSON
+    scores, classes = outputs.get("scores"), outputs.get("classes")
+    if scores is None and classes is None:
+        raise BadRequest(f"the classify signature returns {sorted(outputs)}; TF Serving expects 'classes' and/or 'scores'")
+    count = len(scores if scores is not None else classes)
+    scores = None if scores is None else np.asarray(scores, np.float64).reshape(count, -1)
+    classes = None if classes is None else np.asarray(classes).reshape(count, -1)
+    width = (scores if scores is not None else classes).shape[1]
+    results = [[[_text(classes[i, j], False) if classes is not None else "",
+                 float(scores[i, j]) if scores is not None else 0.0] for j in range(width)]
+               for i in range(count)]
+    return orjson.dumps({"results": results}), JSON
 
 
 def encode_error(message: str) -> bytes:

@@ -21,6 +21,11 @@ class BadRequest(ServeError):
     status = 400
 
 
+class NotFound(ServeError):
+    """No loaded model or version by the name the request gives (TF Serving answers 404 too)."""
+    status = 404
+
+
 class UnsupportedContentType(ServeError):
     status = 415
 
@@ -39,6 +44,11 @@ class UserCodeError(ServeError):
 
 
 class ModelNotReady(ServeError):
+    status = 503
+
+
+class Overloaded(ServeError):
+    """More requests queued than SAGEMAKER_TFS_MAX_ENQUEUED_BATCHES allows."""
     status = 503
 
 

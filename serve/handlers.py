@@ -15,8 +15,10 @@ import inspect
 import io
 import logging
 import re
+import threading
 from collections import namedtuple
 from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Protocol
@@ -24,10 +26,10 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 import numpy as np
 import orjson
 
-from . import codecs
+from . import codecs, examples
 from .batching import Batcher
-from .errors import RequestTimeout, ServeError, UserCodeError
-from .model import Model
+from .errors import BadRequest, Overloaded, RequestTimeout, ServeError, UserCodeError
+from .model import METHODS, Model, Repository, Signature
 
 if TYPE_CHECKING:
     import requests
@@ -58,30 +60,109 @@ class Result:
     content_type: str
 
 
+@dataclass(frozen=True)
+class Target:
+    """Which model, version and TF Serving method a request is for (None: the defaults)."""
+    name: str | None = None
+    version: str | None = None
+    method: str = "predict"
+
+    @classmethod
+    def of(cls, name: str | None, version: str | None, method: str | None) -> "Target":
+        method = method or "predict"
+        if method not in METHODS:
+            raise BadRequest(f"tfs-method={method} is not one of {', '.join(METHODS)}")
+        if version is not None and not version.isdigit():
+            raise BadRequest(f"tfs-model-version={version} is not a version number")
+        return cls(name or None, version, method)
+
+    @classmethod
+    def from_attributes(cls, header: str | None) -> "Target":
+        """X-Amzn-SageMaker-Custom-Attributes' tfs-model-name, tfs-model-version and tfs-method."""
+        attrs = tfs_attributes(header)
+        return cls.of(attrs.get("tfs-model-name"), attrs.get("tfs-model-version"), attrs.get("tfs-method"))
+
+
+@dataclass(frozen=True)
+class Servable:
+    """One loaded model version and the batcher that owns its calls."""
+    model: Model
+    batcher: Batcher
+
+
 class Handler(Protocol):
     def handle(self, invocation: Invocation) -> Result: ...
 
 
 class DefaultHandler:
-    def __init__(self, model: Model, batcher: Batcher, timeout: float):
-        self.model = model
-        self._batcher = batcher
+    """decode -> route (model, version, method) -> signature -> batcher -> encode."""
+
+    def __init__(self, repository: Repository[Servable], timeout: float, max_queued: int | None = None):
+        self.repository = repository
         self._timeout = timeout
+        self._max_queued = max_queued
+        self._queued = 0
+        self._lock = threading.Lock()
 
-    def _submit(self, inputs: codecs.Inputs, signature_name: str | None, arrival=None):
-        signature = self.model.signature(signature_name)
-        return self._batcher.submit(signature.name, signature.prepare(inputs), arrival)
+    @property
+    def model(self) -> Model:
+        return self.repository.get().model
 
-    def predict(self, inputs: codecs.Inputs, signature_name: str | None = None) -> dict[str, np.ndarray]:
-        return self._batcher.wait(self._submit(inputs, signature_name), self._timeout)
+    def predict(self, inputs: codecs.Inputs, signature_name: str | None = None,
+                target: Target = Target()) -> dict[str, np.ndarray]:
+        servable = self.repository.get(target.name, target.version)
+        signature = servable.model.signature(signature_name)
+        with self._admitted():
+            return servable.batcher.wait(servable.batcher.submit(signature.name, signature.prepare(inputs)),
+                                         self._timeout)
 
-    def handle(self, invocation: Invocation) -> Result:
-        accept = codecs.negotiate(invocation.accept)  # before any work: a 406 costs nothing
-        with self._batcher.arriving() as arrival:
-            decoded = codecs.decode(invocation.body, invocation.content_type)
-            future = self._submit(decoded.inputs, decoded.signature_name, arrival)
-        outputs = self._batcher.wait(future, self._timeout)
+    def handle(self, invocation: Invocation, target: Target | None = None) -> Result:
+        target = target or Target.from_attributes(invocation.custom_attributes)
+        servable = self.repository.get(target.name, target.version)  # a 404 costs nothing
+        accept = codecs.negotiate(invocation.accept)  # nor does a 406
+        with self._admitted():
+            with servable.batcher.arriving() as arrival:
+                decoded = codecs.decode(invocation.body, invocation.content_type)
+                method, signature, inputs = _request(servable.model, decoded, target)
+                future = servable.batcher.submit(signature.name, signature.prepare(inputs), arrival)
+            outputs = servable.batcher.wait(future, self._timeout)
+        if method != "predict":
+            return Result(*codecs.encode_results(method, outputs))
         return Result(*codecs.encode(outputs, accept, columnar=decoded.columnar))
+
+    @contextmanager
+    def _admitted(self):
+        """TF Serving's max_enqueued_batches: past it a request is refused at once, not queued."""
+        with self._lock:
+            if self._max_queued is not None and self._queued >= self._max_queued:
+                raise Overloaded(f"{self._queued} requests are already queued "
+                                 f"(SAGEMAKER_TFS_MAX_ENQUEUED_BATCHES x SAGEMAKER_TFS_MAX_BATCH_SIZE); retry later")
+            self._queued += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._queued -= 1
+
+
+def _request(model: Model, decoded: codecs.Decoded, target: Target) -> tuple[str, Signature, codecs.Inputs]:
+    """The method, signature and inputs a decoded body asks for, as TF Serving reads them."""
+    if decoded.examples is None:
+        if target.method != "predict":
+            raise BadRequest(f'{target.method} takes TF Serving\'s {{"examples": [...]}} body, '
+                             f'not "instances" or "inputs"')
+        return "predict", model.signature(decoded.signature_name), decoded.inputs
+    method = target.method
+    if method == "predict":  # the signature says what the examples are for
+        signature = model.signature(decoded.signature_name)
+        if signature.method == "predict":
+            raise BadRequest('"examples" are for classify and regress: send tfs-method=classify or regress in '
+                             'X-Amzn-SageMaker-Custom-Attributes (or POST to /v1/models/NAME:classify), '
+                             'and name a classify or regress signature in "signature_name"')
+        method = signature.method
+    else:
+        signature = model.signature(decoded.signature_name, method)
+    return method, signature, {signature.example_input: examples.serialize(decoded.examples, decoded.context)}
 
 
 class _Watchdog:
@@ -127,10 +208,12 @@ def _as_outputs(prediction: Any) -> dict[str, np.ndarray]:
     return {"output": np.asarray(prediction)}
 
 
-def _tfs_attributes(header: str | None) -> dict[str, str]:
+def tfs_attributes(header: str | None) -> dict[str, str]:
+    """The tfs-* key=value pairs of a custom-attributes header, found as AWS's container finds them."""
     if not header:
         return {}
-    return dict(m.split("=", 1) for m in re.findall(r"(tfs-[a-z\-]+=[^,]+)", header))
+    return {k.strip(): v.strip() for k, v in
+            (m.split("=", 1) for m in re.findall(r"(tfs-[a-z\-]+=[^,]+)", header))}
 
 
 class TfsHandler:
@@ -146,8 +229,8 @@ class TfsHandler:
         self._output = getattr(module, "output_handler", None)
 
     def context(self, invocation: Invocation) -> Context:
-        attrs = _tfs_attributes(invocation.custom_attributes)
-        name = attrs.get("tfs-model-name", self._default.model.name)
+        attrs = tfs_attributes(invocation.custom_attributes)
+        name = attrs.get("tfs-model-name", self._default.repository.default)
         version = attrs.get("tfs-model-version")
         method = attrs.get("tfs-method", "predict")
         uri = f"http://127.0.0.1:{self._port}/v1/models/{name}"
@@ -156,7 +239,7 @@ class TfsHandler:
                        invocation.content_type or codecs.JSON, invocation.accept or codecs.JSON,
                        len(invocation.body))
 
-    def model_response(self, request_body: Any) -> "requests.Response":
+    def model_response(self, request_body: Any, context: Context) -> "requests.Response":
         """What TF Serving's REST API would have answered, as the requests.Response scripts expect."""
         import requests  # only scripts of this style need it
 
@@ -164,7 +247,8 @@ class TfsHandler:
         response.headers["Content-Type"] = codecs.JSON
         response.encoding = "utf-8"
         try:
-            result = self._default.handle(Invocation(_to_bytes(request_body), codecs.JSON, codecs.JSON))
+            target = Target.of(context.model_name, context.model_version, context.method)
+            result = self._default.handle(Invocation(_to_bytes(request_body), codecs.JSON, codecs.JSON), target)
             response.status_code, response._content = 200, result.body
         except ServeError as exc:
             response.status_code, response._content = exc.status, codecs.encode_error(exc.message)
@@ -182,7 +266,7 @@ class TfsHandler:
             return Result(_to_bytes(body), content_type or context.accept_header)
         request_body = (_user_call("input_handler", self._input, data, context)
                         if self._input else invocation.body)
-        response = self.model_response(request_body)
+        response = self.model_response(request_body, context)
         if self._output is None:
             if response.status_code != 200:
                 raise ServeError(response.json()["error"], status=response.status_code)
@@ -224,9 +308,9 @@ class ToolkitHandler:
     def handle(self, invocation: Invocation) -> Result:
         return self._watchdog.run(lambda: self._handle(invocation))
 
-    def _default_predict(self, data: Any, signature_name: str | None) -> dict[str, np.ndarray]:
+    def _default_predict(self, data: Any, signature_name: str | None, target: Target) -> dict[str, np.ndarray]:
         if self._default is not None and isinstance(self._model, Model):
-            return self._default.predict(data, signature_name)
+            return self._default.predict(data, signature_name, target)
         model = self._model
         fn = getattr(model, "predict", None) or model
         return _as_outputs(_user_call("the model returned by model_fn", fn, data))
@@ -234,8 +318,10 @@ class ToolkitHandler:
     def _handle(self, invocation: Invocation) -> Result:
         content_type = invocation.content_type or codecs.JSON
         accept = invocation.accept or codecs.JSON
-        context = Context(getattr(self._model, "name", "model"), None, "predict", None, None, None,
-                          invocation.custom_attributes, content_type, accept, len(invocation.body))
+        target = Target.from_attributes(invocation.custom_attributes)
+        context = Context(target.name or getattr(self._model, "name", "model"), target.version, target.method,
+                          None, None, None, invocation.custom_attributes, content_type, accept,
+                          len(invocation.body))
         if self._fns["transform_fn"]:
             result = self._call("transform_fn", context, self._model, invocation.body, content_type, accept)
             return self._result(result, accept)
@@ -250,7 +336,7 @@ class ToolkitHandler:
         if self._fns["predict_fn"]:
             prediction = self._call("predict_fn", context, data, self._model)
         else:
-            prediction = self._default_predict(data, signature)
+            prediction = self._default_predict(data, signature, target)
         if self._fns["output_fn"]:
             return self._result(self._call("output_fn", context, prediction, accept), accept)
         return Result(*codecs.encode(_as_outputs(prediction), codecs.negotiate(invocation.accept), columnar))

@@ -1,8 +1,10 @@
-"""Where the model is in a model dir: the archive layout the server and the deploy command share.
+"""Where the models are in a model dir: the archive layout the server and the deploy command share.
 
 Layouts, as AWS's TensorFlow serving container accepts them:
-  <version>/saved_model.pb, <name>/<version>/saved_model.pb (highest numeric version wins),
-  saved_model.pb at the root, or a Keras .keras / .h5 file; user code lives in code/.
+  <version>/saved_model.pb (model name "model"), <name>/<version>/saved_model.pb for one or more
+  names, saved_model.pb at the root, or a Keras .keras / .h5 file; user code lives in code/.
+Every version folder is servable (as that container lists them all for TF Serving); the highest
+numeric version is a name's default, and the first name (sorted) the default model.
 File system only (no TensorFlow, no NumPy), so the `serve` master and `deploy` stay light.
 """
 from __future__ import annotations
@@ -40,19 +42,36 @@ def _versions(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name))
 
 
-def find_model(model_dir: Path) -> ModelLocation:
+def find_models(model_dir: Path) -> dict[str, list[ModelLocation]]:
+    """Every servable in MODEL_DIR: model name -> its versions, lowest first (so [-1] is the default).
+
+    Names are in sorted order, so the first is the default model when none is configured.
+    """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelNotFound(f"model directory {model_dir} does not exist")
     if (model_dir / "saved_model.pb").is_file():
-        return ModelLocation(model_dir, "savedmodel", "model", None)
+        return {"model": [ModelLocation(model_dir, "savedmodel", "model", None)]}
     versions = _versions(model_dir)
     if versions:
-        return ModelLocation(versions[-1], "savedmodel", "model", versions[-1].name)
+        return {"model": [ModelLocation(v, "savedmodel", "model", v.name) for v in versions]}
+    found = {}
     for sub in sorted(p for p in model_dir.iterdir() if p.is_dir() and p.name != CODE_DIR):
         versions = _versions(sub)
         if versions:
-            return ModelLocation(versions[-1], "savedmodel", sub.name, versions[-1].name)
+            found[sub.name] = [ModelLocation(v, "savedmodel", sub.name, v.name) for v in versions]
+    if found:
+        return found
+    location = _keras_file(model_dir)
+    return {location.name: [location]}
+
+
+def find_model(model_dir: Path) -> ModelLocation:
+    """The default servable: the first model name's highest version."""
+    return next(iter(find_models(model_dir).values()))[-1]
+
+
+def _keras_file(model_dir: Path) -> ModelLocation:
     keras_files = sorted(p for p in model_dir.rglob("*") if p.suffix in KERAS_SUFFIXES and p.is_file()
                          and p.relative_to(model_dir).parts[0] != CODE_DIR)
     if keras_files:

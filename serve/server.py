@@ -22,6 +22,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.workers.gthread import ThreadWorker
 
+from .readiness import Readiness
 from .redact import SecretFilter
 from .settings import Settings
 from .tuning import Tuning
@@ -115,6 +116,7 @@ class ServeApplication(BaseApplication):
         self._code = code
         self._secrets = secrets
         self.worker_state = None
+        self.readiness = Readiness.create(tuning.workers)  # before the fork: every worker shares it
         super().__init__()
 
     def load_config(self) -> None:
@@ -126,10 +128,11 @@ class ServeApplication(BaseApplication):
         from . import worker
         from .app import create_app
 
-        self.worker_state = worker.start(self._settings, self._tuning, self._code)
-        return create_app(self._settings, self.worker_state, self._tuning.workers, self._secrets)
+        self.worker_state = worker.start(self._settings, self._tuning, self._code, self.readiness)
+        return create_app(self._settings, self.worker_state, self._tuning.workers, self._secrets, self.readiness)
 
     def run(self) -> None:
+        self._master_pid = os.getpid()
         try:
             arbiter = Arbiter(self)
             # gunicorn's logger has handlers of its own; they must mask secrets as the app's do.
@@ -139,3 +142,6 @@ class ServeApplication(BaseApplication):
         except RuntimeError as exc:  # as gunicorn's own run() reports a configuration it cannot use
             print(f"serve: {exc}", file=sys.stderr)
             sys.exit(1)
+        finally:
+            if os.getpid() == self._master_pid:
+                self.readiness.remove()

@@ -2,7 +2,9 @@
 
 Nothing else in the package reads ``os.environ``: the rest of the code receives a
 ``Settings`` instance. Names follow SageMaker's own containers so that a
-``create_model`` Environment written for them keeps working here.
+``create_model`` Environment written for them keeps working here, and AWS's TensorFlow
+serving container's own names (``AWS_CONTAINER_ALIASES``) are read where they mean something
+here; ours win when both are set.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, PrivateAttr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOG_LEVELS = (10, 20, 30, 40, 50)
@@ -22,7 +24,9 @@ class SettingsError(ValueError):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SAGEMAKER_", extra="ignore", frozen=True)
+    # An empty variable means unset, as in a shell's VAR= (and a CreateModel Environment entry left blank).
+    model_config = SettingsConfigDict(env_prefix="SAGEMAKER_", extra="ignore", frozen=True, env_ignore_empty=True)
+    _aliases: dict = PrivateAttr(default_factory=dict)
 
     base_dir: Path = Field(Path("/opt/ml"), description="the model is read from BASE_DIR/model")
     bind_to_port: int = Field(8080, ge=1, le=65535)
@@ -39,6 +43,13 @@ class Settings(BaseSettings):
     submit_directory: Optional[str] = Field(None, description="folder or .tar.gz holding the script")
     region: Optional[str] = None
 
+    tfs_default_model_name: Optional[str] = Field(
+        None, description="model served when a request names none (default: the only or first one)")
+    tfs_max_enqueued_batches: Optional[int] = Field(
+        None, ge=1, description="refuse (503) requests beyond this many batches queued per worker")
+    tfs_nginx_loglevel: Optional[str] = Field(
+        None, description="AWS container's nginx log level, mapped to the access log: debug logs every "
+                          "request (and /ping), info every request, warn/error (default) failures only")
     tfs_enable_batching: bool = True
     tfs_max_batch_size: int = Field(32, ge=1, le=4096)
     tfs_batch_timeout_micros: int = Field(2000, ge=0, le=10_000_000)
@@ -57,6 +68,14 @@ class Settings(BaseSettings):
         if v not in LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(map(str, LOG_LEVELS))} (DEBUG..CRITICAL)")
         return v
+
+    @field_validator("tfs_nginx_loglevel")
+    @classmethod
+    def _nginx_level(cls, v: Optional[str]) -> Optional[str]:
+        allowed = ("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg")
+        if v is not None and v.lower() not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return v.lower() if v is not None else v
 
     @field_validator("tf_enable_onednn_opts")
     @classmethod
@@ -85,6 +104,45 @@ class Settings(BaseSettings):
     def batch_timeout_s(self) -> float:
         return self.tfs_batch_timeout_micros / 1e6
 
+    @property
+    def max_queued(self) -> int | None:
+        """Requests a worker may hold at once, TF Serving's max_enqueued_batches x max_batch_size."""
+        if self.tfs_max_enqueued_batches is None:
+            return None
+        return self.tfs_max_enqueued_batches * self.tfs_max_batch_size
+
+    @property
+    def aliases_applied(self) -> dict[str, str]:
+        """field -> the AWS-container variable that set it (see AWS_CONTAINER_ALIASES)."""
+        return dict(self._aliases)
+
+    @property
+    def access_log_level(self) -> str:
+        """'all' (with /ping), 'requests' or 'failures': what the access log shows at INFO."""
+        level = self.tfs_nginx_loglevel or "error"
+        return {"debug": "all", "info": "requests", "notice": "requests"}.get(level, "failures")
+
+
+# AWS's TensorFlow serving container's names for what a field here means, tried in order when
+# our own name is not set. The request timeout is the larger of the two timeouts, as there.
+AWS_CONTAINER_ALIASES = {
+    "model_server_workers": ("SAGEMAKER_GUNICORN_WORKERS", "SAGEMAKER_TFS_INSTANCE_COUNT"),
+    "model_server_threads": ("SAGEMAKER_GUNICORN_THREADS",),
+    "model_server_timeout": ("SAGEMAKER_GUNICORN_TIMEOUT_SECONDS", "SAGEMAKER_NGINX_PROXY_READ_TIMEOUT_SECONDS"),
+}
+# That container's names that mean nothing here, and why (named once in the start-up log).
+AWS_CONTAINER_UNUSED = {
+    "SAGEMAKER_TFS_NUM_BATCH_THREADS": "each worker runs one batch at a time; batches run in parallel "
+                                       "across workers (SAGEMAKER_MODEL_SERVER_WORKERS)",
+    "SAGEMAKER_TFS_WAIT_TIME_SECONDS": "there is no separate TF Serving process to wait for",
+    "SAGEMAKER_SAFE_PORT_RANGE": "no internal ports are opened; only SAGEMAKER_BIND_TO_PORT",
+    "SAGEMAKER_GUNICORN_WORKER_CLASS": "the worker class is fixed (gthread, see README)",
+    "SAGEMAKER_TFS_VERSION": "TensorFlow's version is the image's",
+}
+# Set by SageMaker itself for purposes outside the server; not worth a log line.
+_PLATFORM = ("SAGEMAKER_BATCH", "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", "SAGEMAKER_BATCH_STRATEGY",
+             "SAGEMAKER_ENABLE_CLOUDWATCH_METRICS", "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT")
+
 
 _SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|API_KEY|ACCESS_KEY", re.I)
 
@@ -103,16 +161,57 @@ def env_name(field: str) -> str:
     return "SAGEMAKER_" + field.upper()
 
 
+def _aws_values(overrides: dict) -> dict[str, str]:
+    """Values for fields whose own variable is unset, from AWS's container's names; field -> name used."""
+    used = {}
+    for field, names in AWS_CONTAINER_ALIASES.items():
+        if field in overrides or os.environ.get(env_name(field), "").strip():
+            continue
+        present = [n for n in names if os.environ.get(n, "").strip()]
+        if not present:
+            continue
+        if field == "model_server_timeout":  # the larger of gunicorn's and nginx's, as there
+            try:
+                values = {n: int(os.environ[n]) for n in present}
+            except ValueError:
+                bad = next(n for n in present if not os.environ[n].strip().lstrip("-").isdigit())
+                raise SettingsError(f"invalid configuration: {bad}={os.environ[bad]!r}: must be whole seconds")
+            name = max(values, key=values.get)
+            overrides[field] = values[name]
+        else:
+            name = present[0]
+            overrides[field] = os.environ[name]
+            if field == "model_server_threads" and os.environ[name].strip() == "1":
+                overrides[field] = 2  # /ping keeps a thread of its own; that container's default is 1
+        used[field] = name
+    return used
+
+
+def unused_variables() -> dict[str, str]:
+    """SAGEMAKER_* variables that are set but mean nothing here: name -> why."""
+    known = {env_name(f) for f in Settings.model_fields}
+    known.update(n for names in AWS_CONTAINER_ALIASES.values() for n in names)
+    unused = {}
+    for name in sorted(os.environ):
+        if not name.startswith("SAGEMAKER_") or name in known or name in _PLATFORM:
+            continue
+        unused[name] = AWS_CONTAINER_UNUSED.get(name, "not a setting of this server")
+    return unused
+
+
 def load_settings(**overrides) -> Settings:
     """Read the environment; raise SettingsError naming each bad variable and its value."""
+    used = _aws_values(overrides)
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             field = str(err["loc"][0]) if err["loc"] else "?"
-            name = env_name(field) if field in Settings.model_fields else field
+            name = used.get(field) or (env_name(field) if field in Settings.model_fields else field)
             value = err.get("input")
             msg = err["msg"].removeprefix("Value error, ")
             problems.append(f"{name}={value!r}: {msg}")
         raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
+    settings._aliases = used
+    return settings

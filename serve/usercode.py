@@ -3,7 +3,10 @@
 Sources, as SageMaker's framework containers read them: ``SAGEMAKER_PROGRAM`` inside
 ``SAGEMAKER_SUBMIT_DIRECTORY`` (a folder, a .tar.gz, or an s3:// URI of one), else
 ``code/inference.py`` inside the model dir. ``code/lib`` goes on the import path and
-``code/requirements.txt`` is installed before any worker starts.
+``code/requirements.txt`` is installed before any worker starts, unless ``code/lib`` exists:
+then, as in AWS's TensorFlow container, the packages are taken to be in lib/ already (that is
+how network-isolated endpoints, where pip reaches no index, ship them) and requirements.txt is
+not installed.
 """
 from __future__ import annotations
 
@@ -93,6 +96,10 @@ def locate(settings: Settings) -> CodeLocation | None:
 def install_requirements(code: CodeLocation) -> None:
     requirements = code.directory / "requirements.txt"
     if not requirements.is_file():
+        return
+    if (code.directory / "lib").is_dir():
+        log.warning("not installing %s: %s exists, so its modules are used instead (as AWS's TensorFlow "
+                    "container does)", requirements, code.directory / "lib")
         return
     log.info("installing %s", requirements)
     proc = subprocess.run(

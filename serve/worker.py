@@ -21,8 +21,9 @@ from typing import Any
 
 from . import handlers
 from .batching import Batcher
-from .layout import find_model
-from .model import Model, configure_threads, load_model
+from .layout import ModelLocation, find_models
+from .model import Model, Repository, configure_threads, load_model
+from .readiness import Readiness
 from .settings import Settings
 from .tuning import Tuning
 from .usercode import CodeLocation, import_script
@@ -43,14 +44,31 @@ class WorkerState:
         return self.status == "ready"
 
 
-def start(settings: Settings, tuning: Tuning, code: CodeLocation | None) -> WorkerState:
+def start(settings: Settings, tuning: Tuning, code: CodeLocation | None,
+          readiness: Readiness | None = None) -> WorkerState:
     state = WorkerState()
-    threading.Thread(target=_load, args=(state, settings, tuning, code), name="model-loader",
+    threading.Thread(target=_load, args=(state, settings, tuning, code, readiness), name="model-loader",
                      daemon=True).start()
     return state
 
 
-def _load(state: WorkerState, settings: Settings, tuning: Tuning, code: CodeLocation | None) -> None:
+def _servable(model: Model, settings: Settings) -> handlers.Servable:
+    batcher = Batcher(lambda sig, feed: model.signatures[sig].call(feed),
+                      max_batch_size=settings.tfs_max_batch_size if settings.tfs_enable_batching else 1,
+                      max_wait=settings.batch_timeout_s,
+                      batchable=lambda sig: model.signatures[sig].batched)
+    return handlers.Servable(model, batcher)
+
+
+def _load_all(locations: dict[str, list[ModelLocation]], settings: Settings) -> Repository[handlers.Servable]:
+    """Every version of every model in the model dir, as AWS's container has TF Serving load them."""
+    entries = {name: {loc.version: _servable(load_model(loc), settings) for loc in versions}
+               for name, versions in locations.items()}
+    return Repository(entries, settings.tfs_default_model_name or next(iter(entries)))
+
+
+def _load(state: WorkerState, settings: Settings, tuning: Tuning, code: CodeLocation | None,
+          readiness: Readiness | None) -> None:
     started = time.perf_counter()
     step = "setting TensorFlow's thread pools"
     try:
@@ -59,27 +77,28 @@ def _load(state: WorkerState, settings: Settings, tuning: Tuning, code: CodeLoca
         module = import_script(code) if code else None
         style = handlers.style_of(module)
         model: Any
+        repository = None
         if module is not None and hasattr(module, "model_fn"):
             step = f"{code.script.name}: model_fn({settings.model_dir})"
             model = module.model_fn(str(settings.model_dir))
             described = f"model_fn({settings.model_dir}) -> {type(model).__name__}"
+            if isinstance(model, Model):  # ours, not whatever a model_fn returned
+                repository = Repository({model.name: {model.version: _servable(model, settings)}}, model.name)
         else:
             step = f"loading the model from {settings.model_dir}"
-            model = load_model(find_model(settings.model_dir))
-            described = str(model.location)
+            repository = _load_all(find_models(settings.model_dir), settings)
+            model = repository.get().model
+            described = f"{len(list(repository))} servable(s): {repository.describe()}, default '{repository.default}'"
         step = "warming up the model"
         default = None
-        if isinstance(model, Model):  # ours, not whatever a model_fn returned
-            batcher = Batcher(lambda sig, feed: model.signatures[sig].call(feed),
-                              max_batch_size=settings.tfs_max_batch_size if settings.tfs_enable_batching else 1,
-                              max_wait=settings.batch_timeout_s,
-                              batchable=lambda sig: model.signatures[sig].batched)
-            default = handlers.DefaultHandler(model, batcher, settings.model_server_timeout)
-            warm = model.warm_up()
-            for sig in model.signatures.values():
-                log.info("signature %s", sig.describe())
-        else:
-            warm = 0.0
+        warm = 0.0
+        if repository is not None:
+            default = handlers.DefaultHandler(repository, settings.model_server_timeout, settings.max_queued)
+            for servable in repository:
+                warm += servable.model.warm_up()
+                for sig in servable.model.signatures.values():
+                    log.info("%s version %s (%s loader) signature %s", servable.model.name,
+                             servable.model.version or "-", servable.model.loader, sig.describe())
         step = f"checking {code.script.name}" if code else "building the handler"
         state.default = default
         state.handler = handlers.build_handler(module, model, default, settings.bind_to_port,
@@ -87,6 +106,8 @@ def _load(state: WorkerState, settings: Settings, tuning: Tuning, code: CodeLoca
         gc.collect()
         gc.freeze()  # TensorFlow's objects never die; keep full collections from walking them
         state.status = "ready"
+        if readiness is not None:
+            readiness.mark_ready()
         log.info("ready in %.1f s: %s, user code: %s (%s), warm-up %.0f ms, batching %s",
                  time.perf_counter() - started, described, code.script if code else "none", style,
                  warm * 1000, f"max {settings.tfs_max_batch_size}, wait {settings.tfs_batch_timeout_micros} us"

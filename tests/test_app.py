@@ -33,7 +33,7 @@ def test_ping_is_503_until_the_model_is_loaded_and_warm(mlp_model_dir):
 def test_start_line_states_the_effective_settings(mlp_server):
     line = next(l for l in mlp_server.logs().splitlines() if "serve " in l and " on 0.0.0.0:" in l)
     for field in ("arch=", "vcpus=", "workers=1", "intra_op_threads=", "inter_op_threads=",
-                  "TF_ENABLE_ONEDNN_OPTS=1", "DNNL_DEFAULT_FPMATH_MODE=", "model savedmodel", "serving_default"):
+                  "TF_ENABLE_ONEDNN_OPTS=1", "DNNL_DEFAULT_FPMATH_MODE=", "models model (versions 0, 1)", "serving_default"):
         assert field in line, field
 
 

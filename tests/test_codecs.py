@@ -51,6 +51,75 @@ def test_csv():
     assert codecs.decode(b"1,2,3", "text/csv").inputs.shape == (1, 3)
 
 
+# -- AWS's TensorFlow serving container's conventions (issue 10) ----------------------------------
+
+def test_csv_single_column_is_one_scalar_per_line():
+    d = codecs.decode(b"1.5\n2\n3\n", "text/csv")
+    assert d.inputs.shape == (3,)
+    np.testing.assert_array_equal(d.inputs, [1.5, 2, 3])
+
+
+def test_csv_text_is_strings():
+    d = codecs.decode(b"great movie\nawful\n", "text/csv")
+    assert d.inputs.tolist() == ["great movie", "awful"]
+    d = codecs.decode(b"a,b\nc,d\n", "text/csv")
+    assert d.inputs.tolist() == [["a", "b"], ["c", "d"]]
+
+
+@pytest.mark.parametrize("body, shape", [
+    (b"[1, 2, 3, 4]", (1, 4)),                 # first element not an array: one instance
+    (b"[[1, 2, 3, 4]]", (1, 4)),               # an array of instances, as before
+    (b"5", (1,)),                              # a scalar: one instance
+])
+def test_bare_json_is_one_instance_unless_it_is_a_list_of_arrays(body, shape):
+    assert codecs.decode(body, "application/json").inputs.shape == shape
+
+
+def test_bare_json_object_is_one_instance_of_named_inputs():
+    d = codecs.decode(b'{"features": [1, 2, 3, 4], "count": 2}', "application/json")
+    assert d.inputs["features"].shape == (1, 4) and d.inputs["count"].tolist() == [2]
+
+
+def test_several_json_documents_are_one_instance_each():
+    for ctype in ("application/json", "application/jsons", "application/jsonlines"):
+        d = codecs.decode(b"[1, 2]\n[3, 4]\n[5, 6]\n", ctype)
+        np.testing.assert_array_equal(d.inputs, [[1, 2], [3, 4], [5, 6]])
+    d = codecs.decode(b'{"x": [1]}\n{"x": [2]}\n', "application/json")
+    np.testing.assert_array_equal(d.inputs["x"], [[1], [2]])
+
+
+def test_one_jsonlines_line_is_read_as_a_json_body():
+    d = codecs.decode(b'{"instances": [[1, 2], [3, 4]]}\n', "application/jsonlines")
+    assert d.inputs.shape == (2, 2)
+    assert codecs.decode(b"[[1, 2], [3, 4]]", "application/jsonlines").inputs.shape == (2, 2)
+
+
+def test_b64_values_are_bytes_and_bytes_outputs_are_b64():
+    d = codecs.decode(b'{"instances": [{"b64": "AAEC"}, {"b64": "/w=="}]}', "application/json")
+    assert d.inputs.dtype == object and d.inputs.tolist() == [b"\x00\x01\x02", b"\xff"]
+    d = codecs.decode(b'{"instances": [{"image": {"b64": "AA=="}, "caption": "sea"}]}', "application/json")
+    assert d.inputs["image"].tolist() == [b"\x00"] and d.inputs["caption"].tolist() == ["sea"]
+    body, _ = codecs.encode({"thumb_bytes": np.array([b"\x00\xff"], object)}, codecs.JSON)
+    assert json.loads(body) == {"predictions": [{"b64": "AP8="}]}
+    body, _ = codecs.encode({"label": np.array([b"cat"], object)}, codecs.JSON)
+    assert json.loads(body) == {"predictions": ["cat"]}
+
+
+def test_examples_body():
+    d = codecs.decode(b'{"signature_name": "s", "examples": [{"x": 1.0}], "context": {"c": 2}}', None)
+    assert d.examples == [{"x": 1.0}] and d.context == {"c": 2} and d.signature_name == "s" and d.inputs is None
+
+
+def test_results_encoding_like_tf_serving():
+    body, _ = codecs.encode_results("regress", {"outputs": np.array([[2.5], [3.0]], np.float32)})
+    assert json.loads(body) == {"results": [2.5, 3.0]}
+    body, _ = codecs.encode_results("classify", {"classes": np.array([[b"a", b"b"]], object),
+                                                 "scores": np.array([[0.25, 0.75]], np.float32)})
+    assert json.loads(body) == {"results": [[["a", 0.25], ["b", 0.75]]]}
+    body, _ = codecs.encode_results("classify", {"scores": np.array([[0.5, 0.5]], np.float32)})
+    assert json.loads(body) == {"results": [[["", 0.5], ["", 0.5]]]}
+
+
 def test_npy_and_npz():
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     buf = io.BytesIO(); np.save(buf, x)
@@ -62,11 +131,12 @@ def test_npy_and_npz():
 
 @pytest.mark.parametrize("body, ctype, fragment", [
     (b"{not json", "application/json", "not valid JSON"),
-    (b'{"data": [1]}', "application/json", '"instances"'),
     (b'{"instances": 5}', "application/json", "must be a list"),
     (b'{"instances": [[1, 2], [3]]}', "application/json", "same shape"),
-    (b'"text"', "application/json", "must be"),
-    (b"1,2\nthree,4\n", "text/csv", "numbers only"),
+    (b'{"instances": [1], "examples": []}', "application/json", "not several"),
+    (b"1,2\nthree\n", "text/csv", "same number of columns"),
+    (b"\xff,\xfe\n", "text/csv", "UTF-8"),
+    (b'{"instances": [{"b64": "not base64!"}]}', "application/json", "base64"),
     (b"not an array", "application/x-npy", ".npy"),
     (b"", "application/json", "empty"),
     (b"[1]\n{oops\n", "application/jsonlines", "line 2"),
@@ -94,6 +164,11 @@ def test_unsupported_content_type():
     ("text/csv", codecs.CSV), ("application/jsonlines", codecs.JSONLINES),
     ("application/x-npy", codecs.NPY), ("image/png, text/csv;q=0.5", codecs.CSV),
     ("text/csv;q=0.2, application/json;q=0.9", codecs.JSON),
+    # several types at one quality: the first listed, as AWS's container labels its answer
+    ("application/jsonlines, application/json", codecs.JSONLINES),
+    ("application/json,application/jsonlines", codecs.JSON),
+    ("application/json; charset=utf-8", codecs.JSON), ("text/csv; charset=UTF-8", codecs.CSV),
+    ("text/*", codecs.CSV), ("application/*", codecs.JSON), ("image/png;q=0, */*;q=0.1", codecs.JSON),
 ])
 def test_negotiate(header, expected):
     assert codecs.negotiate(header) == expected

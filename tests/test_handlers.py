@@ -44,7 +44,7 @@ import json, os, time
 import numpy as np
 import tensorflow as tf
 import {package}
-from scaling import SCALE  # from code/lib
+from scaling import SCALE  # next to inference.py (code/lib with requirements.txt: see test_compat)
 
 
 def model_fn(model_dir):
@@ -77,7 +77,8 @@ def toolkit_server(mlp_model_dir, tmp_path_factory):
     package = f"smtest_{uuid.uuid4().hex[:8]}"
     wheel = make_wheel(tmp, package, "VALUE = 42\n")
     model_dir = mlp_model_dir.with_code(tmp / "model", TOOLKIT_SCRIPT.format(package=package),
-                                        requirements=f"{wheel}\n", lib={"scaling.py": "SCALE = 1.0\n"})
+                                        requirements=f"{wheel}\n")
+    (model_dir / "code" / "scaling.py").write_text("SCALE = 1.0\n")
     try:
         with start_host_server(model_dir, {"SAGEMAKER_MODEL_SERVER_TIMEOUT": "4"}) as server:
             yield server

@@ -1,0 +1,61 @@
+"""Whether every HTTP worker can answer, known to each of them, for /ping.
+
+SageMaker sends traffic as soon as /ping first answers 200. A worker's own /ping only knows
+about itself, so with several workers the first one to load would say 200 while the others
+still answer 503. The master makes a private directory before it forks; each worker drops a
+file named by its pid there once it has loaded, and /ping is 200 only when as many live
+workers have done so as the server was started with. Once that has happened it stays so
+(latched in the directory): a replacement for a worker that died loads before it accepts
+connections, so it never answers 503 to anyone meanwhile.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+_ALL = "all-ready"
+
+
+class Readiness:
+    def __init__(self, directory: Path, expected: int):
+        self.directory = Path(directory)
+        self.expected = expected
+        self._latched = False
+
+    @classmethod
+    def create(cls, expected: int) -> "Readiness":
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        return cls(Path(tempfile.mkdtemp(prefix="serve-ready-", dir=shm)), expected)
+
+    def mark_ready(self) -> None:
+        (self.directory / str(os.getpid())).touch()
+
+    def ready_workers(self) -> int:
+        count = 0
+        for entry in self.directory.iterdir():
+            if entry.name.isdigit() and _alive(int(entry.name)):
+                count += 1
+        return count
+
+    def all_ready(self) -> bool:
+        if self._latched:
+            return True
+        if (self.directory / _ALL).exists() or self.ready_workers() >= self.expected:
+            (self.directory / _ALL).touch()
+            self._latched = True
+        return self._latched
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
