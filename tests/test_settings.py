@@ -81,3 +81,77 @@ def test_secret_values_are_the_credentials_in_the_environment(monkeypatch):
     values = set(secret_values())
     assert values == {"secret-access-key-value", "session-token-value", "AKIAIOSFODNN7EXAMPLE",
                       "my-api-key-value"}
+
+
+# -- AWS's TensorFlow serving container's names (issue 10) ------------------------------------------
+
+AWS_NAMES = ("SAGEMAKER_MODEL_SERVER_WORKERS", "SAGEMAKER_GUNICORN_WORKERS", "SAGEMAKER_TFS_INSTANCE_COUNT",
+             "SAGEMAKER_MODEL_SERVER_THREADS", "SAGEMAKER_GUNICORN_THREADS", "SAGEMAKER_MODEL_SERVER_TIMEOUT",
+             "SAGEMAKER_GUNICORN_TIMEOUT_SECONDS", "SAGEMAKER_NGINX_PROXY_READ_TIMEOUT_SECONDS")
+
+
+@pytest.fixture
+def clean_aws_env(monkeypatch):
+    for name in AWS_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_aws_container_names_fill_in_ours(clean_aws_env):
+    clean_aws_env.setenv("SAGEMAKER_GUNICORN_WORKERS", "3")
+    clean_aws_env.setenv("SAGEMAKER_TFS_INSTANCE_COUNT", "5")
+    clean_aws_env.setenv("SAGEMAKER_GUNICORN_THREADS", "1")
+    clean_aws_env.setenv("SAGEMAKER_GUNICORN_TIMEOUT_SECONDS", "120")
+    clean_aws_env.setenv("SAGEMAKER_NGINX_PROXY_READ_TIMEOUT_SECONDS", "45")
+    s = load_settings()
+    assert (s.model_server_workers, s.model_server_threads, s.model_server_timeout) == (3, 2, 120)
+    assert s.aliases_applied == {"model_server_workers": "SAGEMAKER_GUNICORN_WORKERS",
+                                 "model_server_threads": "SAGEMAKER_GUNICORN_THREADS",
+                                 "model_server_timeout": "SAGEMAKER_GUNICORN_TIMEOUT_SECONDS"}
+
+
+def test_ours_win_over_aws_container_names(clean_aws_env):
+    clean_aws_env.setenv("SAGEMAKER_GUNICORN_WORKERS", "3")
+    clean_aws_env.setenv("SAGEMAKER_MODEL_SERVER_WORKERS", "7")
+    clean_aws_env.setenv("SAGEMAKER_NGINX_PROXY_READ_TIMEOUT_SECONDS", "300")
+    clean_aws_env.setenv("SAGEMAKER_MODEL_SERVER_TIMEOUT", "10")
+    s = load_settings()
+    assert (s.model_server_workers, s.model_server_timeout, s.aliases_applied) == (7, 10, {})
+
+
+def test_bad_aws_container_value_names_that_variable(clean_aws_env):
+    clean_aws_env.setenv("SAGEMAKER_GUNICORN_WORKERS", "many")
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert "SAGEMAKER_GUNICORN_WORKERS='many'" in str(err.value)
+
+
+def test_unused_sagemaker_variables_are_reported_not_refused(clean_aws_env):
+    from serve.settings import unused_variables
+
+    clean_aws_env.setenv("SAGEMAKER_TFS_NUM_BATCH_THREADS", "4")
+    clean_aws_env.setenv("SAGEMAKER_SOMETHING_ELSE", "x")
+    clean_aws_env.setenv("SAGEMAKER_TFS_DEFAULT_MODEL_NAME", "half")
+    load_settings()
+    unused = unused_variables()
+    assert "one batch at a time" in unused["SAGEMAKER_TFS_NUM_BATCH_THREADS"]
+    assert "SAGEMAKER_SOMETHING_ELSE" in unused and "SAGEMAKER_TFS_DEFAULT_MODEL_NAME" not in unused
+
+
+def test_max_enqueued_batches_bounds_the_queue(clean_aws_env):
+    clean_aws_env.setenv("SAGEMAKER_TFS_MAX_ENQUEUED_BATCHES", "3")
+    clean_aws_env.setenv("SAGEMAKER_TFS_MAX_BATCH_SIZE", "8")
+    assert load_settings().max_queued == 24
+
+
+def test_readiness_counts_live_workers_and_latches(tmp_path):
+    from serve.readiness import Readiness
+
+    ready = Readiness(tmp_path, expected=2)
+    ready.mark_ready()                      # this process
+    (tmp_path / "999999999").touch()        # a worker that died (no such pid)
+    assert ready.ready_workers() == 1 and not ready.all_ready()
+    (tmp_path / str(os.getppid())).touch()  # a second live process
+    assert ready.all_ready()
+    (tmp_path / str(os.getppid())).unlink()
+    assert Readiness(tmp_path, expected=2).all_ready()  # latched for every worker, also later ones
