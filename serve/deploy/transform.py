@@ -101,7 +101,7 @@ def check_spec(spec: TransformSpec) -> None:
 def log_location(region: str, job: str) -> str:
     group = "/aws/sagemaker/TransformJobs"
     url = (f"https://{region}.console.aws.amazon.com/cloudwatch/home?region={region}#logsV2:log-groups/"
-           f"log-group/{quote(quote(group, safe=''), safe='')}$3FlogStreamNameFilter$3D{job}")
+           f"log-group/{quote(quote(group, safe=''), safe='').replace('%', '$')}$3FlogStreamNameFilter$3D{job}")
     return f"CloudWatch log group {group}, streams {job}/... ({url})"
 
 
