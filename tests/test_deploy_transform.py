@@ -205,6 +205,17 @@ def test_timeout_stops_the_job_and_deletes_the_model(capsys, transform_moto, ecr
     assert sm().list_models()["Models"] == []
 
 
+def test_losing_track_of_a_running_job_keeps_its_model_and_says_so(capsys, transform_moto, ecr_images, model_tgz):
+    mt.script_next_job(["InProgress"])
+    mt.fail_next("describe_transform_job", "Rate exceeded")
+    code, out, err = transform(capsys, transform_moto, ecr_images["multi"], model_tgz)
+    assert code == 1 and "Rate exceeded" in err
+    job = only_job()
+    assert f"transform job {job['TransformJobName']} may still be running" in err
+    assert mt.calls("stop_transform_job") == []
+    assert [m["ModelName"] for m in sm().list_models()["Models"]] == [job["ModelName"]]
+
+
 def _run_and_interrupt(transform_moto, ecr_images, model_tgz, *extra):
     put_input()
     proc = subprocess.Popen([DEPLOY, "transform", "--image", ecr_images["multi"], "--model-data", str(model_tgz),

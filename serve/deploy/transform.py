@@ -32,15 +32,12 @@ from urllib.parse import quote
 
 import botocore.exceptions
 
-from . import archive, endpoint, instance
+from . import archive, endpoint, instance, interrupts
 from .aws import Aws, error_message
 from .endpoint import Created, Reporter
 from .errors import DeployError
 
-try:    # exit 2 for local checks where errors.py has it (issue 16); a plain DeployError otherwise
-    from .errors import UsageError
-except ImportError:  # pragma: no cover
-    UsageError = DeployError
+from .errors import UsageError   # exit 2: refused before any network call
 
 ROLLBACK, KEEP = "rollback", "keep"
 TERMINAL = {"Completed", "Failed", "Stopped"}
@@ -156,7 +153,31 @@ class _TimedOut(DeployError):
 
 
 def _is_stop(exc: BaseException) -> bool:
-    return isinstance(exc, (KeyboardInterrupt, _TimedOut)) or type(exc).__name__ == "Interrupted"
+    """A signal (interrupts.Interrupted, or KeyboardInterrupt) or --timeout: --on-interrupt applies."""
+    return isinstance(exc, (KeyboardInterrupt, _TimedOut, interrupts.Interrupted))
+
+
+def _after_stop(aws: Aws, spec: TransformSpec, exc: BaseException, job: str | None, model: str,
+                reporter: Reporter) -> bool:
+    """What a failure or stop while the job exists means for it; True when the model must stay."""
+    if job is None:
+        return False
+    follow = (f"follow it with `aws sagemaker describe-transform-job --transform-job-name {job}`, "
+              f"stop it with `aws sagemaker stop-transform-job --transform-job-name {job}`, "
+              f"then `aws sagemaker delete-model --model-name {model}`")
+    if not _is_stop(exc):          # lost track of it (the network, say): it may well be running
+        reporter.info(f"transform job {job} may still be running; {follow}")
+        return True
+    what = str(exc) if isinstance(exc, _TimedOut) else f"interrupted ({exc or 'SIGINT'})"
+    if spec.on_interrupt == KEEP:
+        reporter.info(f"{what}: transform job {job} keeps running (--on-interrupt keep); {follow}")
+        return True
+    reporter.info(f"{what}: stopping transform job {job}")
+    try:
+        aws.sagemaker.stop_transform_job(TransformJobName=job)
+    except botocore.exceptions.ClientError as err:
+        reporter.info(f"could not stop {job}: {error_message(err)}")
+    return False
 
 
 def _delete_model(aws: Aws, model: str, reporter: Reporter) -> bool:
@@ -242,8 +263,7 @@ def _run_job(aws: Aws, spec: TransformSpec, local: tuple[Path, bool] | None, rep
     job = spec.name or endpoint.resource_name("tf-graviton-transform", stamp)
     model = endpoint.resource_name(job if spec.name else "tf-graviton-transform", stamp)
     created = Created()
-    desc = None
-    keep_model = False
+    job_created = False
     try:
         model_url, has_code = _stage(aws, spec.model_data, local, spec.bucket, model, reporter, created)
         env = {**endpoint.default_env(aws.region, has_code), **spec.env}
@@ -261,35 +281,21 @@ def _run_job(aws: Aws, spec: TransformSpec, local: tuple[Path, bool] | None, rep
                       f"{spec.input} -> {spec.output})"
                       + (f"; {', '.join(left_to_container)} from the container's /execution-parameters"
                          if left_to_container else ""))
-        try:
-            desc = wait_for_job(aws, job, reporter, timeout=spec.timeout, poll=spec.poll)
-        except BaseException as exc:
-            if not _is_stop(exc):
-                raise
-            what = str(exc) if isinstance(exc, _TimedOut) else "interrupted"
-            if spec.on_interrupt == KEEP:
-                keep_model = True
-                reporter.info(f"{what}: transform job {job} keeps running (--on-interrupt keep); "
-                              f"follow it with `aws sagemaker describe-transform-job --transform-job-name {job}`, "
-                              f"stop it with `aws sagemaker stop-transform-job --transform-job-name {job}`, "
-                              f"then `aws sagemaker delete-model --model-name {model}`")
-            else:
-                reporter.info(f"{what}: stopping transform job {job}")
-                try:
-                    aws.sagemaker.stop_transform_job(TransformJobName=job)
-                except botocore.exceptions.ClientError as err:
-                    reporter.info(f"could not stop {job}: {error_message(err)}")
-            raise
+        job_created = True
+        desc = wait_for_job(aws, job, reporter, timeout=spec.timeout, poll=spec.poll)
     except BaseException as exc:
-        if created.model and not keep_model:
-            _delete_model(aws, created.model, reporter)
-        if created.model is None and created.s3_object:   # nothing uses the upload
-            bucket, key = created.s3_object
-            try:
-                aws.s3.delete_object(Bucket=bucket, Key=key)
-                reporter.info(f"deleted s3://{bucket}/{key}")
-            except botocore.exceptions.ClientError as err:
-                reporter.info(f"could not delete s3://{bucket}/{key}: {error_message(err)}")
+        # the clean-up runs to its end: further signals are reported, not obeyed
+        with interrupts.shielded(reporter.info):
+            keep_model = _after_stop(aws, spec, exc, job if job_created else None, model, reporter)
+            if created.model and not keep_model:
+                _delete_model(aws, created.model, reporter)
+            if created.model is None and created.s3_object:   # nothing uses the upload
+                bucket, key = created.s3_object
+                try:
+                    aws.s3.delete_object(Bucket=bucket, Key=key)
+                    reporter.info(f"deleted s3://{bucket}/{key}")
+                except botocore.exceptions.ClientError as err:
+                    reporter.info(f"could not delete s3://{bucket}/{key}: {error_message(err)}")
         if isinstance(exc, (DeployError, KeyboardInterrupt)) or _is_stop(exc):
             raise
         if isinstance(exc, botocore.exceptions.ClientError):
