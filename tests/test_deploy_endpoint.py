@@ -330,3 +330,267 @@ def test_progress_line_on_a_tty_rewrites_itself():
     assert text.startswith("\rdigits: Creating (0m01s)")
     assert "\rdigits: Creating (1m15s)" in text
     assert text.endswith("\ndone\n")
+
+
+# --- issue 16: local checks first, any endpoint, the AWS CLI's conventions ---------------------
+
+def _bad_archive(tmp_path, kind):
+    if kind == "junk":
+        p = tmp_path / "junk.tar.gz"
+        p.write_bytes(b"this is not a tarball")
+        return p
+    if kind == "no-model":
+        src = tmp_path / "nomodel"
+        src.mkdir()
+        (src / "README.txt").write_text("no model here")
+        p = tmp_path / "nomodel.tar.gz"
+        with tarfile.open(p, "w:gz") as tar:
+            tar.add(src / "README.txt", "README.txt")
+        return p
+    if kind == "truncated":
+        good = tmp_path / "good"
+        (good / "1").mkdir(parents=True)
+        (good / "1" / "saved_model.pb").write_bytes(bytes(range(256)) * 400)
+        p = tmp_path / "trunc.tar.gz"
+        with tarfile.open(p, "w:gz") as tar:
+            tar.add(good / "1", "1")
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+        return p
+    folder = tmp_path / "empty-folder"
+    folder.mkdir()
+    return folder
+
+
+LOCAL_REFUSALS = [
+    # (extra args replacing the defaults, expected message part)
+    ({"--name": "my_model"}, "has '_' at position 3: SageMaker names allow only letters, digits and hyphens"),
+    ({"--name": "x" * 64}, "is 64 characters long: SageMaker allows at most 63"),
+    ({"--name": "web-"}, "ends with a hyphen"),
+    ({"--name": "-web"}, "starts with a hyphen"),
+    ({"--instance-type": "ml.c7g.xlargee"}, "not in SageMaker's list of hosting instance types (as of 2026-12-01"),
+    ({"--instance-type": "c7g.xlarge"}, "is not of the form ml.<family>.<size>"),
+    ({"--instance-count": "0"}, "--instance-count must be at least 1"),
+    ({"--image": "sagemaker-tf-graviton:dev"}, "is a local or Docker Hub name: a SageMaker endpoint pulls its image "
+                                               "only from Amazon ECR in the endpoint's region (eu-west-1)"),
+    ({"--image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/sagemaker-tf-graviton:multi"},
+     "is in ECR in us-east-1 but the endpoint is in eu-west-1"),
+    ({"--role": None}, "an execution role is required: pass --role"),
+    ({"--role": "SageMakerExecutionRole"}, "is not an IAM role ARN"),
+    ({"--env": "NOEQUALS"}, "--env 'NOEQUALS' is not KEY=VALUE"),
+    ({"--model-data": "junk"}, "is not a tar archive (SageMaker wants a gzip-compressed tar, model.tar.gz)"),
+    ({"--model-data": "no-model"}, "no loadable model in archive"),
+    ({"--model-data": "truncated"}, "is a damaged or truncated tar archive"),
+    ({"--model-data": "folder"}, "no loadable model in"),
+    ({"--model-data": "missing"}, "does not exist"),
+    ({"--model-data": "s3://Bad_Bucket/x"}, "is not an s3://BUCKET/KEY URI"),
+]
+
+
+@pytest.mark.parametrize("change,message", LOCAL_REFUSALS, ids=[m[:40] for _, m in LOCAL_REFUSALS])
+def test_every_local_check_refuses_before_any_call(capsys, aws_env, ecr_images, model_tgz, tmp_path,
+                                                   monkeypatch, aws_calls, change, message):
+    monkeypatch.delenv("SAGEMAKER_ROLE_ARN", raising=False)
+    opts = {"--image": ecr_images["multi"], "--model-data": str(model_tgz), "--role": aws_env["role"],
+            "--name": "checked"}
+    for key, value in change.items():
+        if key == "--model-data" and value in ("junk", "no-model", "truncated", "folder"):
+            value = str(_bad_archive(tmp_path, value))
+        elif key == "--model-data" and value == "missing":
+            value = str(tmp_path / "nowhere.tar.gz")
+        opts[key] = value
+    argv = ["create"] + [f"{k}={v}" for k, v in opts.items() if v is not None]
+    code, out, err = run(capsys, *argv)
+    assert code == 2, err
+    assert message in err
+    assert "Traceback" not in err and "deleting what this run created" not in err
+    assert "/tmp/deploy-check-" not in err            # names the user's file, not a scratch folder
+    assert aws_calls == []
+    # update runs the same checks first
+    if set(change) & {"--instance-type", "--image", "--model-data", "--env", "--instance-count"} and \
+            change.get("--model-data") != "s3://Bad_Bucket/x":
+        argv = ["update", "checked"] + [f"{k}={opts[k]}" for k in change]
+        code, out, err = run(capsys, *argv)
+        assert code == 2 and message in err and aws_calls == [], err
+
+
+def test_role_from_the_environment_and_suggestion(capsys, aws_env, ecr_images, model_tgz, monkeypatch):
+    monkeypatch.setenv("SAGEMAKER_ROLE_ARN", aws_env["role"])
+    code, out, err = run(capsys, "create", "--image", ecr_images["multi"], "--model-data", str(model_tgz),
+                         "--name", "envrole", "--instance-type", "ml.c7g.xlargee")
+    assert code == 2 and "did you mean ml.c7g.xlarge?" in err
+    code, out, err = run(capsys, "create", "--image", ecr_images["multi"], "--model-data", str(model_tgz),
+                         "--name", "envrole")
+    assert code == 0, err
+    assert sm().describe_model(ModelName=sm().list_models()["Models"][0]["ModelName"])["ExecutionRoleArn"] == \
+        aws_env["role"]
+
+
+def test_config_deleted_outside_the_tool(capsys, aws_env, ecr_images, model_tgz):
+    assert create(capsys, aws_env, ecr_images["multi"], model_tgz, "--name", "orphan")[0] == 0
+    cfg = sm().describe_endpoint(EndpointName="orphan")["EndpointConfigName"]
+    sm().delete_endpoint_config(EndpointConfigName=cfg)
+    code, out, err = run(capsys, "status", "orphan")
+    assert code == 0, err
+    assert f"config       {cfg}  (gone: deleted outside deploy)" in out
+    code, out, err = run(capsys, "status", "orphan", "--output", "json")
+    assert code == 0 and json.loads(out)["config"] is None
+    code, out, err = run(capsys, "update", "orphan", "--instance-type", "ml.c7g.2xlarge")
+    assert code == 1 and "which is gone (deleted outside deploy)" in err
+    code, out, err = run(capsys, "delete", "orphan")
+    assert code == 0, err
+    assert f"endpoint config {cfg} of orphan is already gone" in err
+    s = state()
+    assert (s["endpoints"], s["configs"], s["models"]) == ([], [], [])   # its model found by name and tag
+    code, out, err = run(capsys, "delete", "orphan", "--if-exists", "--purge-s3")
+    assert code == 0, err
+    assert state() == {"endpoints": [], "configs": [], "models": [], "objects": []}
+    code, out, err = run(capsys, "delete", "orphan", "--if-exists")
+    assert code == 0 and "nothing to delete" in err
+    code, out, err = run(capsys, "delete", "orphan")
+    assert code == 1 and "no endpoint named orphan" in err
+
+
+def test_model_deleted_outside_the_tool(capsys, aws_env, ecr_images, model_tgz):
+    assert create(capsys, aws_env, ecr_images["multi"], model_tgz, "--name", "nomodel")[0] == 0
+    sm().delete_model(ModelName=sm().list_models()["Models"][0]["ModelName"])
+    code, out, err = run(capsys, "status", "nomodel")
+    assert code == 0 and "(gone: deleted outside deploy)" in out
+    code, out, err = run(capsys, "delete", "nomodel", "--purge-s3")
+    assert code == 0, err
+    assert state() == {"endpoints": [], "configs": [], "models": [], "objects": []}
+
+
+def test_update_names_the_old_archive_and_delete_purges_them(capsys, aws_env, ecr_images, model_tgz):
+    assert create(capsys, aws_env, ecr_images["multi"], model_tgz, "--name", "arch")[0] == 0
+    first = state()["objects"]
+    code, out, err = run(capsys, "update", "arch", "--model-data", str(model_tgz))
+    assert code == 0, err
+    assert f"old model data stays in {first[0]}" in err
+    assert len(state()["objects"]) == 2
+    code, out, err = run(capsys, "delete", "arch", "--output", "json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert sorted(doc["s3_archives"]) == sorted(state()["objects"]) and doc["purged"] == []
+    code, out, err = run(capsys, "delete", "arch", "--purge-s3", "--output", "json")
+    assert code == 0, err
+    assert len(json.loads(out)["purged"]) == 2 and state()["objects"] == []
+
+
+def test_output_json_of_every_command(capsys, aws_env, ecr_images, model_tgz, tmp_path, moto_server):
+    """--output json: one parseable document, ISO 8601 dates, no ResponseMetadata anywhere."""
+    import datetime as dt
+
+    def doc(*argv):
+        code, out, err = run(capsys, *argv, "--output", "json")
+        assert code == 0, err
+        assert "ResponseMetadata" not in out
+        return json.loads(out)
+
+    src = tmp_path / "src" / "1"
+    src.mkdir(parents=True)
+    (src / "saved_model.pb").write_bytes(b"pb")
+    d = doc("package", str(src.parent), "-o", str(tmp_path / "p.tar.gz"))
+    assert d["archive"] == str(tmp_path / "p.tar.gz") and d["entries"] >= 2
+    d = doc("create", "--image", ecr_images["multi"], "--model-data", str(model_tgz), "--role", aws_env["role"],
+            "--name", "js", "--poll", "0.05")
+    assert d["endpoint"] == "js" and d["status"] == "InService" and d["model_data"].startswith("s3://")
+    d = doc("wait", "js", "--poll", "0.05")
+    assert d["status"] == "InService"
+    d = doc("list")
+    assert [r["name"] for r in d] == ["js"]
+    assert dt.datetime.fromisoformat(d[0]["created"]).tzinfo is not None
+    d = doc("status", "js")
+    assert d["endpoint"]["EndpointStatus"] == "InService"
+    dt.datetime.fromisoformat(d["endpoint"]["CreationTime"])
+    dt.datetime.fromisoformat(d["models"][d["config"]["ProductionVariants"][0]["ModelName"]]["CreationTime"])
+    d = doc("autoscale", "js", "--min", "1", "--max", "2", "--target-invocations", "100")
+    assert d["max"] == 2
+    d = doc("update", "js", "--instance-count", "2", "--poll", "0.05")
+    assert d["status"] == "InService" and d["previous_endpoint_config"] != d["endpoint_config"]
+    results = [{"Body": json.dumps({"predictions": [[1.0, 0.0]]}), "ContentType": "application/json"}]
+    requests.post(f"{moto_server}/moto-api/static/sagemaker/endpoint-results",
+                  json={"account_id": aws_env["account"], "region": aws_env["region"], "results": results},
+                  timeout=10).raise_for_status()
+    d = doc("invoke", "js", "--json", "[[1]]")
+    assert d["body"] == {"predictions": [[1.0, 0.0]]} and d["content_type"] == "application/json"
+    d = doc("delete", "js", "--poll", "0.05", "--purge-s3")
+    assert "endpoint js" in d["deleted"] and len(d["purged"]) == 1
+    # the old spelling still works
+    code, out, err = run(capsys, "list", "--json")
+    assert code == 0 and json.loads(out) == []
+
+
+def test_output_text_is_tab_separated(capsys, aws_env, ecr_images, model_tgz):
+    assert create(capsys, aws_env, ecr_images["multi"], model_tgz, "--name", "tsv")[0] == 0
+    code, out, err = run(capsys, "list", "--output", "text")
+    (line,) = out.splitlines()
+    name, status, created, instance_type, count = line.split("\t")
+    assert (name, status, instance_type, count) == ("tsv", "InService", "ml.c7g.xlarge", "1")
+    code, out, err = run(capsys, "status", "tsv", "--output", "text")
+    assert "endpoint.EndpointStatus\tInService" in out.splitlines()
+
+
+def test_exit_codes_version_and_help(capsys):
+    from serve.deploy.cli import EXAMPLES
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("deploy ")
+    assert main(["create", "--bogus"]) == 2                    # argparse
+    assert main(["list", "--output", "yaml"]) == 2
+    capsys.readouterr()
+    assert main(["--help"]) == 0
+    top = capsys.readouterr().out
+    assert "130 SIGINT, 143 SIGTERM" in top
+    for command in ("package", "create", "invoke", "update", "autoscale", "delete", "list", "status", "wait", "local"):
+        assert main([command, "--help"]) == 0
+        text = capsys.readouterr().out
+        assert f"example:\n  {EXAMPLES[command]}" in text, command
+        assert "--output {table,json,text}" in text
+    main(["create", "--help"])
+    text = capsys.readouterr().out
+    assert "--on-interrupt {rollback,keep}" in text and "default rollback" in text
+    assert "required: this or $SAGEMAKER_ROLE_ARN" in " ".join(text.split())
+
+
+def test_closed_pipe_is_quiet(aws_env, ecr_images, model_tgz):
+    """`deploy status X | head -1` style: stdout closed before the command writes; exit 141, no traceback."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    deploy = Path(sys.executable).with_name("deploy")
+    proc = subprocess.run([str(deploy), "create", "--image", ecr_images["multi"], "--model-data", str(model_tgz),
+                           "--role", aws_env["role"], "--name", "pipe", "--poll", "0.05"],
+                          capture_output=True, text=True, env=dict(os.environ), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for cmd in (f"{deploy} status pipe", f"{deploy} list --output json", f"{deploy} --help"):
+        proc = subprocess.run(["bash", "-c", f'{cmd} | true; echo "rc=${{PIPESTATUS[0]}}" >&2'],
+                              capture_output=True, text=True, env=dict(os.environ), timeout=120)
+        assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
+        assert proc.stderr.strip().splitlines()[-1] in ("rc=141", "rc=0"), proc.stderr
+    proc = subprocess.run(["bash", "-c", f'{deploy} status pipe | head -1'], capture_output=True, text=True,
+                          env=dict(os.environ), timeout=120)
+    assert proc.stdout.startswith("endpoint     pipe  InService") and proc.stderr == ""
+
+
+def test_console_is_quiet_when_piped_and_survives_a_closed_stderr():
+    import io
+
+    from serve.deploy.output import Console
+
+    stream = io.StringIO()
+    console = Console(stream)
+    for i in range(50):
+        console.progress("digits", "Creating", float(i))
+    console.progress("digits", "InService", 51.0)
+    console.progress_done()
+    assert stream.getvalue().splitlines() == ["digits: Creating (0m00s)", "digits: InService (0m51s)"]
+
+    class Closed(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    console = Console(Closed())
+    console.info("still working")                 # no exception: the command carries on
+    console.error("also fine")

@@ -536,11 +536,11 @@ class UpdateSpec:
 
 def check_update_locally(spec: UpdateSpec, region: str) -> None:
     """Every update check that needs no network."""
+    checks.check_count(spec.instance_count)
     if not any([spec.image, spec.model_data, spec.instance_type, spec.instance_count, spec.env, spec.role]):
         raise UsageError("nothing to update: give --image, --model-data, --instance-type, "
                          "--instance-count, --role or --env")
     checks.check_name(spec.name, "endpoint")
-    checks.check_count(spec.instance_count)
     if spec.role:
         checks.check_role(spec.role)
     if spec.instance_type:
@@ -902,8 +902,7 @@ def delete(aws: Aws, name: str, reporter: Reporter, *, wait: bool = True, timeou
             if _gone_or(f"model {model_name}", lambda m=model_name: aws.sagemaker.delete_model(ModelName=m),
                         reporter, prefix="deleted"):
                 deleted.append(f"model {model_name}")
-    skip = {config_name} | set(current["models"])
-    leftovers = owned_leftovers(aws, name, skip={s for s in skip if s})
+    leftovers = owned_leftovers(aws, name)
     for config in leftovers["configs"]:
         if _gone_or(f"endpoint config {config}",
                     lambda c=config: aws.sagemaker.delete_endpoint_config(EndpointConfigName=c),
