@@ -265,20 +265,20 @@ def test_autoscale_status_list_delete(capsys, aws_env, ecr_images, model_tgz):
 
 
 def test_invoke_and_softmax(capsys, aws_env, ecr_images, model_tgz, moto_server):
-    assert create(capsys, aws_env, ecr_images["multi"], model_tgz, "--name", "digits")[0] == 0
+    assert create(capsys, aws_env, ecr_images["multi"], model_tgz, "--name", "invoked")[0] == 0
     results = [{"Body": json.dumps({"predictions": [[2.0, 1.0, 0.1]]}), "ContentType": "application/json"}] * 2
     requests.post(f"{moto_server}/moto-api/static/sagemaker/endpoint-results",
                   json={"account_id": aws_env["account"], "region": aws_env["region"], "results": results},
                   timeout=10).raise_for_status()
-    code, out, err = run(capsys, "invoke", "digits", "--json", "[[1, 2, 3, 4]]")
+    code, out, err = run(capsys, "invoke", "invoked", "--json", "[[1, 2, 3, 4]]")
     assert code == 0, err
     assert json.loads(out) == {"predictions": [[2.0, 1.0, 0.1]]}
-    code, out, err = run(capsys, "invoke", "digits", "--json", "[[1, 2, 3, 5]]", "--softmax")
+    code, out, err = run(capsys, "invoke", "invoked", "--json", "[[1, 2, 3, 5]]", "--softmax")
     assert code == 0, err
     doc = json.loads(out)
     assert doc["classes"] == [0]
     assert doc["predictions"][0] == pytest.approx([0.659, 0.2424, 0.0986], abs=1e-3)
-    assert run(capsys, "invoke", "digits", "--json", "[[1,")[0] == 1
+    assert run(capsys, "invoke", "invoked", "--json", "[[1,")[0] == 1
 
 
 def test_console_script_against_moto(aws_env, ecr_images, model_tgz):

@@ -121,13 +121,13 @@ def test_signal_while_creating_rolls_back(aws_env, ecr_images, model_tgz, sig, b
 def test_background_job_really_starts_with_sigint_ignored():
     """The premise of the background cases above: bash gives `cmd &` an ignored SIGINT."""
     proc = subprocess.Popen(["bash", "-c", "sleep 30 & echo $!; wait"], stdout=subprocess.PIPE, text=True)
+    pid = int(proc.stdout.readline())
     try:
-        pid = int(proc.stdout.readline())
         sigign = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("SigIgn"))
         assert int(sigign.split()[1], 16) & (1 << (signal.SIGINT - 1))
     finally:
-        proc.kill()
-        subprocess.run(["pkill", "-P", str(proc.pid)], check=False)
+        os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=10)
 
 
 @pytest.mark.parametrize("background", [False, True])
@@ -296,3 +296,66 @@ def test_failed_update_with_unknown_outcome_keeps_everything(aws_env, ecr_images
     release_endpoint("web", "InService")
     new_config = sm().describe_endpoint(EndpointName="web")["EndpointConfigName"]
     sm().describe_endpoint_config(EndpointConfigName=new_config)       # the live config exists
+
+
+# --- the shared pieces, in process --------------------------------------------------------------
+
+def test_handle_signals_raises_interrupted_with_the_exit_code_and_restores():
+    from serve.deploy import interrupts
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(interrupts.Interrupted) as exc:
+        with interrupts.handle_signals():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    assert exc.value.exit_code == 143 and str(exc.value) == "interrupted by SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_handle_signals_overrides_an_ignored_sigint_but_keeps_nohup():
+    from serve.deploy import interrupts
+
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    old_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with interrupts.handle_signals():
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN       # nohup's choice stays
+            with pytest.raises(interrupts.Interrupted) as exc:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+            assert exc.value.exit_code == 130
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGHUP, old_hup)
+
+
+def test_shielded_records_instead_of_raising():
+    from serve.deploy import interrupts
+
+    said = []
+    with interrupts.handle_signals():
+        with interrupts.shielded(said.append) as shield:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)
+            finished = True
+    assert finished and shield.received == [signal.SIGTERM] and "finishing the cleanup first" in said[0]
+
+
+def test_output_json_and_text_rendering():
+    import datetime as dt
+    import io
+    import json
+
+    from serve.deploy import output
+
+    doc = {"ResponseMetadata": {"RequestId": "x"}, "When": dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc),
+           "Items": [{"A": 1, "ResponseMetadata": {}}], "Naive": dt.datetime(2026, 1, 2), "Raw": b"hi"}
+    out = json.loads(output.to_json(doc))
+    assert out == {"When": "2026-01-02T03:04:05+00:00", "Items": [{"A": 1}], "Naive": "2026-01-02T00:00:00+00:00",
+                   "Raw": "hi"}
+    assert output.text_lines([{"a": 1, "b": None}, {"a": 2, "b": "x\ty"}]) == ["1\tNone", "2\tx y"]
+    assert output.text_lines({"e": {"s": "InService", "v": [{"n": "A"}]}}) == ["e.s\tInService", "e.v.0.n\tA"]
+    buf = io.StringIO()
+    output.emit({"k": "v"}, "table", table=lambda r: [f"k is {r['k']}"], stream=buf)
+    assert buf.getvalue() == "k is v\n"

@@ -78,6 +78,22 @@ def test_local_amd64_one_invoke_clean_exit(request, digits):
 
 
 @pytest.mark.container
+def test_local_output_json(request, digits):
+    """`deploy local --invoke F --output json`: the answer wrapped in one parseable document."""
+    img = image(request, "amd64")
+    tgz, req, expected = digits
+    proc = subprocess.run([DEPLOY, "local", "--image", img, "--model-data", str(tgz), "--port", str(free_port()),
+                           "--invoke", str(req), "--no-logs", "--output", "json",
+                           "--env", "SAGEMAKER_MODEL_SERVER_WORKERS=1"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    doc = json.loads(proc.stdout)
+    assert doc["image"] == img and doc["status_code"] == 200 and doc["content_type"].startswith("application/json")
+    probs = doc["body"]["predictions"][0]
+    assert max(range(10), key=probs.__getitem__) == expected
+    assert leftover_containers() == []
+
+
+@pytest.mark.container
 @pytest.mark.arm64
 def test_local_arm64_under_emulation(request, digits):
     img = image(request, "arm64")

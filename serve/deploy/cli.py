@@ -267,7 +267,11 @@ def cmd_local(args, console: Console) -> int:
     if spec.invoke_file is None:
         return 0
     ok = result.status_code is not None and 200 <= result.status_code < 300
-    if ok:
+    if args.output in ("json", "text"):
+        body = endpoint.softmax_response(result.body) if ok and args.softmax else _decoded(result.body, "")
+        output.emit({"image": args.image, "status_code": result.status_code, "content_type": result.content_type,
+                     "startup_seconds": result.startup_seconds, "body": body}, args.output)
+    elif ok:
         _print_response(result.body, result.content_type, args.softmax)
     else:
         console.info(f"invoke answered HTTP {result.status_code}: "
