@@ -144,6 +144,16 @@ def test_model_env_carries_env_flags(capsys, transform_moto, ecr_images, model_t
     assert sent["execution_role_arn"] == transform_moto["role"]
 
 
+def test_format_json_gives_the_result_as_one_document(capsys, transform_moto, ecr_images, model_tgz):
+    code, out, err = transform(capsys, transform_moto, ecr_images["multi"], model_tgz, "--format", "json")
+    assert code == 0, err
+    doc = json.loads(out)
+    job = only_job()
+    assert doc["job"] == job["TransformJobName"] and doc["status"] == "Completed"
+    assert doc["output"] == "s3://batch-data/out/" and doc["model_deleted"] is True
+    assert "T" in doc["TransformEndTime"]           # ISO 8601, as every deploy --output json
+
+
 def test_failed_job_prints_the_reason_and_logs_and_deletes_the_model(capsys, transform_moto, ecr_images, model_tgz):
     reason = "ClientError: See job logs for more information"
     mt.script_next_job(["InProgress", "Failed"], reason)
@@ -455,11 +465,14 @@ def test_local_amd64_bad_record_and_join_source(request, tmp_path, mlp_model_dir
     rows = mlp_rows(300, 13)
     write_csv(tmp_path / "in" / "ok.csv", rows)
     write_csv(tmp_path / "in" / "broken.csv", mlp_rows(40, 14), bad={9: "1,2,3"})
-    proc = run_local(img, mlp_model_dir.model_dir, tmp_path, "--join-source", "Input")
+    proc = run_local(img, mlp_model_dir.model_dir, tmp_path, "--join-source", "Input", "--format", "json")
     assert proc.returncode == 1
     assert "FAILED broken.csv:10: HTTP 400" in proc.stderr
     assert "1 record(s) failed in broken.csv" in proc.stderr
-    assert "transformed 339 of 340 records" in proc.stdout
+    doc = json.loads(proc.stdout)
+    assert (doc["records"], doc["transformed"], doc["failed"]) == (340, 339, 1)
+    assert [(f["file"], f["line"]) for f in doc["failures"]] == [("broken.csv", 10)]
+    assert doc["written"] == [str(tmp_path / "out" / "ok.csv.out")]
     assert not (tmp_path / "out" / "broken.csv.out").exists()
     inputs = (tmp_path / "in" / "ok.csv").read_text().splitlines()
     joined = (tmp_path / "out" / "ok.csv.out").read_text().splitlines()

@@ -32,7 +32,7 @@ from urllib.parse import quote
 
 import botocore.exceptions
 
-from . import archive, endpoint, instance, interrupts
+from . import archive, endpoint, instance, interrupts, output
 from .aws import Aws, error_message
 from .endpoint import Created, Reporter
 from .errors import DeployError
@@ -360,6 +360,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--profile", help="named profile from ~/.aws/config")
     g.add_argument("--endpoint-url", help="send every AWS call here (also AWS_ENDPOINT_URL)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+    p.add_argument("--format", choices=output.FORMATS, default=output.DEFAULT_FORMAT,
+                   help="result format on stdout: table (default), json or text (what other commands call "
+                        "--output; here --output is the destination, as in SageMaker's API)")
     p.add_argument("--local", action="store_true",
                    help="run the image here and do what SageMaker's batch agent does (folders, not S3)")
     p.add_argument("--image", required=True, help="image URI (ECR for SageMaker; any local image with --local)")
@@ -405,10 +408,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def _out(text: str = "") -> None:
-    print(text, flush=True)
-
-
 def cmd_transform(args, console) -> int:
     env = endpoint.parse_env(args.env)
     if args.local:
@@ -423,11 +422,12 @@ def cmd_transform(args, console) -> int:
     check_spec(spec)                     # before AWS is even configured
     aws = Aws(region=args.region, profile=args.profile, endpoint_url=args.endpoint_url)
     out = run_remote(aws, spec, console)
-    _out(f"transform job {out['job']} is {out['status']}")
-    _out(f"  output      {out['output']}")
-    _out(f"  instances   {out['instance_count']} x {out['instance_type']}")
-    _out(f"  model       {out['model']} {'deleted' if out['model_deleted'] else 'NOT deleted'}")
-    _out(f"  logs        {out['logs']}")
+    output.emit(out, args.format, table=lambda o: [
+        f"transform job {o['job']} is {o['status']}",
+        f"  output      {o['output']}",
+        f"  instances   {o['instance_count']} x {o['instance_type']}",
+        f"  model       {o['model']} {'deleted' if o['model_deleted'] else 'NOT deleted'}",
+        f"  logs        {o['logs']}"])
     return 0
 
 
@@ -447,12 +447,17 @@ def _cmd_local(args, console, env: dict[str, str]) -> int:
     if spec.strategy == "MultiRecord" and spec.split_type == "None":
         raise UsageError("--strategy MultiRecord needs --split-type Line (a whole file is one record)")
     result = transform_local.run(spec, console.info, quiet=args.quiet)
-    ok = result.records - result.failed
-    _out(f"transformed {ok:,} of {result.records:,} records from {result.files} file(s) in "
-         f"{result.seconds:.2f} s: {result.records_per_second:,.0f} records/s "
-         f"({result.requests:,} requests)")
-    for path in result.written:
-        _out(f"  wrote {path}")
+    doc = {"records": result.records, "transformed": result.records - result.failed, "failed": result.failed,
+           "files": result.files, "seconds": round(result.seconds, 3),
+           "records_per_second": round(result.records_per_second, 1), "requests": result.requests,
+           "parameters": result.parameters, "sources": result.sources, "written": result.written,
+           "failures": [{"file": f, "line": line, "error": m} for f, line, m in result.failures]}
+
+    def table(d):
+        lines = [f"transformed {d['transformed']:,} of {d['records']:,} records from {d['files']} file(s) in "
+                 f"{d['seconds']:.2f} s: {d['records_per_second']:,.0f} records/s ({d['requests']:,} requests)"]
+        return lines + [f"  wrote {path}" for path in d["written"]]
+    output.emit(doc, args.format, table=table)
     if result.failures:
         for file, line, message in result.failures[:transform_local.MAX_REPORTED]:
             print(f"FAILED {file}:{line}: {message}", file=sys.stderr, flush=True)
