@@ -524,3 +524,33 @@ def test_loop_split_none_sends_whole_files(tmp_path, mlp_server, mlp_predict):
     assert run.failed == 0 and run.records == 3 and run.requests == 3
     for i, rows in enumerate(batches):
         np.testing.assert_allclose(read_out(tmp_path / "out" / f"batch-{i}.npy.out"), mlp_predict(rows), atol=1e-5)
+
+
+@pytest.mark.container
+def test_local_ctrl_c_stops_the_run_and_removes_the_container(request, tmp_path, mlp_model_dir):
+    img = image(request, "amd64")
+    write_csv(tmp_path / "in" / "many.csv", mlp_rows(20000, 16))
+    proc = subprocess.Popen([DEPLOY, "transform", "--local", "--image", img, "--model-data", str(mlp_model_dir.model_dir),
+                             "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                             "--port", str(free_port()), "--strategy", "SingleRecord", "--max-concurrent", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, "".join(lines)
+            lines.append(line)
+            if line.startswith("batch: "):
+                break
+        time.sleep(1.0)                      # some records in flight
+        proc.send_signal(signal.SIGINT)
+        out, rest = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = "".join(lines) + rest
+    assert proc.returncode == 130, err[-3000:]
+    assert "stopping" in err and "stopped (exit code" in err
+    assert not (tmp_path / "out" / "many.csv.out").exists()     # no partial output file
+    assert_container_removed(err)
