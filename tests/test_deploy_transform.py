@@ -60,7 +60,8 @@ def s3_objects():
 
 def put_input(keys=("in/part-0.csv", "in/part-1.csv")):
     s3 = boto3.client("s3")
-    s3.create_bucket(Bucket="batch-data", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    if "batch-data" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+        s3.create_bucket(Bucket="batch-data", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
     for key in keys:
         s3.put_object(Bucket="batch-data", Key=key, Body=b"1,2,3,4\n")
 
@@ -142,6 +143,30 @@ def test_model_env_carries_env_flags(capsys, transform_moto, ecr_images, model_t
     env = sent["primary_container"]["Environment"]
     assert env["SAGEMAKER_TFS_MAX_BATCH_SIZE"] == "256" and env["DNNL_DEFAULT_FPMATH_MODE"] == "BF16"
     assert sent["execution_role_arn"] == transform_moto["role"]
+
+
+def test_model_data_from_a_folder_with_code_and_from_s3(capsys, transform_moto, ecr_images, model_tgz, tmp_path):
+    import tarfile
+    folder = tmp_path / "with-code"
+    with tarfile.open(model_tgz) as tar:
+        tar.extractall(folder, filter="data")
+    (folder / "code").mkdir()
+    (folder / "code" / "inference.py").write_text("def input_handler(data, context):\n    return data.read()\n")
+    code, out, err = transform(capsys, transform_moto, ecr_images["multi"], folder)
+    assert code == 0, err
+    assert "packaged" in err
+    (name, sent), = mt.MODELS.items()
+    assert sent["primary_container"]["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
+    uploaded = sent["primary_container"]["ModelDataUrl"]
+    # the same archive by its s3:// URI: nothing uploaded, the model points at it
+    mt.MODELS.clear()
+    before = s3_objects()
+    code, out, err = transform(capsys, transform_moto, ecr_images["multi"], uploaded)
+    assert code == 0, err
+    (name, sent), = mt.MODELS.items()
+    assert sent["primary_container"]["ModelDataUrl"] == uploaded
+    assert sent["primary_container"]["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
+    assert s3_objects() == before and "uploaded" not in err
 
 
 def test_format_json_gives_the_result_as_one_document(capsys, transform_moto, ecr_images, model_tgz):
