@@ -8,4 +8,6 @@ Modules, each with one reason to change:
 - instance.py  which CPU architecture a SageMaker instance type has
 - endpoint.py  create / wait / update / autoscale / delete, with rollback
 - local.py     run the image the way SageMaker does, with the docker CLI
+- transform.py `deploy transform`: a SageMaker batch transform job (model, job, wait, clean-up)
+- transform_local.py  `deploy transform --local`: SageMaker's batch agent against the image here
 """
