@@ -594,3 +594,19 @@ def test_console_is_quiet_when_piped_and_survives_a_closed_stderr():
     console = Console(Closed())
     console.info("still working")                 # no exception: the command carries on
     console.error("also fine")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["invoke", "x", "--json", "[1", ], "--json is not valid JSON"),
+    (["invoke", "x"], "give the request body with --file F or --json"),
+    (["invoke", "bad_name", "--json", "[1]"], "has '_' at position 4"),
+    (["autoscale", "x", "--min", "3", "--max", "2", "--target-invocations", "10"], "need 1 <= --min <= --max"),
+    (["status", "bad.name"], "has '.' at position 4"),
+    (["delete", "bad.name"], "has '.' at position 4"),
+    (["update", "web"], "nothing to update"),
+    (["package", "/nonexistent-model-dir"], "does not exist"),
+])
+def test_argument_errors_exit_2_without_calls(capsys, aws_env, aws_calls, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and message in err, err
+    assert aws_calls == []

@@ -123,6 +123,9 @@ def test_background_job_really_starts_with_sigint_ignored():
     proc = subprocess.Popen(["bash", "-c", "sleep 30 & echo $!; wait"], stdout=subprocess.PIPE, text=True)
     pid = int(proc.stdout.readline())
     try:
+        deadline = time.monotonic() + 10
+        while b"sleep" not in Path(f"/proc/{pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)      # bash forks, sets the dispositions, then execs sleep
         sigign = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("SigIgn"))
         assert int(sigign.split()[1], 16) & (1 << (signal.SIGINT - 1))
     finally:

@@ -64,11 +64,14 @@ def package(model_dir: Path, out: Path, code_dir: Path | None = None) -> list[st
     other layouts are kept as they are. CODE_DIR, when given, replaces MODEL_DIR/code.
     """
     model_dir = Path(model_dir)
-    layout = find_model(model_dir)
+    try:
+        layout = _find_model(model_dir)
+    except ModelNotFound as exc:
+        raise UsageError(str(exc)) from None
     if code_dir is not None:
         code_dir = Path(code_dir)
         if not code_dir.is_dir():
-            raise DeployError(f"--code {code_dir} is not a folder")
+            raise UsageError(f"--code {code_dir} is not a folder")
     elif (model_dir / "code").is_dir():
         code_dir = model_dir / "code"
     out = Path(out)

@@ -79,16 +79,16 @@ def cmd_update(args, console: Console) -> int:
 
 def _read_body(args) -> bytes:
     if args.file and args.json is not None:
-        raise DeployError("give --file or --json, not both")
+        raise UsageError("give --file or --json, not both")
     if args.file:
         return (sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes())
     if args.json is not None:
         try:
             json.loads(args.json)
         except ValueError as exc:
-            raise DeployError(f"--json is not valid JSON: {exc}") from exc
+            raise UsageError(f"--json is not valid JSON: {exc}") from exc
         return args.json.encode()
-    raise DeployError("give the request body with --file F or --json '...'")
+    raise UsageError("give the request body with --file F or --json '...'")
 
 
 def _content_type(args) -> str:

@@ -98,6 +98,16 @@ def describe_endpoint_or_none(aws: Aws, name: str) -> dict | None:
         raise
 
 
+ROLLBACK_WAIT = 3600.0
+
+
+def rollback_wait(timeout: float) -> float:
+    """How long a rollback waits for SageMaker (to let a Creating endpoint go, or an update settle):
+    an hour, or --timeout when longer. A stuck Creating endpoint can take that long to turn Failed;
+    a second Ctrl-C stops the wait sooner."""
+    return max(float(timeout), ROLLBACK_WAIT)
+
+
 def _sleep(seconds: float, shield: interrupts.Shield | None = None) -> None:
     """Sleep in short slices so a shielded wait notices a second signal quickly."""
     end = time.monotonic() + seconds
@@ -460,7 +470,7 @@ def _stop_create(aws: Aws, spec: CreateSpec, created: Created, exc: BaseExceptio
         raise exc
     reporter.info(f"create {what}; deleting what this run created")
     with interrupts.shielded(reporter.info) as shield:
-        left = rollback(aws, created, reporter, timeout=spec.timeout, poll=spec.poll, shield=shield)
+        left = rollback(aws, created, reporter, timeout=rollback_wait(spec.timeout), poll=spec.poll, shield=shield)
     if left:
         reporter.info(f"still there: {', '.join(left)}")
         if created.endpoint and f"endpoint {created.endpoint}" in left:
@@ -665,7 +675,7 @@ def _stop_update(aws: Aws, spec: UpdateSpec, created: Created, state: dict, old_
                 _restore_scaling(aws, state["scaling"], reporter)
             except botocore.exceptions.ClientError as err:
                 reporter.info(f"could not restore auto scaling: {error_message(err)}; run `deploy autoscale` again")
-            left = rollback(aws, created, reporter, timeout=spec.timeout, poll=spec.poll)
+            left = rollback(aws, created, reporter, timeout=rollback_wait(spec.timeout), poll=spec.poll)
         if left:
             finish(f"update {what} and these are still there: {', '.join(left)}")
         reporter.info(f"rollback complete: endpoint {name} is on {old_config}, nothing from this run is left")
@@ -681,7 +691,7 @@ def _stop_update(aws: Aws, spec: UpdateSpec, created: Created, state: dict, old_
                           f"update, so waiting for it to settle (--on-interrupt rollback; a second Ctrl-C stops "
                           f"waiting and keeps everything)")
             try:
-                desc = wait_for_endpoint(aws, name, reporter, timeout=spec.timeout, poll=spec.poll, shield=shield,
+                desc = wait_for_endpoint(aws, name, reporter, timeout=rollback_wait(spec.timeout), poll=spec.poll, shield=shield,
                                          fail_on_failed=False)
             except (DeployError, botocore.exceptions.ClientError) as err:
                 reporter.info(f"stopped waiting: {_describe(err)}")
@@ -690,7 +700,7 @@ def _stop_update(aws: Aws, spec: UpdateSpec, created: Created, state: dict, old_
                 reporter.info(f"the update to {new_config} took; reverting {name} to {old_config}")
                 try:
                     aws.sagemaker.update_endpoint(EndpointName=name, EndpointConfigName=old_config)
-                    desc = wait_for_endpoint(aws, name, reporter, timeout=spec.timeout, poll=spec.poll,
+                    desc = wait_for_endpoint(aws, name, reporter, timeout=rollback_wait(spec.timeout), poll=spec.poll,
                                              shield=shield, fail_on_failed=False)
                 except (DeployError, botocore.exceptions.ClientError) as err:
                     reporter.info(f"could not revert: {_describe(err)}")
@@ -726,10 +736,11 @@ def autoscale(aws: Aws, name: str, *, min_count: int, max_count: int, target: fl
               variant: str | None = None) -> dict:
     """Target tracking on SageMakerVariantInvocationsPerInstance for the endpoint's variant."""
     if not 1 <= min_count <= max_count:
-        raise DeployError("need 1 <= --min <= --max")
+        raise UsageError("need 1 <= --min <= --max")
     if target <= 0:
-        raise DeployError("--target-invocations must be positive (invocations per instance per minute)")
-    current = describe(aws, name)
+        raise UsageError("--target-invocations must be positive (invocations per instance per minute)")
+    checks.check_name(name, "endpoint")
+    current = describe(aws, name, strict=True)
     variants = [v["VariantName"] for v in current["config"]["ProductionVariants"]]
     variant = variant or variants[0]
     if variant not in variants:
@@ -989,6 +1000,7 @@ def scaling_of(aws: Aws, name: str, variant: str) -> dict | None:
 
 def invoke(aws: Aws, name: str, body: bytes, content_type: str, accept: str | None = None,
            custom_attributes: str | None = None) -> tuple[bytes, str]:
+    checks.check_name(name, "endpoint")
     kwargs = {"EndpointName": name, "Body": body, "ContentType": content_type}
     if accept:
         kwargs["Accept"] = accept
