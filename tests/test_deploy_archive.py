@@ -82,7 +82,7 @@ def test_package_refuses_a_folder_without_a_model(tmp_path):
     (empty / "1").mkdir(parents=True)
     (empty / "notes.txt").write_text("hi")
     proc = deploy("package", str(empty), "-o", str(tmp_path / "m.tar.gz"))
-    assert proc.returncode == 1
+    assert proc.returncode == 2         # a local input refused: usage
     assert "no loadable model" in proc.stderr
     assert not (tmp_path / "m.tar.gz").exists()
 

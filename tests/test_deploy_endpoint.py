@@ -278,7 +278,7 @@ def test_invoke_and_softmax(capsys, aws_env, ecr_images, model_tgz, moto_server)
     doc = json.loads(out)
     assert doc["classes"] == [0]
     assert doc["predictions"][0] == pytest.approx([0.659, 0.2424, 0.0986], abs=1e-3)
-    assert run(capsys, "invoke", "invoked", "--json", "[[1,")[0] == 1
+    assert run(capsys, "invoke", "invoked", "--json", "[[1,")[0] == 2      # usage: nothing was sent
 
 
 def test_console_script_against_moto(aws_env, ecr_images, model_tgz):
