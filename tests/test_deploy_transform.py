@@ -579,3 +579,20 @@ def test_local_ctrl_c_stops_the_run_and_removes_the_container(request, tmp_path,
     assert "stopping" in err and "stopped (exit code" in err
     assert not (tmp_path / "out" / "many.csv.out").exists()     # no partial output file
     assert_container_removed(err)
+
+
+def test_loop_many_files_each_gets_its_own_out_in_order(tmp_path, mlp_server, mlp_predict):
+    sizes = [1 + (i * 7) % 40 for i in range(30)]
+    rows = {}
+    for i, n in enumerate(sizes):
+        rows[i] = mlp_rows(n, 100 + i)
+        write_csv(tmp_path / "in" / f"d{i % 3}" / f"f{i:02d}.csv", rows[i])
+    (tmp_path / "in" / "empty.csv").write_text("\n")
+    params = {**PARAMS, "MaxConcurrentTransforms": 3}
+    run = tl.transform_files(mlp_server.url, local_spec(tmp_path), params, quiet=True)
+    assert run.failed == 0 and run.records == sum(sizes) and run.files == 31
+    assert run.requests == 30                       # one mini-batch per file, none for the empty one
+    for i in range(30):
+        out = read_out(tmp_path / "out" / f"d{i % 3}" / f"f{i:02d}.csv.out")
+        np.testing.assert_allclose(out, mlp_predict(rows[i]), atol=1e-5)
+    assert (tmp_path / "out" / "empty.csv.out").read_bytes() == b""

@@ -217,40 +217,45 @@ def join(record: bytes, output: bytes, content_type: str) -> bytes:
 # --- progress ------------------------------------------------------------------------------------
 
 class Progress:
-    """A bar on a terminal (rewritten at most 10 times a second); a line every 10 s otherwise."""
+    """A bar on a terminal (rewritten at most 10 times a second); a line every 10 s otherwise.
 
-    def __init__(self, total: int, stream=None, quiet: bool = False):
-        self.total = max(total, 1)
-        self.done = 0
+    The fraction is of the input's bytes (files are read one at a time, so the number of records
+    is known only at the end); the count and the rate are records."""
+
+    def __init__(self, total_bytes: int, stream=None, quiet: bool = False):
+        self.total = max(total_bytes, 1)
+        self.bytes = 0
+        self.records = 0
         self.stream = stream or sys.stderr
         self.quiet = quiet
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.start = time.monotonic()
         self._shown = 0.0
-        self._lock = threading.Lock()
 
-    def add(self, n: int) -> None:
-        with self._lock:
-            self.done += n
-            now = time.monotonic()
-            due = 0.1 if self.tty else 10.0
-            if self.quiet or (now - self._shown < due and self.done < self.total):
-                return
-            self._shown = now
-            elapsed = now - self.start
-            rate = self.done / elapsed if elapsed > 0 else 0.0
-            frac = min(self.done / self.total, 1.0)
-            text = f"{self.done:,}/{self.total:,} records  {rate:,.0f} records/s  {elapsed:.1f} s"
-            try:
-                if self.tty:
-                    width = 30
-                    bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
-                    self.stream.write(f"\r[{bar}] {frac * 100:3.0f}%  {text}   ")
-                    self.stream.flush()
-                else:
-                    print(f"progress: {text}", file=self.stream, flush=True)
-            except (OSError, ValueError):
-                pass
+    def add(self, records: int, nbytes: int) -> None:
+        if not records and not nbytes:
+            return
+        self.records += records
+        self.bytes += nbytes
+        now = time.monotonic()
+        due = 0.1 if self.tty else 10.0
+        if self.quiet or (now - self._shown < due and self.bytes < self.total):
+            return
+        self._shown = now
+        elapsed = now - self.start
+        rate = self.records / elapsed if elapsed > 0 else 0.0
+        frac = min(self.bytes / self.total, 1.0)
+        text = f"{self.records:,} records  {rate:,.0f} records/s  {elapsed:.1f} s"
+        try:
+            if self.tty:
+                width = 30
+                bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
+                self.stream.write(f"\r[{bar}] {frac * 100:3.0f}%  {text}   ")
+                self.stream.flush()
+            else:
+                print(f"progress: {frac * 100:3.0f}%  {text}", file=self.stream, flush=True)
+        except (OSError, ValueError):
+            pass
 
     def close(self) -> None:
         if self.tty and not self.quiet and self._shown:
@@ -366,54 +371,94 @@ def _score(client: _Client, records: list[Record], split_type: str, accept_type:
             + _score(client, records[half:], split_type, accept_type))
 
 
+def _write_out(spec: LocalTransformSpec, f: FileResult, run: RunResult) -> None:
+    """FILE.out for a file whose records all came back (or its failures into RUN)."""
+    for line, problem in sorted(f.failures):
+        run.failures.append((str(f.path), line, problem))
+    run.failed += len(f.failures)
+    if f.failures:
+        return
+    lines = []
+    for record, out in zip(f.records, f.outputs):
+        if spec.join_source == "Input":
+            try:
+                out = join(record.data, out, spec.content_type)
+            except ValueError as exc:
+                run.failures.append((str(f.path), record.line, str(exc)))
+                run.failed += 1
+                return
+        lines.append(out)
+    target = spec.output / f"{f.path}.out"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_bytes(b"\n".join(lines) + b"\n" if lines else b"")
+    os.replace(tmp, target)
+    run.written.append(str(target))
+
+
 def transform_files(url: str, spec: LocalTransformSpec, parameters: dict, quiet: bool = False,
                     info: Callable[[str], None] = print, stream=None) -> RunResult:
-    """The agent's loop against a server at URL (the container, or any server: see bench/)."""
+    """The agent's loop against a server at URL (the container, or any server: see bench/).
+
+    Files are read one at a time; mini-batches of the next file are sent while the last ones of
+    the previous file are in flight (at most 2 x MaxConcurrentTransforms queued); a file's .out is
+    written as soon as all its records are back, and its records are then let go."""
     files = input_files(spec.input)
     root = spec.input if spec.input.is_dir() else spec.input.parent
-    results = [FileResult(p.relative_to(root), [], []) for p in files]
-    for i, p in enumerate(files):
-        results[i].records = split_records(p.read_bytes(), spec.split_type, i)
-        results[i].outputs = [None] * len(results[i].records)
-    total = sum(len(f.records) for f in results)
-    run = RunResult(files=len(files), records=total, parameters=parameters)
-    if total == 0:
-        raise DeployError(f"--input {spec.input} holds no records")
     concurrency = int(parameters["MaxConcurrentTransforms"])
     payload = int(parameters["MaxPayloadInMB"]) * MB
     accept_type = spec.accept or spec.content_type
     client = _Client(url, spec.content_type, accept_type, concurrency)
-    progress = Progress(total, stream=stream, quiet=quiet)
-    index_of = {}       # (file, line) -> position in its file
-    for f in results:
-        for pos, r in enumerate(f.records):
-            index_of[(r.file, r.line)] = pos
+    progress = Progress(sum(p.stat().st_size for p in files), stream=stream, quiet=quiet)
+    run = RunResult(files=len(files), parameters=parameters)
+    spec.output.mkdir(parents=True, exist_ok=True)
+    open_files: dict[int, FileResult] = {}
+    pending: dict[int, int] = {}            # file index -> mini-batches not back yet
+    positions: dict[int, dict[int, int]] = {}  # file index -> line -> position
 
-    def settle(outcome):
+    def settle(index: int, outcome) -> None:
+        f = open_files[index]
         for record, line, problem in outcome:
-            f = results[record.file]
             if problem is None:
-                f.outputs[index_of[(record.file, record.line)]] = line
+                f.outputs[positions[index][record.line]] = line
             else:
                 f.failures.append((record.line, problem))
-        progress.add(len(outcome))
+        progress.add(len(outcome), sum(len(r.data) + 1 for r, _, _ in outcome))
+        pending[index] -= 1
+        if pending[index] == 0 and index in done_reading:
+            _write_out(spec, open_files.pop(index), run)
+            del positions[index], pending[index]
 
+    done_reading: set[int] = set()
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="transform") as pool:
-        in_flight: set[Future] = set()
+        in_flight: dict[Future, int] = {}
+
+        def drain(limit: int) -> None:
+            nonlocal in_flight
+            while len(in_flight) > limit:
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    settle(in_flight.pop(fut), fut.result())
+
         try:
-            for f in results:
-                for batch, refused in mini_batches(f.records, parameters["BatchStrategy"], payload):
+            for i, path in enumerate(files):
+                records = split_records(path.read_bytes(), spec.split_type, i)
+                run.records += len(records)
+                f = open_files[i] = FileResult(path.relative_to(root), records, [None] * len(records))
+                positions[i] = {r.line: pos for pos, r in enumerate(records)}
+                pending[i] = 1                   # held until the file is fully submitted
+                for batch, refused in mini_batches(records, parameters["BatchStrategy"], payload):
+                    pending[i] += 1
                     if refused:
-                        settle([(batch[0], None, refused)])
+                        settle(i, [(batch[0], None, refused)])
                         continue
-                    while len(in_flight) >= 2 * concurrency:     # bounded read-ahead
-                        done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                        for fut in done:
-                            settle(fut.result())
-                    in_flight.add(pool.submit(_score, client, batch, spec.split_type, accept_type))
-            for fut in in_flight:
-                settle(fut.result())
+                    drain(2 * concurrency - 1)   # bounded read-ahead
+                    in_flight[pool.submit(_score, client, batch, spec.split_type, accept_type)] = i
+                done_reading.add(i)
+                settle(i, [])                    # release the hold: writes f now if all are back
+                del f
+            drain(0)
         except BaseException:
             for fut in in_flight:
                 fut.cancel()
@@ -422,33 +467,10 @@ def transform_files(url: str, spec: LocalTransformSpec, parameters: dict, quiet:
             progress.close()
     run.seconds = time.monotonic() - start
     run.requests = client.sent
-
-    spec.output.mkdir(parents=True, exist_ok=True)
-    for f in results:
-        for line, problem in sorted(f.failures):
-            run.failures.append((str(f.path), line, problem))
-        if f.failures:
-            run.failed += len(f.failures)
-            continue
-        lines = []
-        for record, out in zip(f.records, f.outputs):
-            if spec.join_source == "Input":
-                try:
-                    out = join(record.data, out, spec.content_type)
-                except ValueError as exc:
-                    run.failures.append((str(f.path), record.line, str(exc)))
-                    run.failed += 1
-                    lines = None
-                    break
-            lines.append(out)
-        if lines is None:
-            continue
-        target = spec.output / f"{f.path}.out"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_bytes(b"\n".join(lines) + b"\n" if lines else b"")
-        os.replace(tmp, target)
-        run.written.append(str(target))
+    if run.records == 0:
+        raise DeployError(f"--input {spec.input} holds no records")
+    run.failures.sort(key=lambda x: (files.index(root / x[0]) if (root / x[0]) in files else 0, x[1]))
+    run.written.sort(key=lambda w: w)
     return run
 
 
