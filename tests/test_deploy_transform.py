@@ -93,7 +93,8 @@ def test_transform_creates_the_job_waits_and_deletes_the_model(capsys, transform
     assert job["TransformInput"] == {
         "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://batch-data/in/"}},
         "ContentType": "text/csv", "SplitType": "Line", "CompressionType": "None"}
-    assert job["TransformOutput"] == {"S3OutputPath": "s3://batch-data/out/", "AssembleWith": "Line"}
+    assert job["TransformOutput"] == {"S3OutputPath": "s3://batch-data/out/", "AssembleWith": "Line",
+                                      "Accept": "text/csv"}     # the input's type: one line per record
     assert job["TransformResources"] == {"InstanceType": "ml.c7g.4xlarge", "InstanceCount": 1}
     # left to the container's /execution-parameters
     for key in ("MaxPayloadInMB", "MaxConcurrentTransforms", "BatchStrategy", "DataProcessing"):

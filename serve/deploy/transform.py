@@ -117,8 +117,8 @@ def job_request(spec: TransformSpec, job: str, model: str) -> dict:
         "TransformResources": {"InstanceType": spec.instance_type, "InstanceCount": spec.instance_count},
         "Tags": [endpoint.TAG],
     }
-    if spec.accept:
-        request["TransformOutput"]["Accept"] = spec.accept
+    # one output line per record needs an answer in lines: ask for the input's own type unless told
+    request["TransformOutput"]["Accept"] = spec.accept or spec.content_type
     if spec.strategy:
         request["BatchStrategy"] = spec.strategy
     if spec.max_payload_mb is not None:
@@ -374,7 +374,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--instance-type", default="ml.c7g.4xlarge", help="default ml.c7g.4xlarge")
     p.add_argument("--instance-count", type=_positive_int, default=1)
     p.add_argument("--content-type", default="text/csv", help="of the input records (default text/csv)")
-    p.add_argument("--accept", help="media type to ask for (default: the content type)")
+    p.add_argument("--accept", help="media type to ask for (default: the content type, so that the answer "
+                                    "has one line per record)")
     p.add_argument("--split-type", choices=("Line", "None"), default="Line",
                    help="Line: one record per line (default); None: each file is one record")
     p.add_argument("--strategy", choices=("MultiRecord", "SingleRecord"),
@@ -446,6 +447,9 @@ def _cmd_local(args, console, env: dict[str, str]) -> int:
         ping_timeout=args.ping_timeout, stream_logs=args.logs)
     if spec.strategy == "MultiRecord" and spec.split_type == "None":
         raise UsageError("--strategy MultiRecord needs --split-type Line (a whole file is one record)")
+    if spec.max_payload_mb == 0:
+        raise UsageError("--max-payload-mb 0 (no limit, SageMaker's setting for streamed records) is not "
+                         "supported by --local: give 1..100")
     result = transform_local.run(spec, console.info, quiet=args.quiet)
     doc = {"records": result.records, "transformed": result.records - result.failed, "failed": result.failed,
            "files": result.files, "seconds": round(result.seconds, 3),
