@@ -448,11 +448,13 @@ def create(aws: Aws, spec: CreateSpec, reporter: Reporter) -> dict:
                     "model_data": model_url, "status": desc["EndpointStatus"] if desc else "Creating",
                     "region": aws.region}
         except BaseException as exc:
-            _stop_create(aws, spec, created, exc, reporter)
+            with interrupts.shielded(reporter.info) as shield:    # from the first line of the cleanup on
+                _stop_create(aws, spec, created, exc, reporter, shield)
             raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _stop_create(aws: Aws, spec: CreateSpec, created: Created, exc: BaseException, reporter: Reporter):
+def _stop_create(aws: Aws, spec: CreateSpec, created: Created, exc: BaseException, reporter: Reporter,
+                 shield: interrupts.Shield):
     """The interruption rule for create; always raises (the Interrupted itself, or a DeployError)."""
     what = interrupts.describe_stop(exc) if interrupts.is_stop(exc) else f"failed: {_describe(exc)}"
     billing = created.endpoint is not None
@@ -469,8 +471,7 @@ def _stop_create(aws: Aws, spec: CreateSpec, created: Created, exc: BaseExceptio
                               f"`deploy delete {name} --purge-s3`") from exc
         raise exc
     reporter.info(f"create {what}; deleting what this run created")
-    with interrupts.shielded(reporter.info) as shield:
-        left = rollback(aws, created, reporter, timeout=rollback_wait(spec.timeout), poll=spec.poll, shield=shield)
+    left = rollback(aws, created, reporter, timeout=rollback_wait(spec.timeout), poll=spec.poll, shield=shield)
     if left:
         reporter.info(f"still there: {', '.join(left)}")
         if created.endpoint and f"endpoint {created.endpoint}" in left:
@@ -635,7 +636,8 @@ def update(aws: Aws, spec: UpdateSpec, reporter: Reporter) -> dict:
             _restore_scaling(aws, state["scaling"], reporter)
             state["scaling"] = None
         except BaseException as exc:
-            _stop_update(aws, spec, created, state, old_config_name, new_name, exc, reporter)
+            with interrupts.shielded(reporter.info) as shield:    # from the first line of the cleanup on
+                _stop_update(aws, spec, created, state, old_config_name, new_name, exc, reporter, shield)
             raise AssertionError("unreachable")  # pragma: no cover
 
     # the endpoint is InService on the new config: the old ones can go
@@ -656,7 +658,7 @@ def update(aws: Aws, spec: UpdateSpec, reporter: Reporter) -> dict:
 
 
 def _stop_update(aws: Aws, spec: UpdateSpec, created: Created, state: dict, old_config: str, new_config: str,
-                 exc: BaseException, reporter: Reporter):
+                 exc: BaseException, reporter: Reporter, shield: interrupts.Shield):
     """The interruption rule for update; always raises."""
     name = spec.name
     stop = interrupts.is_stop(exc)
@@ -670,12 +672,11 @@ def _stop_update(aws: Aws, spec: UpdateSpec, created: Created, state: dict, old_
 
     def delete_new(reason: str):
         reporter.info(f"{reason}; deleting what this run created")
-        with interrupts.shielded(reporter.info):
-            try:
-                _restore_scaling(aws, state["scaling"], reporter)
-            except botocore.exceptions.ClientError as err:
-                reporter.info(f"could not restore auto scaling: {error_message(err)}; run `deploy autoscale` again")
-            left = rollback(aws, created, reporter, timeout=rollback_wait(spec.timeout), poll=spec.poll)
+        try:
+            _restore_scaling(aws, state["scaling"], reporter)
+        except botocore.exceptions.ClientError as err:
+            reporter.info(f"could not restore auto scaling: {error_message(err)}; run `deploy autoscale` again")
+        left = rollback(aws, created, reporter, timeout=rollback_wait(spec.timeout), poll=spec.poll)
         if left:
             finish(f"update {what} and these are still there: {', '.join(left)}")
         reporter.info(f"rollback complete: endpoint {name} is on {old_config}, nothing from this run is left")
@@ -684,27 +685,26 @@ def _stop_update(aws: Aws, spec: UpdateSpec, created: Created, state: dict, old_
     if not state["sent"]:
         delete_new(f"update {what} before update_endpoint was sent: the endpoint stays on {old_config}")
 
-    with interrupts.shielded(reporter.info) as shield:
-        desc = describe_endpoint_or_none(aws, name)
-        if desc is not None and desc["EndpointStatus"] in BUSY and stop and spec.on_interrupt == interrupts.ROLLBACK:
-            reporter.info(f"update {what} while {name} is {desc['EndpointStatus']}: SageMaker cannot cancel an "
-                          f"update, so waiting for it to settle (--on-interrupt rollback; a second Ctrl-C stops "
-                          f"waiting and keeps everything)")
+    desc = describe_endpoint_or_none(aws, name)
+    if desc is not None and desc["EndpointStatus"] in BUSY and stop and spec.on_interrupt == interrupts.ROLLBACK:
+        reporter.info(f"update {what} while {name} is {desc['EndpointStatus']}: SageMaker cannot cancel an "
+                      f"update, so waiting for it to settle (--on-interrupt rollback; a second Ctrl-C stops "
+                      f"waiting and keeps everything)")
+        try:
+            desc = wait_for_endpoint(aws, name, reporter, timeout=rollback_wait(spec.timeout), poll=spec.poll,
+                                     shield=shield, fail_on_failed=False)
+        except (DeployError, botocore.exceptions.ClientError) as err:
+            reporter.info(f"stopped waiting: {_describe(err)}")
+        if desc is not None and desc["EndpointStatus"] == "InService" and \
+                desc["EndpointConfigName"] == new_config and not shield.interrupted:
+            reporter.info(f"the update to {new_config} took; reverting {name} to {old_config}")
             try:
-                desc = wait_for_endpoint(aws, name, reporter, timeout=rollback_wait(spec.timeout), poll=spec.poll, shield=shield,
-                                         fail_on_failed=False)
+                aws.sagemaker.update_endpoint(EndpointName=name, EndpointConfigName=old_config)
+                desc = wait_for_endpoint(aws, name, reporter, timeout=rollback_wait(spec.timeout), poll=spec.poll,
+                                         shield=shield, fail_on_failed=False)
             except (DeployError, botocore.exceptions.ClientError) as err:
-                reporter.info(f"stopped waiting: {_describe(err)}")
-            if desc is not None and desc["EndpointStatus"] == "InService" and \
-                    desc["EndpointConfigName"] == new_config and not shield.interrupted:
-                reporter.info(f"the update to {new_config} took; reverting {name} to {old_config}")
-                try:
-                    aws.sagemaker.update_endpoint(EndpointName=name, EndpointConfigName=old_config)
-                    desc = wait_for_endpoint(aws, name, reporter, timeout=rollback_wait(spec.timeout), poll=spec.poll,
-                                             shield=shield, fail_on_failed=False)
-                except (DeployError, botocore.exceptions.ClientError) as err:
-                    reporter.info(f"could not revert: {_describe(err)}")
-                    desc = describe_endpoint_or_none(aws, name)
+                reporter.info(f"could not revert: {_describe(err)}")
+                desc = describe_endpoint_or_none(aws, name)
     status = desc["EndpointStatus"] if desc else "gone"
     live = desc.get("EndpointConfigName") if desc else None
     on_old = desc is not None and status not in TRANSIENT and live == old_config
