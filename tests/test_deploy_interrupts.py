@@ -162,17 +162,21 @@ def test_keep_leaves_the_creating_endpoint_and_says_how_to_resume(aws_env, ecr_i
     assert proc.returncode == 0 and "nothing to delete" in proc.stderr
 
 
-def test_signal_before_the_endpoint_exists_undoes_everything(aws_env, ecr_images, model_tgz):  # noqa: F811
-    """SIGTERM while create_endpoint_config is in flight (model and S3 object exist, no endpoint):
-    undone whatever --on-interrupt says, exit 143."""
+@pytest.mark.parametrize("sig,background", [("SIGINT", False), ("SIGTERM", False), ("SIGHUP", False),
+                                            ("SIGINT", True), ("SIGTERM", True)])
+def test_signal_before_the_endpoint_exists_undoes_everything(aws_env, ecr_images, model_tgz,  # noqa: F811
+                                                              sig, background):
+    """A signal while create_endpoint_config is in flight (model and S3 object exist, no endpoint):
+    undone whatever --on-interrupt says, exit 128+signal."""
     with gate_operation("create_endpoint_config") as gate:
-        run = Deploy(*create_args(aws_env, ecr_images["multi"], model_tgz, "early", "--on-interrupt", "keep"))
+        run = Deploy(*create_args(aws_env, ecr_images["multi"], model_tgz, "early", "--on-interrupt", "keep"),
+                     background=background)
         assert gate["entered"].wait(60), run.err
-        run.signal("SIGTERM")
+        run.signal(sig)
         run.wait_for("rollback complete")
         gate["fail"] = True
     code, out, err = run.finish()
-    assert code == 143, err
+    assert code == CODES[sig], err
     assert "rolled back: deleted model early-" in err and "rolled back: deleted s3://" in err
     assert state() == EMPTY
 
@@ -223,7 +227,8 @@ def update_args(name, *extra):
     return ("update", name, "--instance-type", "ml.c7g.2xlarge", "--poll", "0.05", *extra)
 
 
-@pytest.mark.parametrize("sig,background", [("SIGINT", False), ("SIGTERM", True)])
+@pytest.mark.parametrize("sig,background", [("SIGINT", False), ("SIGHUP", False), ("SIGINT", True),
+                                            ("SIGTERM", True)])
 def test_update_interrupted_while_updating_keep(aws_env, ecr_images, model_tgz, sig, background):  # noqa: F811
     """--on-interrupt keep while Updating: nothing is deleted, the live config is named, and
     status/delete work afterwards (the old dead end: both failed on a missing config)."""
@@ -251,21 +256,23 @@ def test_update_interrupted_while_updating_keep(aws_env, ecr_images, model_tgz, 
     assert state() == EMPTY
 
 
-@pytest.mark.parametrize("outcome", ["RolledBack", "InService"])
-def test_update_interrupted_while_updating_rollback(aws_env, ecr_images, model_tgz, outcome):  # noqa: F811
+@pytest.mark.parametrize("outcome,sig,background", [("RolledBack", "SIGTERM", False), ("InService", "SIGTERM", False),
+                                                    ("InService", "SIGINT", True), ("RolledBack", "SIGHUP", False)])
+def test_update_interrupted_while_updating_rollback(aws_env, ecr_images, model_tgz, outcome, sig,  # noqa: F811
+                                                    background):
     """Default rollback while Updating: SageMaker cannot cancel, so the command waits. If the
     endpoint settles on the old config the new model/config go; if the update took, it reverts
     to the old config first. Either way the endpoint ends where it was, on the old config."""
     old, old_config = _created(aws_env, ecr_images, model_tgz, "web")
     hold_endpoint("web", "Updating")
-    run = Deploy(*update_args("web"))
+    run = Deploy(*update_args("web"), background=background)
     run.wait_for("web: Updating")
-    run.signal("SIGTERM")
+    run.signal(sig)
     run.wait_for("SageMaker cannot cancel an update")
     assert endpoint_state("web") == {"status": "Updating", "config": old_config}
     release_endpoint("web", outcome, "new fleet failed its health check")
     code, out, err = run.finish()
-    assert code == 143, err
+    assert code == CODES[sig], err
     if outcome == "InService":
         assert f"reverting web to {old_config}" in err
     assert f"rollback complete: endpoint web is on {old_config}" in err
@@ -273,16 +280,18 @@ def test_update_interrupted_while_updating_rollback(aws_env, ecr_images, model_t
     assert state() == old
 
 
-def test_update_signal_before_update_endpoint_deletes_only_the_new(aws_env, ecr_images, model_tgz):  # noqa: F811
+@pytest.mark.parametrize("sig,background", [("SIGHUP", False), ("SIGINT", True), ("SIGTERM", False)])
+def test_update_signal_before_update_endpoint_deletes_only_the_new(aws_env, ecr_images, model_tgz,  # noqa: F811
+                                                                    sig, background):
     old, old_config = _created(aws_env, ecr_images, model_tgz, "web")
     with gate_operation("create_endpoint_config") as gate:
-        run = Deploy(*update_args("web", "--on-interrupt", "keep"))
+        run = Deploy(*update_args("web", "--on-interrupt", "keep"), background=background)
         assert gate["entered"].wait(60), run.err
-        run.signal("SIGHUP")
+        run.signal(sig)
         run.wait_for("rollback complete")
         gate["fail"] = True
     code, out, err = run.finish()
-    assert code == 129, err
+    assert code == CODES[sig], err
     assert f"before update_endpoint was sent: the endpoint stays on {old_config}" in err
     assert state() == old
 
