@@ -371,3 +371,18 @@ def test_output_json_and_text_rendering():
     buf = io.StringIO()
     output.emit({"k": "v"}, "table", table=lambda r: [f"k is {r['k']}"], stream=buf)
     assert buf.getvalue() == "k is v\n"
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_read_only_commands_just_stop(aws_env, ecr_images, model_tgz, sig):  # noqa: F811
+    """`deploy wait` (or list/status) changes nothing: a signal ends it at once, 128+signal, no traceback."""
+    hold_endpoint("waited", "Creating")
+    proc = subprocess.run([DEPLOY, *create_args(aws_env, ecr_images["multi"], model_tgz, "waited", "--no-wait")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    run = Deploy("wait", "waited", "--poll", "0.05")
+    run.wait_for("waited: Creating")
+    run.signal(sig)
+    code, out, err = run.finish()
+    assert code == CODES[sig] and f"deploy: interrupted by {sig}" in err and "Traceback" not in err
+    assert endpoint_state("waited")["status"] == "Creating"
