@@ -27,6 +27,7 @@ import dataclasses
 import io
 import json
 import math
+import signal
 import socket
 import time
 from dataclasses import dataclass, field
@@ -452,6 +453,10 @@ class _Compared(Exception):
         self.result = result
 
 
+class _Stopped(Exception):
+    """The inner `deploy local` run ended without a comparison (it was interrupted)."""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -492,6 +497,8 @@ def fpmath_check(spec, requests_path: str, reporter, download=None, *, warmup: i
                                    max_abs_diff=max_abs_diff, min_top1=min_top1, note="; ".join(notes) or None))
 
         local.run(spec_for("STRICT"), reporter.info, download, on_ready=strict_ready)
+        # back here without a result: the STRICT run was stopped (Ctrl-C, SIGTERM); stop the BF16 one too
+        raise _Stopped()
 
     try:
         local.run(spec_for("BF16"), reporter.info, download, on_ready=bf16_ready)
@@ -499,7 +506,10 @@ def fpmath_check(spec, requests_path: str, reporter, download=None, *, warmup: i
         result = done.result
         result.update(image=spec.image, platform=f"linux/{arch}", emulated=emulated)
         return result
-    raise DeployError("the containers stopped before the comparison ran")
+    except _Stopped:
+        pass
+    from . import interrupts
+    raise interrupts.Interrupted(signal.SIGINT)   # local.run turned the signal into a normal stop
 
 
 def cmd_fpmath_check(args, console, region: str | None, download) -> int:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import botocore.exceptions
 
-from . import endpoint, instance, interrupts
+from . import endpoint, instance, interrupts, registry
 from .aws import Aws, error_code, error_message
 from .endpoint import TAG, Created, Reporter
 from .errors import DeployError
@@ -310,7 +310,12 @@ def migrate(aws: Aws, spec: MigrateSpec, reporter: Reporter) -> dict:
         raise DeployError(f"model {old_variant['ModelName']} comes from a model package; migrate needs a "
                           "ModelDataUrl")
     if spec.arch_check:
-        endpoint.check_architecture(aws, spec.image, spec.instance_type, reporter)
+        archs = registry.image_architectures(spec.image, aws)
+        if instance.ARM64 not in archs:
+            raise DeployError(f"image {spec.image} has architectures [{', '.join(sorted(archs)) or 'none'}] but "
+                              f"{spec.instance_type} is arm64: migrate needs this project's image built for "
+                              "linux/arm64 (./build.sh --platform linux/arm64,linux/amd64 --push ...)")
+        reporter.info(f"image {spec.image}: {', '.join(sorted(archs))}; {spec.instance_type} is arm64: ok")
     else:
         reporter.info("architecture check skipped (--skip-arch-check)")
 
