@@ -171,10 +171,13 @@ def main(argv=None) -> int:
               "cifar_cnn": a.cifar_records or (10_000 if a.full else 1_000)}
     results = []
     start = time.monotonic()
+    load_before = os.getloadavg()[0]
     for name in a.models.split(","):
         results.append(measure(name, a.image, counts[name], a.wrk_seconds, env))
     machine = (f"{os.cpu_count()} vCPUs, image {a.image}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-               f"run took {time.monotonic() - start:.0f} s" + (f", env {env}" if env else ""))
+               f"run took {time.monotonic() - start:.0f} s, load average {load_before:.1f} before, "
+               f"{os.getloadavg()[0]:.1f} after (the machine is shared: compare ratios within a run)"
+               + (f", env {env}" if env else ""))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{a.name}.json").write_text(json.dumps({"machine": machine, "results": results}, indent=2))
     text = markdown(results, machine)
