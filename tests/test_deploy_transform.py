@@ -597,3 +597,33 @@ def test_loop_many_files_each_gets_its_own_out_in_order(tmp_path, mlp_server, ml
         out = read_out(tmp_path / "out" / f"d{i % 3}" / f"f{i:02d}.csv.out")
         np.testing.assert_allclose(out, mlp_predict(rows[i]), atol=1e-5)
     assert (tmp_path / "out" / "empty.csv.out").read_bytes() == b""
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise():
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Tty()
+    bar = tl.Progress(1000, stream=tty)
+    bar.add(10, 500)
+    time.sleep(0.11)
+    bar.add(10, 500)
+    bar.close()
+    text = tty.getvalue()
+    assert text.startswith("\r[###############---------------]  50%  10 records")
+    assert "\r[##############################] 100%  20 records" in text and text.endswith("\n")
+    pipe = io.StringIO()
+    lines = tl.Progress(1000, stream=pipe)
+    lines.add(10, 500)
+    lines.add(10, 500)
+    lines.close()
+    assert pipe.getvalue().splitlines()[0].startswith("progress:  50%  10 records")
+    assert pipe.getvalue().splitlines()[-1].startswith("progress: 100%  20 records")
+    assert "\r" not in pipe.getvalue()
+    quiet = io.StringIO()
+    q = tl.Progress(10, stream=quiet, quiet=True)
+    q.add(10, 10)
+    assert quiet.getvalue() == ""
