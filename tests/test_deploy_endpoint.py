@@ -610,3 +610,38 @@ def test_argument_errors_exit_2_without_calls(capsys, aws_env, aws_calls, argv, 
     code, out, err = run(capsys, *argv)
     assert code == 2 and message in err, err
     assert aws_calls == []
+
+
+def test_purge_touches_only_this_endpoints_archives(capsys, aws_env, ecr_images, model_tgz):
+    code, out, err = run(capsys, "create", "--image", ecr_images["multi"], "--model-data", str(model_tgz),
+                         "--role", aws_env["role"], "--output", "json")
+    assert code == 0, err
+    unnamed = json.loads(out)["endpoint"]
+    assert unnamed.startswith("tf-graviton-")
+    for name in ("web", "web-2", "webx"):
+        assert create(capsys, aws_env, ecr_images["multi"], model_tgz, "--name", name)[0] == 0
+    import re
+    webs = [o for o in state()["objects"] if re.search(r"/web-\d{8}-\d{6}-\d{3}/model\.tar\.gz$", o)]
+    assert len(webs) == 1 and len(state()["objects"]) == 4
+    code, out, err = run(capsys, "delete", "web", "--purge-s3", "--output", "json")
+    assert code == 0, err
+    assert json.loads(out)["purged"] == webs          # not web-2's, whose names also start "web-2..."
+    code, out, err = run(capsys, "delete", unnamed, "--purge-s3")
+    assert code == 0, err
+    s = state()
+    assert sorted(s["endpoints"]) == ["web-2", "webx"] and len(s["objects"]) == 2 and len(s["models"]) == 2
+
+
+def test_an_endpoint_named_like_the_unnamed_prefix_leaves_unnamed_ones_alone(capsys, aws_env, ecr_images, model_tgz):
+    """Unnamed creates are tf-graviton-TIMESTAMP, their config, model and S3 prefix too: deleting an
+    endpoint called tf-graviton must not take them for its leftovers."""
+    code, out, err = run(capsys, "create", "--image", ecr_images["multi"], "--model-data", str(model_tgz),
+                         "--role", aws_env["role"], "--output", "json")
+    assert code == 0, err
+    unnamed = json.loads(out)["endpoint"]
+    assert create(capsys, aws_env, ecr_images["multi"], model_tgz, "--name", "tf-graviton")[0] == 0
+    code, out, err = run(capsys, "delete", "tf-graviton", "--purge-s3")
+    assert code == 0, err
+    s = state()
+    assert s["endpoints"] == [unnamed] and s["configs"] == [unnamed] and s["models"] == [unnamed]
+    assert [o.split("/")[3] for o in s["objects"]] == [unnamed]

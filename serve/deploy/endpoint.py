@@ -835,11 +835,23 @@ def _tagged_ours(aws: Aws, arn: str | None) -> bool:
     return any(t.get("Key") == TAG["Key"] and t.get("Value") == TAG["Value"] for t in tags)
 
 
+def _other_endpoints(aws: Aws, name: str, stem: str) -> set[str]:
+    """Names of other endpoints that look like NAME-TIMESTAMP: an unnamed `create` gives the endpoint,
+    its config, its model and its S3 prefix the same name, so `deploy delete tf-graviton` must not
+    take those for leftovers of an endpoint called tf-graviton."""
+    names = set()
+    for page in aws.sagemaker.get_paginator("list_endpoints").paginate(NameContains=stem.rstrip("-") or name):
+        names.update(e["EndpointName"] for e in page["Endpoints"])
+    names.discard(name)
+    return names
+
+
 def owned_leftovers(aws: Aws, name: str, skip: set[str] = frozenset()) -> dict[str, list[str]]:
     """Endpoint configs and models this tool made for endpoint NAME (its naming pattern and its
     created-by tag), e.g. the unused ones an interrupted `update --on-interrupt keep` left."""
     pattern = owned_pattern(name)
     contains = resource_name(name, "0" * 8 + "-" + "0" * 6 + "-" + "0" * 3)[:-len("00000000-000000-000")]
+    skip = set(skip) | _other_endpoints(aws, name, contains)
     out = {"configs": [], "models": []}
     for kind, op, key, arn_key, field_name in (
             ("configs", "list_endpoint_configs", "EndpointConfigs", "EndpointConfigArn", "EndpointConfigName"),
@@ -858,15 +870,19 @@ def owned_leftovers(aws: Aws, name: str, skip: set[str] = frozenset()) -> dict[s
 def owned_archives(aws: Aws, name: str, buckets: set[str]) -> list[str]:
     """s3://BUCKET/NAME-TIMESTAMP/model.tar.gz objects deploy uploaded for endpoint NAME."""
     pattern = owned_pattern(name)
+    stem = resource_name(name, "0" * 8 + "-" + "0" * 6 + "-" + "0" * 3)[:-len("00000000-000000-000")]
     found = []
+    others = _other_endpoints(aws, name, stem)
     for bucket in sorted(buckets):
         try:
-            pages = aws.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-            for page in pages:
-                for obj in page.get("Contents") or []:
-                    top, _, rest = obj["Key"].partition("/")
-                    if rest == "model.tar.gz" and pattern.match(top):
-                        found.append(f"s3://{bucket}/{obj['Key']}")
+            for prefix in sorted({stem, f"{name}/"}):       # listing only what could be ours
+                for page in aws.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                    for obj in page.get("Contents") or []:
+                        top, _, rest = obj["Key"].partition("/")
+                        uri = f"s3://{bucket}/{obj['Key']}"
+                        if rest == "model.tar.gz" and pattern.match(top) and top not in others \
+                                and uri not in found:
+                            found.append(uri)
         except botocore.exceptions.ClientError as exc:
             if error_code(exc) not in ("NoSuchBucket", "404", "AccessDenied", "403"):
                 raise
