@@ -214,6 +214,16 @@ def test_architecture_is_checked_before_any_call(capsys, transform_moto, ecr_ima
     assert mt.calls() == [] and s3_objects() == []
 
 
+def test_an_image_outside_ecr_in_the_region_is_refused_first(capsys, transform_moto, model_tgz):
+    code, out, err = transform(capsys, transform_moto, "127.0.0.1:5000/sagemaker-tf-graviton:test", model_tgz)
+    assert code == 2
+    assert "a SageMaker transform job pulls its image only from Amazon ECR in the job's region" in err
+    code, out, err = transform(capsys, transform_moto,
+                               "123456789012.dkr.ecr.us-east-1.amazonaws.com/sagemaker-tf-graviton:1.0", model_tgz)
+    assert code == 2 and "the job is in eu-west-1" in err
+    assert mt.calls() == [] and s3_objects() == []
+
+
 def test_bad_arguments_are_refused_before_aws(capsys, transform_moto, ecr_images, model_tgz):
     code, out, err = transform(capsys, transform_moto, ecr_images["multi"], model_tgz,
                                "--strategy", "MultiRecord", "--split-type", "None")

@@ -32,7 +32,7 @@ from urllib.parse import quote
 
 import botocore.exceptions
 
-from . import archive, endpoint, instance, interrupts, output
+from . import archive, endpoint, instance, interrupts, output, registry
 from .aws import Aws, error_message
 from .endpoint import Created, Reporter
 from .errors import DeployError
@@ -246,6 +246,11 @@ def check_input(aws: Aws, uri: str) -> int:
 
 def run_remote(aws: Aws, spec: TransformSpec, reporter: Reporter) -> dict:
     check_spec(spec)
+    try:    # SageMaker pulls only from ECR in the job's region (no network to tell)
+        registry.check_ecr_location(spec.image, aws.region)
+    except UsageError as exc:
+        raise UsageError(str(exc).replace("a SageMaker endpoint pulls", "a SageMaker transform job pulls")
+                         .replace("the endpoint's", "the job's").replace("the endpoint is", "the job is")) from None
     with tempfile.TemporaryDirectory(prefix="deploy-transform-") as tmp:
         local = _local_archive(spec.model_data, Path(tmp), reporter)
         # then the architecture: nothing is created (or uploaded) before it passes
