@@ -685,7 +685,12 @@ def _stop_update(aws: Aws, spec: UpdateSpec, created: Created, state: dict, old_
     if not state["sent"]:
         delete_new(f"update {what} before update_endpoint was sent: the endpoint stays on {old_config}")
 
-    desc = describe_endpoint_or_none(aws, name)
+    unreadable = False
+    try:
+        desc = describe_endpoint_or_none(aws, name)
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as err:
+        reporter.info(f"could not read the state of {name}: {error_message(err)}")
+        desc, unreadable = None, True
     if desc is not None and desc["EndpointStatus"] in BUSY and stop and spec.on_interrupt == interrupts.ROLLBACK:
         reporter.info(f"update {what} while {name} is {desc['EndpointStatus']}: SageMaker cannot cancel an "
                       f"update, so waiting for it to settle (--on-interrupt rollback; a second Ctrl-C stops "
@@ -705,7 +710,7 @@ def _stop_update(aws: Aws, spec: UpdateSpec, created: Created, state: dict, old_
             except (DeployError, botocore.exceptions.ClientError) as err:
                 reporter.info(f"could not revert: {_describe(err)}")
                 desc = describe_endpoint_or_none(aws, name)
-    status = desc["EndpointStatus"] if desc else "gone"
+    status = desc["EndpointStatus"] if desc else ("in an unknown state" if unreadable else "gone")
     live = desc.get("EndpointConfigName") if desc else None
     on_old = desc is not None and status not in TRANSIENT and live == old_config
     if on_old:
