@@ -7,5 +7,6 @@ pytest_plugins = [
     "tests.fixtures.moto",
     "tests.fixtures.moto_transform",
     "tests.fixtures.moto_migrate",
+    "tests.fixtures.moto_mme",
     "tests.fixtures.report",
 ]

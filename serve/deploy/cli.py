@@ -422,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_parser(sub, common)
     from .transform import add_parser as add_transform   # issue 15: `deploy transform`
     add_transform(sub)
+    from . import multimodel   # issue 12: `deploy models`, create/local --multi-model, invoke --target-model/--local
+    multimodel.add_parsers(sub, common)
     return parser
 
 

@@ -1,0 +1,788 @@
+"""Multi-model endpoints (issue 12) in `deploy`: one endpoint, many model archives under an S3 prefix.
+
+    deploy create --multi-model --model-data s3://bucket/prefix/ ...   a Mode: MultiModel model + endpoint
+    deploy models add ENDPOINT ARCHIVE|MODEL_DIR [--name N.tar.gz]     upload under the endpoint's prefix
+    deploy models list ENDPOINT                                         the archives there (name, size, date)
+    deploy invoke ENDPOINT --target-model N.tar.gz ...                  InvokeEndpoint with TargetModel
+    deploy local --multi-model DIR ...                                  the container + SageMaker's part, here
+    deploy invoke local --local [URL] --target-model N.tar.gz ...       invoke that local endpoint
+
+`create --multi-model` runs `deploy create`'s own steps (endpoint.py): the same local checks first,
+the architecture check, the same interruption rule (`--on-interrupt`, rollback of what the run
+made) and the same waiting; only the model differs (PrimaryContainer Mode MultiModel, ModelDataUrl
+the prefix, SAGEMAKER_MULTI_MODEL=true). Nothing is uploaded by create: archives are added with
+`deploy models add` (or any S3 copy) before or after, as SageMaker reads them on first use.
+
+`deploy local --multi-model DIR` runs the image as a multi-model instance does (SAGEMAKER_MULTI_MODEL=
+true, an empty models folder mounted read-only at /opt/ml/models) and does SageMaker's part itself,
+as a proxy on the published port that speaks the SageMaker runtime protocol: boto3's
+invoke_endpoint(EndpointName=..., TargetModel="a.tar.gz") pointed at it with endpoint_url works
+as is (the proxy ignores signatures), and so does a plain POST /invocations with the header
+X-Amzn-SageMaker-Target-Model. When the target is not loaded, the proxy unpacks DIR/<target>
+with the safe unpacker (serve/archives.py) into models/<name>/model, calls POST /models and
+retries; on 507 it unloads the least recently used model (DELETE /models/<name>, its folder
+removed) and tries again, until the model loads or nothing is left to unload.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path, PurePosixPath
+from typing import Callable
+
+import botocore.exceptions
+import requests
+
+from . import archive, checks, endpoint, interrupts, output
+from .aws import Aws, error_code, error_message
+from .errors import DeployError, UsageError
+
+MODE = "MultiModel"
+TARGET_HEADER = "X-Amzn-SageMaker-Target-Model"
+ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+CONTAINER_MODELS = "/opt/ml/models"
+_PREFIX = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/(.*)$")
+
+
+# --- S3 prefix and target names ----------------------------------------------------------------
+
+def check_prefix(uri: str) -> str:
+    """--model-data of a multi-model endpoint: an s3://BUCKET/PREFIX/ (a trailing '/' is added).
+    A URI naming one archive is refused: SageMaker reads TargetModel relative to the prefix."""
+    m = _PREFIX.match(uri or "")
+    if not m and re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/?$", uri or ""):
+        return uri.rstrip("/") + "/"          # the bucket's root
+    if not m:
+        raise UsageError(f"--model-data {uri!r}: a multi-model endpoint takes an S3 prefix, "
+                         "s3://BUCKET/PREFIX/ (the folder holding the NAME.tar.gz archives)")
+    if uri.endswith((".tar.gz", ".tgz")):
+        raise UsageError(f"--model-data {uri!r} names one archive: a multi-model endpoint takes the prefix "
+                         f"that holds the archives, e.g. {uri.rsplit('/', 1)[0]}/ (upload more with "
+                         "`deploy models add`)")
+    return uri if uri.endswith("/") else uri + "/"
+
+
+def check_target(target: str) -> str:
+    """A TargetModel: a relative path under the prefix, with no '..' and no leading '/'."""
+    if not target or target.startswith("/") or ".." in PurePosixPath(target).parts or "\\" in target \
+            or len(target) > 1024:
+        raise UsageError(f"target model {target!r}: give a path relative to the endpoint's S3 prefix, "
+                         "such as digits.tar.gz (no leading '/', no '..')")
+    return target
+
+
+def container_name(target: str) -> str:
+    """The name the container knows a target by (POST /models model_name, /models/<name>):
+    'digits.tar.gz' -> 'digits'; other characters become '-', with a short hash when the
+    name had to change, so two targets never share one."""
+    stem = re.sub(r"\.(tar\.gz|tgz)$", "", target)
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-") or "model"
+    if name != stem:
+        name = f"{name[:50]}-{hashlib.sha1(target.encode()).hexdigest()[:8]}"
+    return name[:63]
+
+
+# --- the endpoint's model and its prefix -------------------------------------------------------
+
+def multi_model_container(model: dict | None) -> dict | None:
+    if not model:
+        return None
+    for c in [model.get("PrimaryContainer") or {}] + list(model.get("Containers") or []):
+        if c.get("Mode") == MODE:
+            return c
+    return None
+
+
+def endpoint_prefix(aws: Aws, name: str) -> tuple[str, str]:
+    """(the S3 prefix, the model name) of multi-model endpoint NAME: the ModelDataUrl of its
+    MultiModel container. DeployError when the endpoint is not a multi-model one."""
+    checks.check_name(name, "endpoint")
+    d = endpoint.describe(aws, name)
+    if d["config"] is None:
+        raise DeployError(f"endpoint {name} runs on an endpoint config that is gone (deleted outside deploy)")
+    plain = []
+    for model_name, model in d["models"].items():
+        c = multi_model_container(model)
+        if c is not None:
+            url = c.get("ModelDataUrl") or ""
+            if not url.startswith("s3://"):
+                raise DeployError(f"model {model_name} of endpoint {name} has no S3 ModelDataUrl")
+            return (url if url.endswith("/") else url + "/"), model_name
+        plain.append(model_name if model else f"{model_name} (gone)")
+    raise DeployError(f"endpoint {name} is not a multi-model endpoint (its model {', '.join(plain) or '?'} is "
+                      "not Mode MultiModel): create one with `deploy create --multi-model --model-data "
+                      "s3://BUCKET/PREFIX/ ...`")
+
+
+def list_archives(aws: Aws, prefix: str) -> list[dict]:
+    bucket, key_prefix = _split_prefix(prefix)
+    rows = []
+    try:
+        for page in aws.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key_prefix):
+            for obj in page.get("Contents") or []:
+                rel = obj["Key"][len(key_prefix):]
+                if rel.endswith((".tar.gz", ".tgz")):
+                    rows.append({"name": rel, "size": obj["Size"], "last_modified": obj["LastModified"]})
+    except botocore.exceptions.ClientError as exc:
+        raise DeployError(f"cannot list {prefix}: {error_message(exc)}") from exc
+    return sorted(rows, key=lambda r: r["name"])
+
+
+def _split_prefix(prefix: str) -> tuple[str, str]:
+    bucket, _, key = prefix[len("s3://"):].partition("/")
+    return bucket, key
+
+
+# --- create --multi-model ----------------------------------------------------------------------
+
+def create(aws: Aws, spec: endpoint.CreateSpec, reporter) -> dict:
+    """deploy create with a Mode: MultiModel model; the steps, checks and rule of endpoint.create."""
+    prefix = check_prefix(spec.model_data)
+    stamp = endpoint.timestamp()
+    endpoint.check_create_locally(spec, aws.region)
+    role = checks.check_role(spec.role)
+    endpoint_name = spec.name or endpoint.resource_name("tf-graviton", stamp)
+    model_name = endpoint.resource_name(endpoint_name if spec.name else "tf-graviton", stamp)
+    # read-only calls: nothing is created before they pass
+    if spec.arch_check:
+        endpoint.check_architecture(aws, spec.image, spec.instance_type, reporter)
+    else:
+        reporter.info("architecture check skipped (--skip-arch-check)")
+    existing = endpoint.describe_endpoint_or_none(aws, endpoint_name)
+    if existing is not None:
+        raise DeployError(f"endpoint {endpoint_name} already exists ({existing['EndpointStatus']}): use "
+                          f"`deploy delete {endpoint_name}` first, or another --name")
+    archives = list_archives(aws, prefix)
+    reporter.info(f"model prefix {prefix}: {len(archives)} archive(s) there now"
+                  + ("" if archives else " (add some with `deploy models add`)"))
+    env = {**endpoint.default_env(aws.region, False), "SAGEMAKER_MULTI_MODEL": "true", **spec.env}
+    created = endpoint.Created()
+    try:
+        created.model = model_name
+        aws.sagemaker.create_model(
+            ModelName=model_name,
+            PrimaryContainer={"Image": spec.image, "ModelDataUrl": prefix, "Mode": MODE, "Environment": env},
+            ExecutionRoleArn=role, Tags=[endpoint.TAG])
+        reporter.info(f"created model {model_name} (Mode MultiModel, {prefix})")
+        created.endpoint_config = model_name
+        aws.sagemaker.create_endpoint_config(
+            EndpointConfigName=model_name,
+            ProductionVariants=[{"VariantName": spec.variant, "ModelName": model_name,
+                                 "InstanceType": spec.instance_type,
+                                 "InitialInstanceCount": spec.instance_count, "InitialVariantWeight": 1.0}],
+            Tags=[endpoint.TAG])
+        reporter.info(f"created endpoint config {model_name} ({spec.instance_count} x {spec.instance_type})")
+        created.endpoint = endpoint_name
+        aws.sagemaker.create_endpoint(EndpointName=endpoint_name, EndpointConfigName=model_name,
+                                      Tags=[endpoint.TAG])
+        reporter.info(f"creating endpoint {endpoint_name}")
+        desc = None
+        if spec.wait:
+            desc = endpoint.wait_for_endpoint(aws, endpoint_name, reporter, timeout=spec.timeout, poll=spec.poll)
+        return {"endpoint": endpoint_name, "endpoint_config": model_name, "model": model_name,
+                "mode": MODE, "model_data": prefix, "archives": len(archives),
+                "status": desc["EndpointStatus"] if desc else "Creating", "region": aws.region}
+    except BaseException as exc:
+        with interrupts.shielded(reporter.info) as shield:
+            endpoint._stop_create(aws, spec, created, exc, reporter, shield)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+# --- models add / list -------------------------------------------------------------------------
+
+def add(aws: Aws, name: str, source: str, target: str | None, overwrite: bool, reporter) -> dict:
+    """Upload a model archive (or a model folder, packaged as `deploy package` does) under the
+    endpoint's prefix. Local checks first; an existing archive of that name is refused unless
+    OVERWRITE (SageMaker keeps serving the copy it has loaded)."""
+    checks.check_name(name, "endpoint")
+    path = Path(source)
+    checked = archive.check_local_model(source)      # UsageError (exit 2), no network
+    if target is None:
+        target = (path.name if checked.kind == "archive" else path.resolve().name + ".tar.gz")
+    check_target(target)
+    if checked.kind == "archive" and not target.endswith((".tar.gz", ".tgz")):
+        raise UsageError(f"--name {target!r}: name the archive NAME.tar.gz (SageMaker reads a gzip tar)")
+    prefix, model_name = endpoint_prefix(aws, name)
+    bucket, key_prefix = _split_prefix(prefix)
+    key = key_prefix + target
+    uri = f"s3://{bucket}/{key}"
+    try:
+        aws.s3.head_object(Bucket=bucket, Key=key)
+        exists = True
+    except botocore.exceptions.ClientError as exc:
+        if error_code(exc) not in ("404", "NoSuchKey", "NotFound"):
+            raise DeployError(f"cannot read {uri}: {error_message(exc)}") from exc
+        exists = False
+    if exists and not overwrite:
+        raise DeployError(f"{uri} already exists: an endpoint that has it loaded keeps serving its copy, so "
+                          "give the new version a new --name (or --overwrite to replace it anyway)")
+    with tempfile.TemporaryDirectory(prefix="deploy-mme-") as tmp:
+        if checked.kind == "folder":
+            tarball = Path(tmp) / "model.tar.gz"
+            archive.package(path, tarball)
+            reporter.info(f"packaged {path} -> {target} ({checked.model})")
+        else:
+            tarball = path
+            reporter.info(f"model archive {path}: {checked.model}")
+        size = tarball.stat().st_size
+        aws.s3.upload_file(str(tarball), bucket, key)
+    reporter.info(f"uploaded {target} ({size / 1e6:.1f} MB) -> {uri}" + (" (replaced)" if exists else ""))
+    return {"endpoint": name, "target_model": target, "uri": uri, "bytes": size, "model": checked.model,
+            "replaced": exists}
+
+
+# --- invoke with TargetModel (an endpoint, or deploy local's proxy) ----------------------------
+
+LOCAL_URL = "http://127.0.0.1:8080"
+
+
+def runtime_client(aws: Aws | None, local_url: str | None, region: str | None):
+    if local_url is None:
+        return aws.runtime
+    import boto3
+    import botocore
+    import botocore.config
+    cfg = botocore.config.Config(signature_version=botocore.UNSIGNED, retries={"total_max_attempts": 1},
+                                 read_timeout=900, connect_timeout=10)
+    return boto3.session.Session().client(
+        "sagemaker-runtime", endpoint_url=local_url, config=cfg,
+        region_name=region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+
+
+def invoke(aws: Aws | None, args, body: bytes, content_type: str) -> tuple[bytes, str]:
+    """InvokeEndpoint with TargetModel (when given), against AWS or `--local [URL]`."""
+    checks.check_name(args.endpoint, "endpoint")
+    kwargs = {"EndpointName": args.endpoint, "Body": body, "ContentType": content_type}
+    if args.target_model:
+        kwargs["TargetModel"] = check_target(args.target_model)
+    if args.accept:
+        kwargs["Accept"] = args.accept
+    if args.custom_attributes:
+        kwargs["CustomAttributes"] = args.custom_attributes
+    client = runtime_client(aws, args.local, args.region)
+    where = f"{args.endpoint} at {args.local}" if args.local else args.endpoint
+    try:
+        out = client.invoke_endpoint(**kwargs)
+    except botocore.exceptions.ClientError as exc:
+        raise DeployError(f"invoke {where}: {error_message(exc)}") from exc
+    except botocore.exceptions.EndpointConnectionError as exc:
+        raise DeployError(f"invoke {where}: nothing answers there (is `deploy local --multi-model` "
+                          f"running?): {exc}") from exc
+    return out["Body"].read(), out.get("ContentType", "")
+
+
+# --- deploy local --multi-model: the proxy -----------------------------------------------------
+
+class ProxyError(Exception):
+    """An answer the proxy gives instead of the model's, in SageMaker runtime's error shape."""
+
+    def __init__(self, status: int, code: str, message: str, original: tuple[int, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.original = status, code, original
+
+    def body(self) -> bytes:
+        doc = {"message": str(self), "__type": self.code}
+        if self.original:
+            doc["OriginalStatusCode"], doc["OriginalMessage"] = self.original
+        return json.dumps(doc).encode()
+
+
+@dataclass
+class Loaded:
+    target: str
+    name: str
+    loaded_at: float
+    last_used: float
+    invocations: int = 0
+
+
+class Proxy:
+    """SageMaker's part of a multi-model endpoint, for one container.
+
+    ARCHIVES: the folder standing in for the S3 prefix (TARGET -> ARCHIVES/TARGET); MODELS: the host
+    side of the container's /opt/ml/models (this class writes NAME/model folders there);
+    CONTAINER_URL: the container's own address. Thread-safe; loads and unloads one at a time.
+    """
+
+    def __init__(self, archives: Path, models: Path, container_url: str, info: Callable[[str], None],
+                 container_root: str = CONTAINER_MODELS, timeout: float = 900.0):
+        self.archives, self.models = Path(archives).resolve(), Path(models)
+        self.url, self.info, self.root, self.timeout = container_url.rstrip("/"), info, container_root, timeout
+        self.loaded: OrderedDict[str, Loaded] = OrderedDict()     # least recently used first
+        self.lock = threading.Lock()          # the LRU bookkeeping
+        self.load_lock = threading.Lock()     # one load/unload sequence at a time
+        self.events: list[dict] = []          # what the proxy did, for GET /local/models and tests
+
+    def _event(self, kind: str, **what) -> None:
+        with self.lock:
+            self.events.append({"event": kind, "time": time.time(), **what})
+
+    def archive_of(self, target: str) -> Path:
+        try:
+            check_target(target)
+        except UsageError as exc:
+            raise ProxyError(400, "ValidationError", str(exc)) from None
+        path = (self.archives / target).resolve()
+        if self.archives not in path.parents or not path.is_file():
+            raise ProxyError(400, "ValidationError",
+                             f"Failed to download model data for TargetModel {target!r}: there is no "
+                             f"{target} under {self.archives} (the stand-in for the endpoint's S3 prefix)")
+        return path
+
+    # -- the container's /models API ------------------------------------------------------------
+
+    def _unpack(self, target: str, name: str) -> None:
+        dest = self.models / name
+        if (dest / "model").is_dir():
+            return
+        tmp = self.models / f".{name}.{secrets.token_hex(3)}"
+        try:
+            archive.safe_extract(self.archive_of(target), tmp / "model")
+        except DeployError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ProxyError(400, "ValidationError", f"TargetModel {target!r}: {exc}") from None
+        for p in [tmp, *tmp.rglob("*")]:      # the container's user must read what we wrote
+            if p.is_dir():
+                os.chmod(p, 0o755)
+            elif p.is_file():
+                os.chmod(p, 0o644 | (p.stat().st_mode & 0o111))
+        os.replace(tmp, dest)
+
+    def _unload(self, name: str, why: str) -> None:
+        with self.lock:
+            entry = self.loaded.pop(name, None)
+        r = requests.delete(f"{self.url}/models/{name}", timeout=self.timeout)
+        shutil.rmtree(self.models / name, ignore_errors=True)
+        target = entry.target if entry else name
+        self.info(f"unloaded {target} ({why}): DELETE /models/{name} -> {r.status_code}, folder removed")
+        self._event("unload", target=target, name=name, why=why, status=r.status_code)
+
+    def load(self, target: str, name: str) -> None:
+        """Unpack, POST /models, and on 507 unload the least recently used model and retry."""
+        with self.load_lock:
+            if requests.get(f"{self.url}/models/{name}", timeout=60).status_code == 200:
+                self._touch(target, name, invoked=False)
+                return
+            self._unpack(target, name)
+            started = time.monotonic()
+            while True:
+                r = requests.post(f"{self.url}/models", timeout=self.timeout,
+                                  json={"model_name": name, "url": f"{self.root}/{name}/model"})
+                if r.status_code in (200, 409):
+                    seconds = time.monotonic() - started
+                    self.info(f"loaded {target} as {name} in {seconds:.1f} s (POST /models -> {r.status_code})")
+                    self._event("load", target=target, name=name, seconds=round(seconds, 2))
+                    self._touch(target, name, invoked=False)
+                    return
+                message = _error_text(r)
+                if r.status_code != 507:
+                    shutil.rmtree(self.models / name, ignore_errors=True)
+                    raise ProxyError(424, "ModelError", f"Failed to load TargetModel {target!r}: the container "
+                                     f"answered POST /models with {r.status_code}: {message}",
+                                     (r.status_code, message))
+                with self.lock:
+                    victims = [n for n in self.loaded if n != name]
+                if not victims:
+                    shutil.rmtree(self.models / name, ignore_errors=True)
+                    self._event("refused", target=target, name=name, message=message)
+                    raise ProxyError(507, "ModelError", f"TargetModel {target!r} does not fit in the container's "
+                                     f"memory even with every other model unloaded: {message}", (507, message))
+                self.info(f"{target}: 507 from POST /models ({message}); unloading the least recently used")
+                self._unload(victims[0], f"least recently used, to make room for {target}")
+
+    def _touch(self, target: str, name: str, invoked: bool = True) -> None:
+        now = time.time()
+        with self.lock:
+            entry = self.loaded.pop(name, None) or Loaded(target, name, now, now)
+            entry.last_used = now
+            entry.invocations += 1 if invoked else 0
+            self.loaded[name] = entry
+
+    def invoke(self, target: str, body: bytes, headers: dict) -> requests.Response:
+        name = container_name(target)
+        self.archive_of(target)
+        url = f"{self.url}/models/{name}/invoke"
+        for attempt in (1, 2):
+            r = requests.post(url, data=body, headers=headers, timeout=self.timeout)
+            if r.status_code == 404 and attempt == 1 and \
+                    requests.get(f"{self.url}/models/{name}", timeout=60).status_code == 404:
+                with self.lock:
+                    self.loaded.pop(name, None)       # gone from the container (restarted, say)
+                self.load(target, name)
+                continue
+            break
+        if r.status_code == 200:
+            self._touch(target, name)
+            return r
+        message = _error_text(r)
+        raise ProxyError(424, "ModelError", f"Received client error ({r.status_code}) from primary with message "
+                         f"\"{message}\"" if r.status_code < 500 else
+                         f"Received server error ({r.status_code}) from primary with message \"{message}\"",
+                         (r.status_code, message))
+
+    def status(self) -> dict:
+        with self.lock:
+            loaded = [{"target_model": e.target, "model_name": e.name, "invocations": e.invocations,
+                       "last_used": _iso(e.last_used)} for e in self.loaded.values()]
+            events = [dict(e, time=_iso(e["time"])) for e in self.events]
+        archives = sorted(str(p.relative_to(self.archives)) for p in self.archives.rglob("*")
+                          if p.is_file() and p.name.endswith((".tar.gz", ".tgz")))
+        return {"archives": archives, "loaded": loaded, "events": events}
+
+
+def _iso(t: float) -> str:
+    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _error_text(r: requests.Response) -> str:
+    try:
+        doc = r.json()
+        if isinstance(doc, dict):
+            return str(doc.get("error") or doc.get("message") or doc)
+    except ValueError:
+        pass
+    return r.text.strip()[:2000]
+
+
+_FORWARD = ("Content-Type", "Accept", ATTRIBUTES_HEADER)
+
+
+def make_handler(proxy: Proxy):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "deploy-local-mme"
+
+        def log_message(self, fmt, *args):   # the proxy's own lines say what matters
+            pass
+
+        def _send(self, status: int, body: bytes, content_type: str = "application/json", extra=None) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in (extra or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _error(self, exc: ProxyError) -> None:
+            self._send(exc.status, exc.body(), extra={"x-amzn-ErrorType": f"{exc.code}:"})
+
+        def do_GET(self):
+            path = self.path.split("?")[0]
+            if path == "/ping":
+                try:
+                    r = requests.get(f"{proxy.url}/ping", timeout=10)
+                    self._send(r.status_code, r.content, r.headers.get("Content-Type", "application/json"))
+                except requests.RequestException as exc:
+                    self._send(502, json.dumps({"message": f"container: {exc}"}).encode())
+            elif path == "/local/models":
+                self._send(200, json.dumps(proxy.status(), indent=2).encode())
+            else:
+                self._send(404, json.dumps({"message": f"no route GET {path}: POST /invocations or "
+                                            "/endpoints/NAME/invocations with X-Amzn-SageMaker-Target-Model; "
+                                            "GET /ping, /local/models"}).encode())
+
+        def do_POST(self):
+            path = self.path.split("?")[0]
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            if path != "/invocations" and not re.match(r"^/endpoints/[^/]+/invocations$", path):
+                return self._send(404, json.dumps({"message": f"no route POST {path}"}).encode())
+            target = self.headers.get(TARGET_HEADER)
+            if not target:
+                return self._error(ProxyError(400, "ValidationError", "this is a multi-model endpoint: name the "
+                                              "model with TargetModel (header X-Amzn-SageMaker-Target-Model)"))
+            headers = {k: self.headers[k] for k in _FORWARD if self.headers.get(k)}
+            try:
+                r = proxy.invoke(target, body, headers)
+            except ProxyError as exc:
+                proxy.info(f"{target}: {exc.status} {exc}")
+                return self._error(exc)
+            except requests.RequestException as exc:
+                return self._error(ProxyError(424, "ModelError", f"the container did not answer: {exc}"))
+            extra = {"x-Amzn-Invoked-Production-Variant": endpoint.VARIANT}
+            if r.headers.get(ATTRIBUTES_HEADER):
+                extra[ATTRIBUTES_HEADER] = r.headers[ATTRIBUTES_HEADER]
+            self._send(200, r.content, r.headers.get("Content-Type", "application/json"), extra)
+
+    return Handler
+
+
+def serve_proxy(proxy: Proxy, host: str, port: int) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer((host, port), make_handler(proxy))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="mme-proxy", daemon=True).start()
+    return server
+
+
+# --- deploy local --multi-model: the container -------------------------------------------------
+
+@dataclass
+class LocalMultiSpec:
+    image: str
+    archives: Path
+    port: int = 8080
+    host_ip: str = "127.0.0.1"
+    env: dict[str, str] = field(default_factory=dict)
+    region: str | None = None
+    platform: str | None = None
+    ping_timeout: float = 600.0
+    stop_timeout: int = 30
+    stream_logs: bool = True
+    memory: str | None = None
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def run_local(spec: LocalMultiSpec, info: Callable[[str], None],
+              on_ready: Callable[[str, Proxy], None] | None = None) -> int:
+    """Run the image with SAGEMAKER_MULTI_MODEL=true and the proxy in front, until Ctrl-C/SIGTERM."""
+    from . import local
+
+    archives = Path(spec.archives)
+    if not archives.is_dir():
+        raise UsageError(f"--multi-model {archives}: not a folder (give the folder holding NAME.tar.gz archives, "
+                         "as the endpoint's S3 prefix would)")
+    found = sorted(p.relative_to(archives) for p in archives.rglob("*") if p.name.endswith((".tar.gz", ".tgz")))
+    with ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="deploy-local-mme-")))
+        models = work / "models"
+        models.mkdir()
+        os.chmod(work, 0o755)
+        os.chmod(models, 0o755)
+        if local._docker("version", "--format", "{{.Server.Version}}", check=False).returncode != 0:
+            raise DeployError("no Docker engine is answering (is dockerd running?)")
+        image_plat = local.image_platform(spec.image, info)
+        plat = spec.platform
+        if plat is None and image_plat.split("/")[-1] != local.host_arch():
+            plat = image_plat
+            info(f"{spec.image} is {image_plat}: running it under emulation (--platform {plat})")
+        env = {**endpoint.default_env(spec.region or "", False), "SAGEMAKER_MULTI_MODEL": "true", **spec.env}
+        if not spec.region and "SAGEMAKER_REGION" not in spec.env:
+            env.pop("SAGEMAKER_REGION")
+        name = f"deploy-local-{secrets.token_hex(4)}"
+        cport = _free_port()
+        cmd = ["run", "-d", "--name", name, "-v", f"{models}:{CONTAINER_MODELS}:ro", "-p", f"127.0.0.1:{cport}:8080"]
+        if plat:
+            cmd += ["--platform", plat]
+        if spec.memory:
+            cmd += ["--memory", spec.memory]
+        for key, value in env.items():
+            cmd += ["-e", f"{key}={value}"]
+        cmd += [spec.image, "serve"]
+        info("docker " + " ".join(local._masked(cmd)))
+        local._docker(*cmd)
+        stack.callback(local._docker, "rm", "-f", name, check=False)
+        if spec.stream_logs:
+            logs = subprocess.Popen(["docker", "logs", "-f", name], stdin=subprocess.DEVNULL)
+            stack.callback(local._stop_process, logs)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            stack.callback(signal.signal, signum, signal.signal(signum, local._raise_interrupt))
+        container_url = f"http://127.0.0.1:{cport}"
+        try:
+            start = time.monotonic()
+            local._wait_for_ping(container_url, name, spec.ping_timeout, start)
+            proxy = Proxy(archives, models, container_url, info)
+            server = serve_proxy(proxy, spec.host_ip, spec.port)
+            stack.callback(server.server_close)
+            stack.callback(server.shutdown)
+            shown = "127.0.0.1" if spec.host_ip in ("0.0.0.0", "") else spec.host_ip
+            url = f"http://{shown}:{spec.port}"
+            info(f"multi-model endpoint on {url} (container ready after {time.monotonic() - start:.1f} s); "
+                 f"{len(found)} archive(s) in {archives}: {', '.join(map(str, found)) or 'none yet'}")
+            info(f"  invoke: deploy invoke local --local {url} --target-model {found[0] if found else 'NAME.tar.gz'} "
+                 "--json '...'")
+            info("press Ctrl-C to stop")
+            if on_ready:
+                on_ready(url, proxy)
+            while True:
+                running, code = local._running(name)
+                if not running:
+                    raise DeployError(f"the container exited on its own with code {code}")
+                time.sleep(1)
+        except (KeyboardInterrupt, interrupts.Interrupted):
+            info("stopping")
+        finally:
+            running, code = local._running(name)
+            if running:
+                local._docker("stop", "-t", str(spec.stop_timeout), name, check=False,
+                              timeout=spec.stop_timeout + 60)
+                running, code = local._running(name)
+            info(f"container {name} stopped (exit code {code})")
+    return 0
+
+
+# --- command line ------------------------------------------------------------------------------
+
+def _aws(args) -> Aws:
+    return Aws(region=args.region, profile=args.profile, endpoint_url=args.endpoint_url)
+
+
+def cmd_create(args, console) -> int:
+    aws = _aws(args)
+    spec = endpoint.CreateSpec(
+        image=args.image, model_data=args.model_data, role=args.role, name=args.name,
+        instance_type=args.instance_type, instance_count=args.instance_count,
+        env=endpoint.parse_env(args.env), bucket=args.bucket, wait=not args.no_wait,
+        timeout=args.timeout, poll=args.poll, arch_check=not args.skip_arch_check,
+        instance_check=not args.skip_instance_check, on_interrupt=args.on_interrupt)
+    out = create(aws, spec, console)
+    output.emit(out, args.output, table=lambda o: [
+        f"endpoint {o['endpoint']} is {o['status']} (multi-model)",
+        f"  model data   {o['model_data']} ({o['archives']} archive(s))",
+        f"  add a model  deploy models add {o['endpoint']} model.tar.gz",
+        f"  try it       deploy invoke {o['endpoint']} --target-model model.tar.gz --json '...'",
+        f"  remove it    deploy delete {o['endpoint']}"])
+    return 0
+
+
+def cmd_models_add(args, console) -> int:
+    aws = _aws(args)
+    out = add(aws, args.endpoint, args.archive, args.name, args.overwrite, console)
+    output.emit(out, args.output, table=lambda o: [
+        f"{o['target_model']}  ({o['uri']}, {o['bytes'] / 1e6:.1f} MB)",
+        f"  invoke it  deploy invoke {o['endpoint']} --target-model {o['target_model']} --json '...'"])
+    return 0
+
+
+def cmd_models_list(args, console) -> int:
+    aws = _aws(args)
+    prefix, _ = endpoint_prefix(aws, args.endpoint)
+    rows = list_archives(aws, prefix)
+    output.emit(rows, args.output, table=lambda rows: _list_table(rows, prefix))
+    return 0
+
+
+def _list_table(rows: list[dict], prefix: str) -> list[str]:
+    if not rows:
+        return [f"no model archives under {prefix} (add one with `deploy models add`)"]
+    width = max(len("NAME"), *(len(r["name"]) for r in rows))
+    lines = [f"{'NAME'.ljust(width)}  {'SIZE':>10}  LAST MODIFIED"]
+    for r in rows:
+        when = r["last_modified"]
+        when = when.astimezone(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if hasattr(when, "astimezone") \
+            else str(when)
+        lines.append(f"{r['name'].ljust(width)}  {_size(r['size']):>10}  {when}")
+    lines.append(f"{len(rows)} archive(s) under {prefix}")
+    return lines
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)  # pragma: no cover
+
+
+def cmd_local(args, console) -> int:
+    region = args.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if args.model_data:
+        raise UsageError("give --multi-model DIR or --model-data, not both")
+    if args.invoke or args.fpmath_check:
+        raise UsageError("--multi-model serves until Ctrl-C: invoke it with "
+                         "`deploy invoke local --local URL --target-model NAME.tar.gz ...`")
+    spec = LocalMultiSpec(image=args.image, archives=Path(args.multi_model), port=args.port, host_ip=args.host_ip,
+                          env=endpoint.parse_env(args.env), region=region, platform=args.platform,
+                          ping_timeout=args.ping_timeout, stream_logs=not args.no_logs, memory=args.memory)
+    return run_local(spec, console.info)
+
+
+def _dispatch(flag: str, ours, theirs):
+    def func(args, console):
+        return (ours if getattr(args, flag, None) else theirs)(args, console)
+    return func
+
+
+def add_parsers(sub, common) -> None:
+    """Register `deploy models add|list` and the multi-model flags of create, invoke and local
+    (their handlers dispatch here when the flag is given, to cli's own otherwise)."""
+    create_p, invoke_p, local_p = (sub.choices[n] for n in ("create", "invoke", "local"))
+    create_p.add_argument("--multi-model", action="store_true",
+                          help="a multi-model endpoint: --model-data is the S3 prefix holding NAME.tar.gz archives "
+                               "(Mode MultiModel; see docs/multi-model.md)")
+    create_p.set_defaults(func=_dispatch("multi_model", cmd_create, create_p.get_default("func")))
+
+    invoke_p.add_argument("--target-model", metavar="NAME.tar.gz",
+                          help="multi-model endpoint: the archive to use, relative to its S3 prefix (TargetModel)")
+    invoke_p.add_argument("--local", nargs="?", const=LOCAL_URL, metavar="URL",
+                          help=f"invoke `deploy local --multi-model` at URL (default {LOCAL_URL}) instead of AWS")
+    # both go through multimodel.invoke: cli's own invoke has no TargetModel
+    theirs = invoke_p.get_default("func")
+
+    def invoke_func(args, console):
+        if not (args.target_model or args.local):
+            return theirs(args, console)
+        from . import cli
+        aws = None if args.local else _aws(args)
+        body = cli._read_body(args)
+        out, content_type = invoke(aws, args, body, cli._content_type(args))
+        if args.output in ("json", "text"):
+            answer = endpoint.softmax_response(out) if args.softmax else cli._decoded(out, content_type)
+            output.emit({"endpoint": args.endpoint, "target_model": args.target_model,
+                         "content_type": content_type, "body": answer}, args.output)
+            return 0
+        cli._print_response(out, content_type, args.softmax)
+        return 0
+    invoke_p.set_defaults(func=invoke_func)
+
+    for action in local_p._actions:
+        if action.dest == "model_data":     # --multi-model DIR replaces it
+            action.required = False
+            action.help = (action.help or "") + " (required unless --multi-model DIR)"
+    local_p.add_argument("--multi-model", metavar="DIR",
+                         help="serve as a multi-model endpoint: DIR holds NAME.tar.gz archives (as the S3 prefix "
+                              "would); models load on first invoke (see docs/multi-model.md)")
+    local_p.add_argument("--memory", metavar="SIZE",
+                         help="with --multi-model: docker run --memory SIZE (an instance's memory, e.g. 4g)")
+    theirs_local = local_p.get_default("func")
+
+    def local_func(args, console):
+        if args.multi_model:
+            return cmd_local(args, console)
+        if not args.model_data:
+            raise UsageError("give --model-data DIR|TAR_GZ|S3_URI (or --multi-model DIR)")
+        return theirs_local(args, console)
+    local_p.set_defaults(func=local_func)
+
+    p = sub.add_parser("models", help="multi-model endpoints: add an archive under the endpoint's S3 prefix, "
+                       "list them")
+    msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    a = msub.add_parser("add", parents=[common], help="upload an archive (or a model folder, packaged) under the "
+                        "endpoint's model prefix; prints the TargetModel name",
+                        epilog="example:\n  deploy models add digits-mme examples/digits/model.tar.gz --name digits-v1.tar.gz",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    a.add_argument("endpoint", metavar="ENDPOINT")
+    a.add_argument("archive", metavar="ARCHIVE", help="a model.tar.gz, or a model folder (packaged as `deploy package` "
+                   "does)")
+    a.add_argument("--name", metavar="NAME.tar.gz", help="the TargetModel name (default: the archive's file name, "
+                   "or FOLDER.tar.gz)")
+    a.add_argument("--overwrite", action="store_true", help="replace an archive of that name (an instance that has "
+                   "it loaded keeps serving the old one)")
+    a.set_defaults(func=cmd_models_add)
+    lst = msub.add_parser("list", parents=[common], help="archives under the endpoint's model prefix (name, size, "
+                          "last modified)", epilog="example:\n  deploy models list digits-mme --output json",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    lst.add_argument("endpoint", metavar="ENDPOINT")
+    lst.set_defaults(func=cmd_models_list)
