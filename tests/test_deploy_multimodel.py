@@ -17,7 +17,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import boto3
-import numpy as np
 import pytest
 import requests
 
@@ -25,7 +24,6 @@ from serve.deploy import multimodel
 from serve.deploy.cli import main
 from tests.fixtures import moto_mme
 from tests.fixtures.moto import fail_operation
-from tests.fixtures.report import report
 from tests.fixtures.server import free_port
 
 pytestmark = pytest.mark.deploy
@@ -391,6 +389,8 @@ def test_local_multi_model_usage_errors(capsys, tmp_path):
     assert code == 2 and "not both" in err
     code, _, err = run(capsys, "local", "--image", "x")
     assert code == 2 and "--multi-model DIR" in err
+    code, _, err = run(capsys, "local", "--image", "x", "--model-data", str(tmp_path), "--memory", "2g")
+    assert code == 2 and "--memory goes with --multi-model" in err
 
 
 def test_container_names():

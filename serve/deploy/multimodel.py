@@ -242,7 +242,12 @@ def add(aws: Aws, name: str, source: str, target: str | None, overwrite: bool, r
             tarball = path
             reporter.info(f"model archive {path}: {checked.model}")
         size = tarball.stat().st_size
-        aws.s3.upload_file(str(tarball), bucket, key)
+        try:
+            aws.s3.upload_file(str(tarball), bucket, key)
+        except BaseException:       # a signal or failure mid-upload: no half multipart upload left billing
+            with interrupts.shielded(reporter.info):
+                endpoint._abort_uploads(aws, bucket, key)
+            raise
     reporter.info(f"uploaded {target} ({size / 1e6:.1f} MB) -> {uri}" + (" (replaced)" if exists else ""))
     return {"endpoint": name, "target_model": target, "uri": uri, "bytes": size, "model": checked.model,
             "replaced": exists}
@@ -761,6 +766,8 @@ def add_parsers(sub, common) -> None:
     def local_func(args, console):
         if args.multi_model:
             return cmd_local(args, console)
+        if args.memory:
+            raise UsageError("--memory goes with --multi-model DIR")
         if not args.model_data:
             raise UsageError("give --model-data DIR|TAR_GZ|S3_URI (or --multi-model DIR)")
         return theirs_local(args, console)
