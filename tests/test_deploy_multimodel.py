@@ -117,7 +117,8 @@ def test_create_multi_model_local_checks_come_first(capsys, mme_moto, ecr_images
             ((), f"{PREFIX}a.tar.gz", "names one archive"),
             ((), "model.tar.gz", "takes an S3 prefix"),
             (("--instance-type", "ml.c7g.huge"), PREFIX, "ml.c7g.huge"),
-            (("--name", "bad_name"), PREFIX, "'_'")):
+            (("--name", "bad_name"), PREFIX, "'_'"),
+            (("--bucket", "other"), PREFIX, "uploads nothing")):
         aws_calls.clear()
         code, out, err = create_mme(capsys, mme_moto, image, *extra, model_data=model_data)
         assert code == 2, (extra, err)

@@ -645,6 +645,9 @@ def _aws(args) -> Aws:
 
 
 def cmd_create(args, console) -> int:
+    if args.bucket:
+        raise UsageError("--bucket is where create uploads a local archive; a multi-model endpoint uploads "
+                         "nothing (its archives are under --model-data s3://BUCKET/PREFIX/: `deploy models add`)")
     aws = _aws(args)
     spec = endpoint.CreateSpec(
         image=args.image, model_data=args.model_data, role=args.role, name=args.name,
