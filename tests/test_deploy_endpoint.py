@@ -645,3 +645,21 @@ def test_an_endpoint_named_like_the_unnamed_prefix_leaves_unnamed_ones_alone(cap
     s = state()
     assert s["endpoints"] == [unnamed] and s["configs"] == [unnamed] and s["models"] == [unnamed]
     assert [o.split("/")[3] for o in s["objects"]] == [unnamed]
+
+
+def test_a_type_newer_than_the_list_is_confirmed_with_the_service(capsys, aws_env, ecr_images, model_tgz,
+                                                                   aws_calls):
+    """Not a typo (nothing close in the list): Service Quotas is asked, after the local checks and
+    before anything is created; a typo is refused with no call at all (test above)."""
+    from tests.fixtures.moto import SAGEMAKER_QUOTAS
+
+    argv = ["--instance-type", "ml.c9g.xlarge", "--name", "newer"]
+    code, out, err = create(capsys, aws_env, ecr_images["multi"], model_tgz, *argv)
+    assert code == 2 and "Service Quotas does not list it for endpoint usage either" in err
+    assert len(aws_calls) == 1 and "ServiceQuotas" in aws_calls[0] and state()["models"] == []
+    SAGEMAKER_QUOTAS.append("ml.c9g.xlarge")
+    code, out, err = create(capsys, aws_env, ecr_images["multi"], model_tgz, *argv)
+    assert code == 0, err
+    assert "Service Quotas lists it for endpoints: ok" in err
+    cfg = sm().describe_endpoint_config(EndpointConfigName=sm().describe_endpoint(EndpointName="newer")["EndpointConfigName"])
+    assert cfg["ProductionVariants"][0]["InstanceType"] == "ml.c9g.xlarge"

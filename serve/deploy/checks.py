@@ -57,12 +57,23 @@ def check_count(count: int | None, flag: str = "--instance-count") -> None:
         raise UsageError(f"{flag} must be at least 1 (got {count})")
 
 
-def check_instance_type(instance_type: str, skip_list: bool = False) -> str:
-    """Well formed, and in SageMaker's list of hosting instance types unless SKIP_LIST."""
+def check_instance_type(instance_type: str, skip_list: bool = False,
+                        defer_unknown: bool = False) -> instance.UnknownInstanceType | None:
+    """Well formed, and in SageMaker's list of hosting instance types unless SKIP_LIST.
+
+    A typo of a known type is refused at once. With DEFER_UNKNOWN, a type that may merely be newer
+    than the list is returned (as the UnknownInstanceType) for the caller to confirm with the
+    service once every local check has passed (instance.confirm_with_service)."""
     if skip_list:
         instance._parse_usage(instance_type)
-        return instance_type
-    return instance.check_hosting_type(instance_type)
+        return None
+    try:
+        instance.check_hosting_type(instance_type)
+    except instance.UnknownInstanceType as exc:
+        if defer_unknown and not exc.typo:
+            return exc
+        raise
+    return None
 
 
 def check_image(image: str, region: str):

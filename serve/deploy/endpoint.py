@@ -379,15 +379,18 @@ def rollback(aws: Aws, created: Created, reporter: Reporter, *, timeout: float =
     return left
 
 
-def check_create_locally(spec: CreateSpec, region: str) -> tuple[str, str]:
-    """Every create check that needs no network. Returns (endpoint name, role)."""
+def check_create_locally(spec: CreateSpec, region: str, defer_unknown: bool = False):
+    """Every create check that needs no network (UsageError). With DEFER_UNKNOWN an instance type
+    that may just be newer than the built-in list (not a typo) is returned instead of refused, to
+    be confirmed with instance.confirm_with_service once the local checks have passed."""
     if spec.name:
         checks.check_name(spec.name, "endpoint")
     checks.check_count(spec.instance_count)
-    role = checks.check_role(spec.role)
-    checks.check_instance_type(spec.instance_type, skip_list=not spec.instance_check)
+    checks.check_role(spec.role)
+    unknown = checks.check_instance_type(spec.instance_type, skip_list=not spec.instance_check,
+                                         defer_unknown=defer_unknown)
     checks.check_image(spec.image, region)
-    return spec.name or "", role
+    return unknown
 
 
 def create(aws: Aws, spec: CreateSpec, reporter: Reporter) -> dict:
@@ -398,13 +401,15 @@ def create(aws: Aws, spec: CreateSpec, reporter: Reporter) -> dict:
     failure still does, while a signal or timeout does what spec.on_interrupt says.
     """
     stamp = timestamp()
-    check_create_locally(spec, aws.region)
+    unknown_type = check_create_locally(spec, aws.region, defer_unknown=True)
     role = checks.check_role(spec.role)
     endpoint_name = spec.name or resource_name("tf-graviton", stamp)
     model_name = resource_name(endpoint_name if spec.name else "tf-graviton", stamp)
     with tempfile.TemporaryDirectory(prefix="deploy-") as tmp:
         model = prepare_model_data(spec.model_data, Path(tmp), reporter)
         # read-only calls: nothing is created before they pass
+        if unknown_type is not None:
+            instance.confirm_with_service(aws, unknown_type, reporter)
         if spec.arch_check:
             check_architecture(aws, spec.image, spec.instance_type, reporter)
         else:
@@ -545,8 +550,9 @@ class UpdateSpec:
     on_interrupt: str = interrupts.DEFAULT_ON_INTERRUPT
 
 
-def check_update_locally(spec: UpdateSpec, region: str) -> None:
-    """Every update check that needs no network."""
+def check_update_locally(spec: UpdateSpec, region: str):
+    """Every update check that needs no network; returns an instance type to confirm with the
+    service (see check_create_locally) or None."""
     checks.check_count(spec.instance_count)
     if not any([spec.image, spec.model_data, spec.instance_type, spec.instance_count, spec.env, spec.role]):
         raise UsageError("nothing to update: give --image, --model-data, --instance-type, "
@@ -554,10 +560,13 @@ def check_update_locally(spec: UpdateSpec, region: str) -> None:
     checks.check_name(spec.name, "endpoint")
     if spec.role:
         checks.check_role(spec.role)
+    unknown = None
     if spec.instance_type:
-        checks.check_instance_type(spec.instance_type, skip_list=not spec.instance_check)
+        unknown = checks.check_instance_type(spec.instance_type, skip_list=not spec.instance_check,
+                                             defer_unknown=True)
     if spec.image:
         checks.check_image(spec.image, region)
+    return unknown
 
 
 def update(aws: Aws, spec: UpdateSpec, reporter: Reporter) -> dict:
@@ -569,9 +578,11 @@ def update(aws: Aws, spec: UpdateSpec, reporter: Reporter) -> dict:
     the live config is named, or (--on-interrupt rollback) the command waits for SageMaker to
     settle and then reverts to the old config.
     """
-    check_update_locally(spec, aws.region)
+    unknown_type = check_update_locally(spec, aws.region)
     with tempfile.TemporaryDirectory(prefix="deploy-") as tmp:
         model = prepare_model_data(spec.model_data, Path(tmp), reporter) if spec.model_data else None
+        if unknown_type is not None:
+            instance.confirm_with_service(aws, unknown_type, reporter)
         current = describe(aws, spec.name, strict=True)
         endpoint, config = current["endpoint"], current["config"]
         if endpoint["EndpointStatus"] != "InService":

@@ -113,8 +113,54 @@ def hosting_types() -> frozenset[str]:
     return frozenset(types)
 
 
+class UnknownInstanceType(UsageError):
+    """Not in the list. `typo` when its family is known and it is close to a known type (refused at
+    once); otherwise it may be newer than the list, and create/update ask the service
+    (service_hosting_types) before refusing."""
+
+    def __init__(self, message: str, instance_type: str, typo: bool):
+        super().__init__(message)
+        self.instance_type = instance_type
+        self.typo = typo
+
+
+def service_hosting_types(aws) -> set[str] | None:
+    """Hosting instance types as the Service Quotas API names them for SageMaker
+    ("ml.c7g.xlarge for endpoint usage"), or None when the service does not answer (no
+    permission, no such API in the partition). One paginated read-only call."""
+    import botocore.exceptions
+
+    found = set()
+    try:
+        pages = aws.client("service-quotas").get_paginator("list_aws_default_service_quotas")
+        for page in pages.paginate(ServiceCode="sagemaker"):
+            for quota in page.get("Quotas") or []:
+                m = re.match(r"^(ml\.[a-z0-9-]+\.[a-z0-9-]+) for endpoint usage$", quota.get("QuotaName", ""))
+                if m:
+                    found.add(m.group(1))
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
+        return None
+    return found
+
+
+def confirm_with_service(aws, unknown: UnknownInstanceType, reporter=None) -> str:
+    """For a type the built-in list lacks (and that is no typo): accept it when Service Quotas lists
+    it as a hosting type, else raise the original UsageError, saying whether the service answered."""
+    types = service_hosting_types(aws)
+    if types and unknown.instance_type in types:
+        if reporter is not None:
+            reporter.info(f"instance type {unknown.instance_type}: newer than the built-in list "
+                          f"({HOSTING_TYPES_AS_OF}); Service Quotas lists it for endpoints: ok")
+        return unknown.instance_type
+    said = ("Service Quotas does not list it for endpoint usage either" if types is not None
+            else "Service Quotas did not answer to confirm it")
+    raise UsageError(f"{unknown}; {said}")
+
+
 def check_hosting_type(instance_type: str) -> str:
-    """UsageError unless INSTANCE_TYPE is a SageMaker hosting instance type (no network call)."""
+    """UsageError unless INSTANCE_TYPE is a SageMaker hosting instance type (no network call).
+
+    Raises UnknownInstanceType (a UsageError) for a type missing from the list."""
     _parse_usage(instance_type)
     known = hosting_types()
     if instance_type in known:
@@ -125,9 +171,10 @@ def check_hosting_type(instance_type: str) -> str:
     hint = f"; did you mean {close[0]}?" if close else ""
     if sizes:
         hint += f" ({fam} comes in {', '.join(sizes)})"
-    raise UsageError(f"instance type {instance_type} is not in SageMaker's list of hosting instance types "
-                     f"(as of {HOSTING_TYPES_AS_OF}, {HOSTING_TYPES_SOURCE}){hint}; if the type is newer "
-                     "than that list, pass --skip-instance-check")
+    raise UnknownInstanceType(
+        f"instance type {instance_type} is not in SageMaker's list of hosting instance types "
+        f"(as of {HOSTING_TYPES_AS_OF}, {HOSTING_TYPES_SOURCE}){hint}; if the type is newer "
+        "than that list, pass --skip-instance-check", instance_type, typo=bool(close and sizes))
 
 
 def _size_order(size: str) -> tuple[int, str]:
