@@ -116,7 +116,7 @@ def test_create_multi_model_local_checks_come_first(capsys, mme_moto, ecr_images
     for extra, model_data, needle in (
             ((), f"{PREFIX}a.tar.gz", "names one archive"),
             ((), "model.tar.gz", "takes an S3 prefix"),
-            (("--instance-type", "ml.c7g.huge"), PREFIX, "ml.c7g.huge"),
+            (("--instance-type", "ml.c7g.xlargee"), PREFIX, "did you mean ml.c7g.xlarge?"),
             (("--name", "bad_name"), PREFIX, "'_'"),
             (("--bucket", "other"), PREFIX, "uploads nothing")):
         aws_calls.clear()
@@ -129,6 +129,23 @@ def test_create_multi_model_local_checks_come_first(capsys, mme_moto, ecr_images
     code, _, err = create_mme(capsys, mme_moto, ecr_images["arm64"], "--instance-type", "ml.c5.xlarge")
     assert code == 1 and "has architectures [arm64]" in err     # as create: a read-only check, exit 1
     assert boto3.client("sagemaker").list_models()["Models"] == []
+
+
+def test_create_multi_model_confirms_a_newer_type_as_create_does(capsys, mme_moto, ecr_images, prefix, aws_calls):
+    """The same instance-type rule as deploy create: a type newer than the built-in list is asked
+    of Service Quotas before anything is created."""
+    from tests.fixtures.moto import SAGEMAKER_QUOTAS
+
+    aws_calls.clear()
+    code, _, err = create_mme(capsys, mme_moto, ecr_images["multi"], "--instance-type", "ml.c9g.xlarge")
+    assert code == 2 and "Service Quotas does not list it for endpoint usage either" in err
+    assert len(aws_calls) == 1 and "ServiceQuotas" in aws_calls[0]
+    SAGEMAKER_QUOTAS.append("ml.c9g.xlarge")
+    try:
+        code, out, err = create_mme(capsys, mme_moto, ecr_images["multi"], "--instance-type", "ml.c9g.xlarge")
+    finally:
+        SAGEMAKER_QUOTAS.remove("ml.c9g.xlarge")
+    assert code == 0 and "Service Quotas lists it for endpoints: ok" in err, err
 
 
 def test_create_multi_model_failure_rolls_back_and_keeps_the_archives(capsys, mme_moto, ecr_images, prefix):

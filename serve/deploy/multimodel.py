@@ -50,7 +50,7 @@ from typing import Callable
 import botocore.exceptions
 import requests
 
-from . import archive, checks, endpoint, interrupts, output
+from . import archive, checks, endpoint, instance, interrupts, output
 from .aws import Aws, error_code, error_message
 from .errors import DeployError, UsageError
 
@@ -156,11 +156,13 @@ def create(aws: Aws, spec: endpoint.CreateSpec, reporter) -> dict:
     """deploy create with a Mode: MultiModel model; the steps, checks and rule of endpoint.create."""
     prefix = check_prefix(spec.model_data)
     stamp = endpoint.timestamp()
-    endpoint.check_create_locally(spec, aws.region)
+    unknown_type = endpoint.check_create_locally(spec, aws.region, defer_unknown=True)
     role = checks.check_role(spec.role)
     endpoint_name = spec.name or endpoint.resource_name("tf-graviton", stamp)
     model_name = endpoint.resource_name(endpoint_name if spec.name else "tf-graviton", stamp)
     # read-only calls: nothing is created before they pass
+    if unknown_type is not None:
+        instance.confirm_with_service(aws, unknown_type, reporter)
     if spec.arch_check:
         endpoint.check_architecture(aws, spec.image, spec.instance_type, reporter)
     else:
