@@ -35,6 +35,7 @@ ENV VIRTUAL_ENV=/opt/venv \
     DNNL_DEFAULT_FPMATH_MODE=BF16
 
 LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true \
+      com.amazonaws.sagemaker.capabilities.multi-models=true \
       org.opencontainers.image.title="sagemaker-tf-graviton" \
       org.opencontainers.image.description="SageMaker inference server for TensorFlow models (Graviton/arm64 and x86-64)"
 

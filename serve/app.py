@@ -14,11 +14,12 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from . import codecs
-from .errors import BadRequest, ModelNotReady, NotFound, ServeError
+from .errors import BadRequest, ModelNotReady, NotFound, PayloadTooLarge, ServeError
 from .handlers import Invocation, Target
 from .readiness import Readiness
 from .redact import SecretFilter
 from .settings import Settings
+from .tuning import Tuning
 from .worker import WorkerState
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def _json(body: bytes, status: int = 200) -> Response:
     return Response(body, status=status, mimetype=codecs.JSON)
 
 
-def create_app(settings: Settings, state: WorkerState, workers: int, secrets: SecretFilter,
+def create_app(settings: Settings, state: WorkerState, tuning: Tuning, secrets: SecretFilter,
                readiness: Readiness | None = None) -> Flask:
     app = Flask("serve")
 
@@ -53,8 +54,14 @@ def create_app(settings: Settings, state: WorkerState, workers: int, secrets: Se
             raise ModelNotReady("model is still loading; retry when GET /ping answers 200")
 
     def read_body() -> bytes:
-        body = request.get_data(cache=False)
         declared = request.content_length
+        if declared is None:  # chunked: read one byte past the limit to know whether it was passed
+            # (from gunicorn's own reader: werkzeug's stream would stop at the limit without a word)
+            body = request.environ["wsgi.input"].read(settings.max_payload_bytes + 1)
+            if len(body) > settings.max_payload_bytes:
+                raise PayloadTooLarge(f"request body is larger than {limit_hint}")
+            return body
+        body = request.get_data(cache=False)
         if declared is not None and len(body) < declared:
             # the client closed early: half a body could still parse (a prefix of CSV rows, say)
             raise BadRequest(f"request body ended after {len(body)} of the {declared} bytes its "
@@ -63,28 +70,86 @@ def create_app(settings: Settings, state: WorkerState, workers: int, secrets: Se
 
     @app.get("/ping")
     def ping():
-        if state.ready and (readiness is None or readiness.all_ready()):
+        # 200 only when the model processes are warm and every HTTP worker can reach them
+        models_ready = state.client is None or state.client.all_ready()
+        hung = state.watchdog is not None and state.watchdog.exhausted
+        if state.ready and models_ready and not hung and (readiness is None or readiness.all_ready()):
             return Response(b"", status=200)
         require_ready()
-        raise ModelNotReady(f"{readiness.ready_workers()} of {readiness.expected} workers have loaded the "
-                            f"model; retry when GET /ping answers 200")
+        if hung:
+            raise ModelNotReady("inference.py has hung on every thread it has; replace this instance")
+        if not models_ready:
+            raise ModelNotReady("the model process is (re)loading the model; retry when GET /ping answers 200")
+        raise ModelNotReady(f"{readiness.ready_workers()} of {readiness.expected} HTTP workers are ready; "
+                            f"retry when GET /ping answers 200")
+
+    def invocation() -> Invocation:
+        return Invocation(body=read_body(), content_type=request.headers.get("Content-Type"),
+                          accept=request.headers.get("Accept"),
+                          custom_attributes=request.headers.get(CUSTOM_ATTRIBUTES))
 
     @app.post("/invocations")
     def invocations():
         require_ready()
-        result = state.handler.handle(Invocation(
-            body=read_body(),
-            content_type=request.headers.get("Content-Type"),
-            accept=request.headers.get("Accept"),
-            custom_attributes=request.headers.get(CUSTOM_ATTRIBUTES),
-        ))
+        if settings.multi_model:
+            raise NotFound("this is a multi-model endpoint: invoke POST /models/NAME/invoke "
+                           "(InvokeEndpoint with TargetModel)", plain=True)
+        result = state.handler.handle(invocation())
+        return Response(result.body, status=200, content_type=result.content_type)
+
+    # -- multi-model endpoints (SAGEMAKER_MULTI_MODEL=true): SageMaker's /models contract -----------
+
+    def multi_model() -> None:
+        if not settings.multi_model:
+            raise NotFound("the /models API is for multi-model endpoints (SAGEMAKER_MULTI_MODEL=true)")
+        require_ready()
+
+    @app.post("/models")
+    def load_model():
+        multi_model()
+        try:
+            doc = orjson.loads(read_body())
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"POST /models takes JSON {{\"model_name\": ..., \"url\": ...}}: {exc}") from None
+        if not isinstance(doc, dict) or not all(isinstance(doc.get(k), str) and doc.get(k) for k in ("model_name", "url")):
+            raise BadRequest('POST /models takes {"model_name": "...", "url": "/opt/ml/models/NAME/model"}', plain=True)
+        loaded = state.client.call("mme_load", {"model_name": doc["model_name"], "url": doc["url"]},
+                                   settings.tfs_wait_time_seconds)
+        return _json(orjson.dumps({"modelName": loaded["modelName"], "modelUrl": loaded["modelUrl"]}))
+
+    @app.get("/models")
+    def list_models():
+        multi_model()
+        max_results = request.args.get("max_results")
+        if max_results is not None and (not max_results.isdigit() or int(max_results) < 1):
+            raise BadRequest("max_results must be a whole number of at least 1")
+        page = state.client.call("mme_list", {"token": request.args.get("next_page_token"),
+                                              "max_results": int(max_results) if max_results else None}, 60)
+        return _json(orjson.dumps(page))
+
+    @app.get("/models/<name>")
+    def get_model(name: str):
+        multi_model()
+        return _json(orjson.dumps(state.client.call("mme_get", {"model_name": name}, 60)))
+
+    @app.delete("/models/<name>")
+    def unload_model(name: str):
+        multi_model()
+        state.client.call("mme_unload", {"model_name": name}, settings.tfs_wait_time_seconds)
+        return _json(orjson.dumps({"modelName": name, "status": "unloaded"}))
+
+    @app.post("/models/<name>/invoke")
+    def invoke_model(name: str):
+        multi_model()
+        result = state.client.whole("mme_invoke", {"model_name": name}, invocation(), settings.model_server_timeout)
         return Response(result.body, status=200, content_type=result.content_type)
 
     @app.get("/execution-parameters")
     def execution_parameters():
-        # Each worker keeps one batch in its model while the next request is decoded.
+        # Two requests per HTTP worker: one decoding while the other waits on the model process,
+        # whose batcher then has requests from every worker to stack.
         return _json(orjson.dumps({
-            "MaxConcurrentTransforms": 2 * workers,
+            "MaxConcurrentTransforms": 2 * tuning.workers,
             "BatchStrategy": "MULTI_RECORD",
             "MaxPayloadInMB": settings.max_payload_in_mb,
         }))
@@ -97,6 +162,8 @@ def create_app(settings: Settings, state: WorkerState, workers: int, secrets: Se
         if match["label"]:
             raise NotFound("version labels are not served here; use /v1/models/NAME/versions/N")
         require_ready()
+        if settings.multi_model:
+            return match
         if state.default is None:
             raise BadRequest("this server's model comes from model_fn, so TF Serving's API is not available")
         state.default.repository.get(match["name"], match["version"])  # a 404 naming what exists
@@ -109,6 +176,13 @@ def create_app(settings: Settings, state: WorkerState, workers: int, secrets: Se
         match = tfs_target(target)
         if not match["method"]:
             raise NotFound(f"POST /v1/models/{target} needs a method: :predict, :classify or :regress")
+        if settings.multi_model:  # a multi-model model's default path, by its name
+            route = Target.of(None, match["version"], match["method"])
+            attrs = f"tfs-method={route.method}" + (f",tfs-model-version={route.version}" if route.version else "")
+            result = state.client.whole("mme_invoke", {"model_name": match["name"], "default_path": True},
+                                        Invocation(read_body(), codecs.JSON, codecs.JSON, attrs),
+                                        settings.model_server_timeout)
+            return Response(result.body, status=200, content_type=result.content_type)
         result = state.default.handle(Invocation(read_body(), codecs.JSON, codecs.JSON),
                                       Target.of(match["name"], match["version"], match["method"]))
         return Response(result.body, status=200, content_type=result.content_type)
@@ -128,7 +202,7 @@ def create_app(settings: Settings, state: WorkerState, workers: int, secrets: Se
     def serve_error(exc: ServeError):
         if exc.status >= 500 and not isinstance(exc, ModelNotReady):
             log.error("%s %s -> %d: %s", request.method, request.path, exc.status, exc.message)
-        return _error(exc.status, exc.message)
+        return _error(exc.status, exc.message, echoes_request=exc.plain)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

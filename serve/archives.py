@@ -60,8 +60,11 @@ def check_member(member: tarfile.TarInfo) -> None:
         raise UnsafeArchive(f"unsafe archive member {name!r}: unsupported type {member.type!r}")
 
 
-def safe_extract(archive: Path, dest: Path) -> list[str]:
+def safe_extract(archive: Path, dest: Path, max_bytes: int | None = None) -> list[str]:
     """Unpack ARCHIVE into DEST after checking every member; returns the member names.
+
+    MAX_BYTES caps what the members add up to (a tar member's size is what it writes), checked
+    before anything is written.
 
     Raises UnsafeArchive naming the first bad member (nothing is written when the lexical checks
     catch it; a link chain caught by the 'data' filter may leave earlier members in DEST, never
@@ -78,6 +81,10 @@ def safe_extract(archive: Path, dest: Path) -> list[str]:
             members = tar.getmembers()
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise UnreadableArchive(f"{archive} is not a readable tar archive: {exc}") from exc
+        total = sum(m.size for m in members if m.isfile())
+        if max_bytes is not None and total > max_bytes:
+            raise UnsafeArchive(f"{archive.name} unpacks to {total >> 20} MiB, more than the {max_bytes >> 20} MiB "
+                                f"allowed")
         has_filter = hasattr(tarfile, "data_filter")   # Python >= 3.10.12 / 3.11.4
         for member in members:
             check_member(member)

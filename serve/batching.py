@@ -46,6 +46,7 @@ class _Item:
     size: int
     key: Hashable
     future: Future = field(default_factory=Future)
+    origin: object = None       # who sent it (an HTTP worker's pid), for the debug log of a batch
 
 
 @dataclass(eq=False)
@@ -96,13 +97,14 @@ class Batcher:
             self._arrivals.discard(arrival)
             self._cond.notify()
 
-    def submit(self, signature: str, inputs: Arrays, arrival: "_Arrival | None" = None) -> Future:
+    def submit(self, signature: str, inputs: Arrays, arrival: "_Arrival | None" = None,
+               origin: object = None) -> Future:
         first = next(iter(inputs.values()), None)
         size = first.shape[0] if first is not None and first.ndim else 1
         if size > self._max > 1 and self._batchable(signature) \
                 and all(a.ndim and a.shape[0] == size for a in inputs.values()):
-            return self._submit_parts(signature, inputs, size, arrival)
-        item = _Item(signature, inputs, size, _stack_key(signature, inputs))
+            return self._submit_parts(signature, inputs, size, arrival, origin)
+        item = _Item(signature, inputs, size, _stack_key(signature, inputs), origin=origin)
         with self._cond:
             if self._closed:
                 raise RuntimeError("batcher is closed")
@@ -122,7 +124,7 @@ class Batcher:
         return item.future
 
     def _submit_parts(self, signature: str, inputs: Arrays, size: int,
-                      arrival: "_Arrival | None") -> Future:
+                      arrival: "_Arrival | None", origin: object = None) -> Future:
         """Run SIZE instances as parts of at most max_batch_size, one part in the queue at a time
         (so requests that arrive meanwhile are served between the parts); one future for the whole."""
         key = _stack_key(signature, inputs)
@@ -132,7 +134,7 @@ class Batcher:
 
         def enqueue(index: int) -> None:
             lo, hi = bounds[index]
-            part = _Item(signature, {n: a[lo:hi] for n, a in inputs.items()}, hi - lo, key)
+            part = _Item(signature, {n: a[lo:hi] for n, a in inputs.items()}, hi - lo, key, origin=origin)
             part.future.add_done_callback(lambda f: part_done(index, f))
             with self._cond:
                 if self._closed:
@@ -265,6 +267,9 @@ class Batcher:
             for item in batch:
                 self._run_alone(item)
             return
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("model call %s: %d requests, %d instances, from %s", batch[0].signature, len(batch), total,
+                      sorted({str(item.origin) for item in batch}))
         start = 0
         for item in batch:
             end = start + item.size

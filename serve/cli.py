@@ -14,10 +14,10 @@ import sys
 
 from . import __version__
 from .layout import ModelNotFound, find_models
-from .redact import SecretFilter
+from .redact import SecretFilter, mask_standard_streams
 from .settings import SettingsError, env_name, load_settings, secret_values, unused_variables
 from .tuning import apply_environment, detect_cpu, plan
-from .usercode import UserCodeSetupError, install_requirements, locate
+from .usercode import UserCodeSetupError, install_requirements, locate, universal_code
 
 log = logging.getLogger("serve")
 
@@ -28,6 +28,7 @@ def configure_logging(level: int, secrets: SecretFilter) -> None:
         format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(secrets)
+    mask_standard_streams(secrets)  # after the handler took the real stderr
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     tuning = plan(settings, detect_cpu())
     apply_environment(tuning)
     try:
-        code = locate(settings)
+        # multi-model: the universal code/ of the models folder, installed once, here
+        code = universal_code(settings) if settings.multi_model else locate(settings)
         if code:
             install_requirements(code)
     except UserCodeSetupError as exc:
@@ -59,14 +61,19 @@ def main(argv: list[str] | None = None) -> int:
     for name, why in unused_variables().items():
         log.info("%s is set but means nothing here: %s", name, why)
     try:
+        if settings.multi_model:
+            raise ModelNotFound("multi-model: models arrive through POST /models")
         models = find_models(settings.model_dir)
         model = ", ".join(f"{name} (version{'s' if len(v) > 1 else ''} {', '.join(x.version or '-' for x in v)})"
                           for name, v in models.items())
     except ModelNotFound as exc:
-        if not code:
+        if settings.multi_model:
+            model = f"multi-model, loaded through POST /models from {settings.models_dir}"
+        elif not code:
             log.error("startup failed: no model to serve: %s", exc)
             return 1
-        model = "none found (model_fn will load it)"
+        else:
+            model = "none found (model_fn will load it)"
     aliases = ", ".join(f"{name} as {env_name(field)}" for field, name in settings.aliases_applied.items())
     log.info("serve %s on 0.0.0.0:%d: %s, timeout %d s, models %s, signature serving_default unless the request "
              "names another, user code %s%s", __version__, settings.bind_to_port, tuning.describe(),

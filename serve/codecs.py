@@ -11,6 +11,7 @@ import csv
 import io
 import itertools
 import lzma
+import re
 import threading
 import zipfile
 import zlib
@@ -194,6 +195,11 @@ def _parse(body: bytes):
         return _parsers.parser.parse(body)
 
 
+# An integer token of 16 or more digits (beyond 2**53 a float64 is no longer exact); digits after a
+# '.' or in an exponent are parts of a float and do not count.
+_LONG_INTEGER = re.compile(rb"(?<![\d.eE])\d{16,}(?![\d.eE])")
+
+
 def _fast_json(body: bytes) -> Decoded | None:
     """The common TF Serving bodies of plain numbers, parsed by simdjson straight into NumPy.
 
@@ -201,6 +207,8 @@ def _fast_json(body: bytes) -> Decoded | None:
     None and goes through orjson. Every '[' in the body must belong to an array we decoded,
     which rules out a nested array hiding among numbers.
     """
+    if _LONG_INTEGER.search(body):
+        return None  # float64 would round it: the exact path keeps integers whole
     try:
         doc = _parse(body)
         brackets, signature, columnar = 0, None, False
@@ -358,6 +366,8 @@ def _npy_array(data: bytes, what: str) -> np.ndarray:
         raise BadRequest(f"{what} is not a .npy array (np.save output): {exc}") from None
     if dtype.hasobject:
         raise BadRequest(f"{what} holds Python objects; send numbers (np.save with allow_pickle=False)")
+    if dtype.itemsize == 0 or not all(isinstance(d, int) and 0 <= d < 2 ** 40 for d in shape):
+        raise BadRequest(f"{what}: the .npy header's shape {shape} {dtype.name} is not one of an array")
     count = int(np.prod(shape, dtype=np.int64)) if shape else 1
     offset = buf.tell()
     if count * dtype.itemsize != len(data) - offset:
@@ -376,21 +386,41 @@ def _decode_npy(body: bytes) -> Decoded:
     return Decoded(_npy_array(body, "body"), None, columnar=False)
 
 
-def _member(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> bytes:
-    data = archive.read(member)
+def _member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, budget: list[int]) -> bytes:
+    """A member, expanded in pieces against what is left of the request's budget: the sizes a zip
+    declares are not trusted (a few hundred bytes can claim little and expand to gigabytes)."""
+    pieces, crc = [], 0
+    with archive.open(member) as stream:
+        while True:
+            piece = stream.read(1 << 20)
+            if not piece:
+                break
+            budget[0] -= len(piece)
+            if budget[0] < 0:
+                raise BadRequest(f".npz expands to more than {MAX_NPZ_EXPANDED_BYTES >> 20} MiB")
+            crc = zlib.crc32(piece, crc)
+            pieces.append(piece)
     # zipfile checks the CRC only when the compressed stream ends, which a corrupt one may never do
-    if zlib.crc32(data) != member.CRC:
+    if crc != member.CRC:
         raise BadRequest(f".npz member {member.filename!r} is corrupt (CRC mismatch)")
-    return data
+    return b"".join(pieces)
 
 
 def _decode_npz(body: bytes) -> Decoded:
     try:
         with zipfile.ZipFile(io.BytesIO(body)) as archive:
             members = [m for m in archive.infolist() if not m.is_dir()]
+            for m in members:
+                # np.savez stores, np.savez_compressed deflates; zipfile expands a bzip2 or lzma member
+                # in blocks it does not bound, so a few hundred bytes could take gigabytes
+                if m.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                    raise BadRequest(f".npz member {m.filename!r} is compressed with method {m.compress_type}; "
+                                     f"send np.savez or np.savez_compressed output (stored or deflated)")
             if sum(m.file_size for m in members) > MAX_NPZ_EXPANDED_BYTES:
                 raise BadRequest(f".npz expands to more than {MAX_NPZ_EXPANDED_BYTES >> 20} MiB")
-            return Decoded({m.filename.removesuffix(".npy"): _npy_array(_member(archive, m), f".npz member {m.filename!r}")
+            budget = [MAX_NPZ_EXPANDED_BYTES]
+            return Decoded({m.filename.removesuffix(".npy"): _npy_array(_member(archive, m, budget),
+                                                                        f".npz member {m.filename!r}")
                             for m in members}, None, columnar=True)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAError, ValueError, OSError, EOFError,
             NotImplementedError, RuntimeError) as exc:  # RuntimeError: an encrypted member

@@ -5,13 +5,20 @@ turns it into ``{"error": message}`` with the status below.
 """
 from __future__ import annotations
 
+import os
+import traceback
+from pathlib import Path
+
 
 class ServeError(Exception):
     status = 500
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, plain: bool = False):
         super().__init__(message)
         self.message = message
+        # PLAIN: the message holds only what the caller sent and fixed text (a path it gave, a route),
+        # so it goes out as is, without the path cutting meant for messages from inside
+        self.plain = plain
         if status is not None:  # relaying a status decided elsewhere (e.g. the model's answer)
             self.status = status
 
@@ -55,3 +62,14 @@ class Overloaded(ServeError):
 class RequestTimeout(ServeError):
     status = 504
 
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line: the exception, its first message line, and where in the user's code it was raised."""
+    first = next((line for line in str(exc).splitlines() if line.strip()), "")
+    text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not any(part in f.filename for part in ("site-packages", "<frozen", f"{os.sep}serve{os.sep}"))]
+    if frames:
+        text += f" (at {Path(frames[-1].filename).name}, line {frames[-1].lineno})"
+    return text

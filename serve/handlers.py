@@ -1,13 +1,17 @@
 """From an invocation to a response body: the default path, or the user's inference.py.
 
-Three handlers, one interface (``handle(Invocation) -> Result``):
-- ``DefaultHandler``: decode -> signature -> batcher -> encode.
+Handlers share one interface (``handle(Invocation) -> Result``):
+- ``DefaultHandler``: decode -> route -> signature -> ``infer`` -> encode. In an HTTP worker
+  ``infer`` sends the arrays to the model process (``serve.modelclient``); in the model process
+  it is the batcher itself.
 - ``TfsHandler``: scripts written for AWS's TensorFlow serving container
-  (``input_handler``/``output_handler`` or ``handler``), given the same ``context`` fields and a
-  real ``requests.Response`` from the model, as that container does.
+  (``input_handler``/``output_handler`` or ``handler``), run in the HTTP workers as that
+  container runs them in gunicorn, given the same ``context`` fields and a real
+  ``requests.Response`` from the model.
 - ``ToolkitHandler``: scripts written for the sagemaker-inference-toolkit (``model_fn``,
-  ``input_fn``, ``predict_fn``, ``output_fn`` or ``transform_fn``); what a script leaves out
-  falls back to the defaults.
+  ``input_fn``, ``predict_fn``, ``output_fn`` or ``transform_fn``), run in the model process
+  next to the model; what a script leaves out falls back to the defaults. The HTTP worker
+  hands such a request over whole (``modelclient.ModelClient.script``).
 """
 from __future__ import annotations
 
@@ -26,18 +30,17 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 import numpy as np
 import orjson
 
-from . import codecs, examples
+from . import codecs
 from .batching import Batcher
 from .errors import BadRequest, Overloaded, RequestTimeout, ServeError, UserCodeError
 from .model import METHODS, Model, Repository, Signature
+from .usercode import TOOLKIT_FUNCTIONS
 
 if TYPE_CHECKING:
     import requests
 
 log = logging.getLogger(__name__)
 
-TFS_FUNCTIONS = ("handler", "input_handler", "output_handler")
-TOOLKIT_FUNCTIONS = ("model_fn", "input_fn", "predict_fn", "output_fn", "transform_fn")
 
 # The field names of AWS's TensorFlow serving container's context, in its order.
 Context = namedtuple(
@@ -85,9 +88,13 @@ class Target:
 
 @dataclass(frozen=True)
 class Servable:
-    """One loaded model version and the batcher that owns its calls."""
+    """One loaded model version and the batcher that owns its calls (in the model process)."""
     model: Model
     batcher: Batcher
+
+
+# infer(model, signature name, prepared inputs or None, (examples, context) or None, timeout) -> outputs
+Infer = Callable[[Model, str, "dict[str, np.ndarray] | None", "tuple | None", float], "dict[str, np.ndarray]"]
 
 
 class Handler(Protocol):
@@ -97,8 +104,9 @@ class Handler(Protocol):
 class DefaultHandler:
     """decode -> route (model, version, method) -> signature -> batcher -> encode."""
 
-    def __init__(self, repository: Repository[Servable], timeout: float, max_queued: int | None = None):
+    def __init__(self, repository: Repository[Model], infer: Infer, timeout: float, max_queued: int | None = None):
         self.repository = repository
+        self._infer = infer
         self._timeout = timeout
         self._max_queued = max_queued
         self._queued = 0
@@ -106,26 +114,24 @@ class DefaultHandler:
 
     @property
     def model(self) -> Model:
-        return self.repository.get().model
+        return self.repository.get()
 
     def predict(self, inputs: codecs.Inputs, signature_name: str | None = None,
                 target: Target = Target()) -> dict[str, np.ndarray]:
-        servable = self.repository.get(target.name, target.version)
-        signature = servable.model.signature(signature_name)
+        model = self.repository.get(target.name, target.version)
+        signature = model.signature(signature_name)
         with self._admitted():
-            return servable.batcher.wait(servable.batcher.submit(signature.name, signature.prepare(inputs)),
-                                         self._timeout)
+            return self._infer(model, signature.name, signature.prepare(inputs), None, self._timeout)
 
     def handle(self, invocation: Invocation, target: Target | None = None) -> Result:
         target = target or Target.from_attributes(invocation.custom_attributes)
-        servable = self.repository.get(target.name, target.version)  # a 404 costs nothing
+        model = self.repository.get(target.name, target.version)  # a 404 costs nothing
         accept = codecs.negotiate(invocation.accept)  # nor does a 406
         with self._admitted():
-            with servable.batcher.arriving() as arrival:
-                decoded = codecs.decode(invocation.body, invocation.content_type)
-                method, signature, inputs = _request(servable.model, decoded, target)
-                future = servable.batcher.submit(signature.name, signature.prepare(inputs), arrival)
-            outputs = servable.batcher.wait(future, self._timeout)
+            decoded = codecs.decode(invocation.body, invocation.content_type)
+            method, signature, examples = _request(model, decoded, target)
+            inputs = None if examples is not None else signature.prepare(decoded.inputs)
+            outputs = self._infer(model, signature.name, inputs, examples, self._timeout)
         if method != "predict":
             return Result(*codecs.encode_results(method, outputs))
         return Result(*codecs.encode(outputs, accept, columnar=decoded.columnar))
@@ -145,13 +151,14 @@ class DefaultHandler:
                 self._queued -= 1
 
 
-def _request(model: Model, decoded: codecs.Decoded, target: Target) -> tuple[str, Signature, codecs.Inputs]:
-    """The method, signature and inputs a decoded body asks for, as TF Serving reads them."""
+def _request(model: Model, decoded: codecs.Decoded, target: Target) -> tuple[str, Signature, tuple | None]:
+    """The method and signature a decoded body asks for, as TF Serving reads them, and its
+    (examples, context) when it is a classify or regress body (serialized where TensorFlow is)."""
     if decoded.examples is None:
         if target.method != "predict":
             raise BadRequest(f'{target.method} takes TF Serving\'s {{"examples": [...]}} body, '
                              f'not "instances" or "inputs"')
-        return "predict", model.signature(decoded.signature_name), decoded.inputs
+        return "predict", model.signature(decoded.signature_name), None
     method = target.method
     if method == "predict":  # the signature says what the examples are for
         signature = model.signature(decoded.signature_name)
@@ -162,33 +169,64 @@ def _request(model: Model, decoded: codecs.Decoded, target: Target) -> tuple[str
         method = signature.method
     else:
         signature = model.signature(decoded.signature_name, method)
-    return method, signature, {signature.example_input: examples.serialize(decoded.examples, decoded.context)}
+    signature.example_input  # noqa: B018 -- a 400 here if it takes no Examples, before any work
+    return method, signature, (decoded.examples, decoded.context)
 
 
-class _Watchdog:
-    """Runs user code on a pool thread so that a hung script answers 504 instead of hanging."""
+class Watchdog:
+    """Runs user code on a pool thread so that a hung script answers 504 instead of hanging.
 
-    def __init__(self, timeout: float, threads: int):
+    A call still running after its caller got the 504 holds its thread. When every thread is
+    held so, no request can be served any more: ``exhausted`` says so (and ``on_change`` is told),
+    so that /ping answers 503 and SageMaker replaces the instance instead of billing a server
+    that only answers 504.
+    """
+
+    def __init__(self, timeout: float, threads: int, on_change: Callable[[bool], None] | None = None):
         self._timeout = timeout
+        self._threads = threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="user-code")
+        self._hung = 0
+        self._lock = threading.Lock()
+        self.on_change = on_change
+
+    @property
+    def exhausted(self) -> bool:
+        return self._hung >= self._threads
+
+    def _count(self, delta: int) -> None:
+        with self._lock:
+            before = self.exhausted
+            self._hung += delta
+            after = self.exhausted
+        if before != after:
+            log.error("user code holds all %d of its threads, hung past the timeout; /ping answers 503",
+                      self._threads) if after else log.info("user code threads free again")
+            if self.on_change is not None:
+                self.on_change(after)
 
     def run(self, fn: Callable[[], Result]) -> Result:
+        if self.exhausted:
+            raise RequestTimeout("inference.py has hung on every thread it has; this server cannot answer")
         future = self._pool.submit(fn)
         try:
             return future.result(timeout=self._timeout)
         except FutureTimeout:
+            self._count(+1)
+            future.add_done_callback(lambda _: self._count(-1))
             raise RequestTimeout(f"inference.py did not answer within {self._timeout:.0f} s "
                                  f"(SAGEMAKER_MODEL_SERVER_TIMEOUT)") from None
 
 
 def _user_call(what: str, fn: Callable, *args):
-    """Call into inference.py; its exceptions become 500s carrying their message."""
+    """Call into inference.py; its exceptions become 500s carrying their message. So do SystemExit,
+    KeyboardInterrupt and the like: user code may end its own request, never its process."""
     try:
         return fn(*args)
     except ServeError:
         raise
-    except Exception as exc:
-        log.exception("%s raised", what)
+    except BaseException as exc:
+        log.error("%s raised %s", what, type(exc).__name__, exc_info=not isinstance(exc, SystemExit))
         raise UserCodeError(f"{what} raised {type(exc).__name__}: {exc}") from exc
 
 
@@ -219,7 +257,7 @@ def tfs_attributes(header: str | None) -> dict[str, str]:
 class TfsHandler:
     """AWS TensorFlow serving container scripts, run unchanged."""
 
-    def __init__(self, module: ModuleType, default: DefaultHandler, port: int, watchdog: _Watchdog):
+    def __init__(self, module: ModuleType, default: DefaultHandler, port: int, watchdog: Watchdog):
         self._module = module
         self._default = default
         self._port = port
@@ -292,7 +330,7 @@ def _takes_context(fn: Callable, required: int) -> bool:
 class ToolkitHandler:
     """sagemaker-inference-toolkit scripts, run unchanged; missing functions use the defaults."""
 
-    def __init__(self, module: ModuleType, model: Any, default: DefaultHandler | None, watchdog: _Watchdog):
+    def __init__(self, module: ModuleType, model: Any, default: DefaultHandler | None, watchdog: Watchdog):
         self._model = model
         self._default = default
         self._watchdog = watchdog
@@ -346,26 +384,3 @@ class ToolkitHandler:
         if isinstance(result, tuple) and len(result) == 2:
             return Result(_to_bytes(result[0]), result[1] or accept)
         return Result(_to_bytes(result), accept)
-
-
-def style_of(module: ModuleType | None) -> str:
-    if module is None:
-        return "default"
-    if any(hasattr(module, f) for f in TFS_FUNCTIONS):
-        return "tfs"
-    if any(hasattr(module, f) for f in TOOLKIT_FUNCTIONS):
-        return "toolkit"
-    raise ValueError(
-        f"{module.__file__} defines none of {', '.join(TFS_FUNCTIONS + TOOLKIT_FUNCTIONS)}; "
-        f"see README 'User code'")
-
-
-def build_handler(module: ModuleType | None, model: Any, default: DefaultHandler | None,
-                  port: int, timeout: float, threads: int) -> Handler:
-    style = style_of(module)
-    if style == "default":
-        return default
-    watchdog = _Watchdog(timeout, threads)
-    if style == "tfs":
-        return TfsHandler(module, default, port, watchdog)
-    return ToolkitHandler(module, model, default, watchdog)

@@ -137,6 +137,11 @@ def _cast(array: np.ndarray, spec: TensorInfo) -> np.ndarray:
     if kind in "iu" and source in "iubf":
         if source == "f" and not (np.mod(array, 1) == 0).all():
             raise BadRequest(f"input {spec.describe()} takes whole numbers; it got fractions")
+        if source == "f" and array.size and np.abs(array).max() >= 2 ** 53:
+            # a JSON integer beyond int64 (or mixed with one) arrives as a float, which is no longer exact
+            raise BadRequest(f"input {spec.describe()} holds integers beyond 2**53 that did not arrive as exact "
+                             f"integers (outside {target.name}'s range, or mixed with such); send them within range, "
+                             f"or as .npy")
         if array.size:
             limits = np.iinfo(target)
             if array.min() < limits.min or array.max() > limits.max:
@@ -202,6 +207,7 @@ class Model:
 
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 
 class Repository(Generic[T]):
@@ -239,6 +245,11 @@ class Repository(Generic[T]):
     def __iter__(self):
         for versions in self.entries.values():
             yield from versions.values()
+
+    def map(self, fn: Callable[[T], "U"]) -> "Repository[U]":
+        """The same names and versions, each entry passed through FN."""
+        return Repository({n: {v: fn(e) for v, e in versions.items()} for n, versions in self.entries.items()},
+                          self.default)
 
 
 def configure_threads(intra: int, inter: int) -> None:

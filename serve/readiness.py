@@ -1,4 +1,10 @@
-"""Whether every HTTP worker can answer, known to each of them, for /ping.
+"""The run directory the master makes before it forks, and what it says about readiness.
+
+It holds the model processes' sockets (``model-N.sock``), their marks (``model-N.ready`` once
+warm, ``model-N.failed`` with the reason when loading failed, ``model-N.hung`` while its user
+code holds every thread) and the HTTP workers' marks.
+
+Whether every HTTP worker can answer, known to each of them, for /ping:
 
 SageMaker sends traffic as soon as /ping first answers 200. A worker's own /ping only knows
 about itself, so with several workers the first one to load would say 200 while the others
@@ -16,6 +22,23 @@ import tempfile
 from pathlib import Path
 
 _ALL = "all-ready"
+
+
+def socket_path(run_dir: Path, index: int) -> Path:
+    return Path(run_dir) / f"model-{index}.sock"
+
+
+def ready_path(run_dir: Path, index: int) -> Path:
+    return Path(run_dir) / f"model-{index}.ready"
+
+
+def failed_path(run_dir: Path, index: int) -> Path:
+    return Path(run_dir) / f"model-{index}.failed"
+
+
+def hung_path(run_dir: Path, index: int) -> Path:
+    """There while the model process's user code has hung on every thread it has."""
+    return Path(run_dir) / f"model-{index}.hung"
 
 
 class Readiness:

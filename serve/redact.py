@@ -7,8 +7,11 @@ anything shaped like an AWS access key id.
 """
 from __future__ import annotations
 
+import io
 import logging
 import re
+import sys
+import threading
 from typing import Iterable
 
 MASK = "***"
@@ -54,3 +57,54 @@ class SecretFilter(logging.Filter):
         if record.exc_text:
             record.exc_text = self.mask(record.exc_text)
         return True
+
+
+class MaskingStream(io.TextIOBase):
+    """sys.stdout / sys.stderr through the same filter as the logs: user code's print(), writes to
+    sys.stderr and anything else that writes text there reach the log with its secrets masked.
+    Line by line, so a secret written in pieces is masked whole once its line ends."""
+
+    def __init__(self, stream, secrets: SecretFilter):
+        super().__init__()
+        self._stream = stream
+        self._secrets = secrets
+        self._pending = ""
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self._pending += text
+            if "\n" in self._pending:
+                done, _, self._pending = self._pending.rpartition("\n")
+                self._stream.write(self._secrets.mask(done + "\n"))
+                self._stream.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._pending:
+                self._stream.write(self._secrets.mask(self._pending))
+                self._pending = ""
+            self._stream.flush()
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    @property
+    def encoding(self):
+        return getattr(self._stream, "encoding", "utf-8")
+
+    def writable(self) -> bool:
+        return True
+
+
+def mask_standard_streams(secrets: SecretFilter) -> None:
+    """Route print(), sys.stderr writes and warnings through SECRETS (each process calls it once)."""
+    if not isinstance(sys.stdout, MaskingStream):
+        sys.stdout = MaskingStream(sys.stdout, secrets)
+    if not isinstance(sys.stderr, MaskingStream):
+        sys.stderr = MaskingStream(sys.stderr, secrets)
+    logging.captureWarnings(True)  # warnings.warn() becomes a log record, which the filter masks

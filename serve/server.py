@@ -1,20 +1,28 @@
-"""The process model: a gunicorn master and its workers, configured from ``Settings``.
+"""The process model: a gunicorn master, its HTTP workers and the model processes.
 
-gthread workers: each worker's HTTP threads decode and encode while its single model
-thread (the batcher) runs TensorFlow, and /ping never waits behind inference because it
-only reads a flag on a thread of its own. The worker loads the model itself after the
-fork (TensorFlow must not be imported in the master). SIGTERM lets in-flight requests
-finish for up to ``GRACEFUL_TIMEOUT`` seconds, inside SageMaker's 30 s before SIGKILL.
+    serve (gunicorn master)
+      ├─ HTTP worker x N   gthread + Flask: decode, TF-container handlers, encode; no TensorFlow
+      └─ model process x M serve.modelproc: TensorFlow, every model once, the batcher for all workers
 
-The gunicorn master restarts a worker that dies; ``ServeWorker`` decides what a worker
-does around its model's life (see its docstring).
+The master starts the model processes before it forks the workers, watches them from its
+main loop (``ServeArbiter.manage_workers``, about once a second and on every SIGCHLD) and
+starts a new one when one dies; /ping is 503 until it is warm again. A model process that
+fails to load ends the server (exit 3) with its reason. /ping never waits behind inference:
+it only reads flags, on a thread of its own. SIGTERM lets in-flight requests finish for up to
+``GRACEFUL_TIMEOUT`` seconds (the model processes stay until the workers are gone), inside
+SageMaker's 30 s before SIGKILL.
+
+The gunicorn master restarts an HTTP worker that dies; ``ServeWorker`` decides what a worker
+does around its start (see its docstring).
 """
 from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 import threading
+import time
 
 import orjson
 from gunicorn import util
@@ -22,7 +30,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.workers.gthread import ThreadWorker
 
-from .readiness import Readiness
+from .readiness import Readiness, failed_path, hung_path, ready_path
 from .redact import SecretFilter
 from .settings import Settings
 from .tuning import Tuning
@@ -89,7 +97,7 @@ class ServeWorker(ThreadWorker):
             while not state.settled.wait(timeout=1.0):
                 self.notify()  # the master would otherwise take a long load for a hung worker
             if state.status == "failed":
-                raise SystemExit(Arbiter.WORKER_BOOT_ERROR)
+                raise SystemExit(ServeArbiter.WORKER_BOOT_ERROR)
         else:
             threading.Thread(target=self._exit_if_load_fails, args=(state,), name="load-watch",
                              daemon=True).start()
@@ -99,13 +107,95 @@ class ServeWorker(ThreadWorker):
         state.settled.wait()
         if state.status == "failed":
             logging.shutdown()
-            os._exit(Arbiter.WORKER_BOOT_ERROR)  # nothing was served yet; the master halts the server
+            os._exit(ServeArbiter.WORKER_BOOT_ERROR)  # nothing was served yet; the master halts the server
 
     def set_accept_enabled(self, enabled: bool) -> None:
         super().set_accept_enabled(enabled)
         if not enabled and not self.alive:
             for listener in self.sockets:
                 listener.close()
+
+
+class ModelProcesses:
+    """The master's model processes: started, watched, replaced, stopped."""
+
+    def __init__(self, count: int, run_dir, code: CodeLocation | None):
+        self.count = count
+        self.run_dir = run_dir
+        # the master found (and unpacked, downloaded, installed) the user code once; they use it
+        self.code_args = [str(code.directory), code.program] if code else []
+        self.procs: list[subprocess.Popen | None] = [None] * count
+        self.ever_ready = [False] * count
+        self.log = logging.getLogger("serve")
+
+    def start(self, index: int) -> None:
+        ready_path(self.run_dir, index).unlink(missing_ok=True)
+        hung_path(self.run_dir, index).unlink(missing_ok=True)
+        self.procs[index] = subprocess.Popen(
+            [sys.executable, "-m", "serve.modelproc", str(index), str(self.count), str(self.run_dir), *self.code_args])
+
+    def start_all(self) -> None:
+        for index in range(self.count):
+            self.start(index)
+
+    def check(self) -> str | None:
+        """Replace any that died; the reason to end the server when one could not load."""
+        for index, proc in enumerate(self.procs):
+            if proc is None:
+                continue
+            if ready_path(self.run_dir, index).exists():
+                self.ever_ready[index] = True
+            if proc.poll() is None:
+                continue
+            failed = failed_path(self.run_dir, index)
+            if failed.exists():
+                return f"model process {index}: {failed.read_text()}"
+            if not self.ever_ready[index]:  # it never got as far as loading: the same crash would repeat
+                return f"model process {index} exited before it was ready (exit code {proc.returncode}); see its log above"
+            ready_path(self.run_dir, index).unlink(missing_ok=True)
+            self.log.error("model process %d (pid %d) exited; starting a new one, /ping is 503 until it is warm",
+                           index, proc.pid)
+            self.start(index)
+        return None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        live = [p for p in self.procs if p is not None and p.poll() is None]
+        for proc in live:
+            proc.terminate()
+        deadline = time.monotonic() + timeout
+        for proc in live:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+class ServeArbiter(Arbiter):
+    """gunicorn's master, also minding the model processes on every turn of its loop.
+
+    gunicorn halts the server when a worker exits with WORKER_BOOT_ERROR or APP_LOAD_ERROR (3 and 4
+    by default). User code in an HTTP worker may call os._exit(3) in a request; that must cost a worker,
+    never the server, so our workers report a failed start with a code nothing else uses, and the
+    server still ends with 3 (as the README says) when one did.
+    """
+
+    WORKER_BOOT_ERROR = 78   # sysexits' EX_CONFIG
+    APP_LOAD_ERROR = 79      # likewise gunicorn's 4
+    EXIT_STARTUP_FAILED = 3
+
+    def __init__(self, app: "ServeApplication"):
+        super().__init__(app)
+        self.models = app.model_processes
+
+    def manage_workers(self) -> None:
+        reason = self.models.check()
+        if reason is not None:  # the model process logged its one "startup failed:" line already
+            self.halt(reason, self.WORKER_BOOT_ERROR)
+        super().manage_workers()
+
+    def halt(self, reason=None, exit_status=0):
+        failed = exit_status in (self.WORKER_BOOT_ERROR, self.APP_LOAD_ERROR)
+        super().halt(reason, self.EXIT_STARTUP_FAILED if failed else exit_status)
 
 
 class ServeApplication(BaseApplication):
@@ -117,6 +207,7 @@ class ServeApplication(BaseApplication):
         self._secrets = secrets
         self.worker_state = None
         self.readiness = Readiness.create(tuning.workers)  # before the fork: every worker shares it
+        self.model_processes = ModelProcesses(tuning.model_processes, self.readiness.directory, code)
         super().__init__()
 
     def load_config(self) -> None:
@@ -124,17 +215,20 @@ class ServeApplication(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
-        # Runs in each worker after the fork.
+        # Runs in each worker after the fork (the master stays without NumPy: no BLAS threads across a fork).
         from . import worker
         from .app import create_app
 
-        self.worker_state = worker.start(self._settings, self._tuning, self._code, self.readiness)
-        return create_app(self._settings, self.worker_state, self._tuning.workers, self._secrets, self.readiness)
+        run_dir, count = self.readiness.directory, self._tuning.model_processes
+        self.worker_state = worker.start(self._settings, self._code, self.readiness, count,
+                                         lambda: any(failed_path(run_dir, i).exists() for i in range(count)))
+        return create_app(self._settings, self.worker_state, self._tuning, self._secrets, self.readiness)
 
     def run(self) -> None:
         self._master_pid = os.getpid()
         try:
-            arbiter = Arbiter(self)
+            arbiter = ServeArbiter(self)
+            self.model_processes.start_all()
             # gunicorn's logger has handlers of its own; they must mask secrets as the app's do.
             for handler in logging.getLogger("gunicorn.error").handlers:
                 handler.addFilter(self._secrets)
@@ -144,4 +238,5 @@ class ServeApplication(BaseApplication):
             sys.exit(1)
         finally:
             if os.getpid() == self._master_pid:
+                self.model_processes.stop()
                 self.readiness.remove()

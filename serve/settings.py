@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     submit_directory: Optional[str] = Field(None, description="folder or .tar.gz holding the script")
     region: Optional[str] = None
 
+    multi_model: bool = Field(False, description="SageMaker multi-model endpoint: models come and go through "
+                                                 "/models, from BASE_DIR/models")
+    tfs_wait_time_seconds: int = Field(
+        300, ge=1, le=3600, description="multi-model: how long loading one model (POST /models) may take")
+    tfs_instance_count: Optional[int] = Field(
+        None, ge=1, le=64, description="model processes (AWS's container: TF Serving processes), each holding "
+                                       "every model and a share of the vCPUs; default: from vCPUs")
     tfs_default_model_name: Optional[str] = Field(
         None, description="model served when a request names none (default: the only or first one)")
     tfs_max_enqueued_batches: Optional[int] = Field(
@@ -97,6 +104,10 @@ class Settings(BaseSettings):
         return self.base_dir / "model"
 
     @property
+    def models_dir(self) -> Path:
+        return self.base_dir / "models"
+
+    @property
     def max_payload_bytes(self) -> int:
         return self.max_payload_in_mb * 1024 * 1024
 
@@ -126,7 +137,7 @@ class Settings(BaseSettings):
 # AWS's TensorFlow serving container's names for what a field here means, tried in order when
 # our own name is not set. The request timeout is the larger of the two timeouts, as there.
 AWS_CONTAINER_ALIASES = {
-    "model_server_workers": ("SAGEMAKER_GUNICORN_WORKERS", "SAGEMAKER_TFS_INSTANCE_COUNT"),
+    "model_server_workers": ("SAGEMAKER_GUNICORN_WORKERS",),
     "model_server_threads": ("SAGEMAKER_GUNICORN_THREADS",),
     "model_server_timeout": ("SAGEMAKER_GUNICORN_TIMEOUT_SECONDS", "SAGEMAKER_NGINX_PROXY_READ_TIMEOUT_SECONDS"),
 }
@@ -134,7 +145,6 @@ AWS_CONTAINER_ALIASES = {
 AWS_CONTAINER_UNUSED = {
     "SAGEMAKER_TFS_NUM_BATCH_THREADS": "each worker runs one batch at a time; batches run in parallel "
                                        "across workers (SAGEMAKER_MODEL_SERVER_WORKERS)",
-    "SAGEMAKER_TFS_WAIT_TIME_SECONDS": "there is no separate TF Serving process to wait for",
     "SAGEMAKER_SAFE_PORT_RANGE": "no internal ports are opened; only SAGEMAKER_BIND_TO_PORT",
     "SAGEMAKER_GUNICORN_WORKER_CLASS": "the worker class is fixed (gthread, see README)",
     "SAGEMAKER_TFS_VERSION": "TensorFlow's version is the image's",

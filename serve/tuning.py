@@ -1,10 +1,18 @@
-"""What the CPU offers, turned into TensorFlow/oneDNN settings before TensorFlow is imported.
+"""What the CPU offers, turned into the process layout and TensorFlow/oneDNN settings, before
+TensorFlow is imported.
 
-A value the user set always wins; we only fill in what is missing. The defaults
-come from measurements (README, "Performance"): one worker per vCPU, each with one
-intra-op thread. Python's per-request work (HTTP, JSON) runs under one GIL per process,
-so it needs a process per core; the adaptive batcher in each worker turns concurrency
-into batch size, which is how the cores are kept busy with the model.
+A value the user set always wins; we only fill in what is missing. Two kinds of process
+(README, "Performance"): HTTP workers run Python's per-request work (HTTP, JSON, user
+handlers) under one GIL each, so they scale with the cores that work needs; model processes
+hold TensorFlow and every model once, batch across all HTTP workers, and give TensorFlow's
+intra-op pool their share of the vCPUs. The rule for 1 to 192 vCPUs:
+
+  HTTP workers     = vCPUs up to 4, then max(4, vCPUs / 2), at most 64
+  model processes  = 1 up to 16 vCPUs, then vCPUs / 16 (a process per 16 cores keeps Python's
+                     per-batch work from becoming the limit; each holds the models again)
+  intra-op threads = vCPUs / model processes; inter-op 2 from 4 intra-op threads, else 1
+
+Only the 2-vCPU point is measured here; the rest is a reasoned model (see README).
 """
 from __future__ import annotations
 
@@ -27,8 +35,9 @@ class Cpu:
 @dataclass(frozen=True)
 class Tuning:
     cpu: Cpu
-    workers: int
-    intra_op_threads: int
+    workers: int             # HTTP workers
+    model_processes: int
+    intra_op_threads: int    # per model process
     inter_op_threads: int
     onednn: str        # value of TF_ENABLE_ONEDNN_OPTS in effect
     fpmath: str        # value of DNNL_DEFAULT_FPMATH_MODE in effect ("" = oneDNN default, fp32)
@@ -41,7 +50,8 @@ class Tuning:
 
     def describe(self) -> str:
         return (f"arch={self.cpu.arch} vcpus={self.cpu.vcpus} bf16_units={self.cpu.bf16} "
-                f"workers={self.workers} intra_op_threads={self.intra_op_threads} "
+                f"workers={self.workers} model_processes={self.model_processes} "
+                f"intra_op_threads={self.intra_op_threads} "
                 f"inter_op_threads={self.inter_op_threads} TF_ENABLE_ONEDNN_OPTS={self.onednn} "
                 f"DNNL_DEFAULT_FPMATH_MODE={self.fpmath or 'unset (fp32)'}")
 
@@ -100,22 +110,27 @@ def detect_cpu() -> Cpu:
 
 
 def default_workers(vcpus: int) -> int:
-    """One worker per vCPU; see the module docstring and README."""
-    return max(1, vcpus)
+    """HTTP workers; see the module docstring and README."""
+    return vcpus if vcpus <= 4 else min(64, max(4, vcpus // 2))
+
+
+def default_model_processes(vcpus: int) -> int:
+    return 1 if vcpus <= 16 else vcpus // 16
 
 
 def plan(settings: Settings, cpu: Cpu) -> Tuning:
     workers = settings.model_server_workers or default_workers(cpu.vcpus)
-    share = max(1, cpu.vcpus // workers)
+    processes = settings.tfs_instance_count or default_model_processes(cpu.vcpus)
+    share = max(1, cpu.vcpus // processes)
     intra = settings.tfs_intra_op_parallelism or share
-    inter = settings.tfs_inter_op_parallelism or (2 if share >= 4 else 1)
+    inter = settings.tfs_inter_op_parallelism or (2 if intra >= 4 else 1)
     onednn = settings.tf_enable_onednn_opts or "1"
     if settings.dnnl_default_fpmath_mode is not None:
         fpmath = settings.dnnl_default_fpmath_mode
     else:
         fpmath = "BF16" if cpu.bf16 else ""
-    return Tuning(cpu=cpu, workers=workers, intra_op_threads=intra, inter_op_threads=inter,
-                  onednn=onednn, fpmath=fpmath)
+    return Tuning(cpu=cpu, workers=workers, model_processes=processes, intra_op_threads=intra,
+                  inter_op_threads=inter, onednn=onednn, fpmath=fpmath)
 
 
 def apply_environment(tuning: Tuning) -> None:

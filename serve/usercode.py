@@ -10,7 +10,7 @@ not installed.
 """
 from __future__ import annotations
 
-import hashlib
+import ast
 import importlib.util
 import logging
 import shutil
@@ -43,17 +43,19 @@ class CodeLocation:
         return self.directory / self.program
 
 
+# SAGEMAKER_SUBMIT_DIRECTORY archives hold code, not models: this bounds what one may unpack to.
+MAX_CODE_ARCHIVE_BYTES = 512 << 20
+
+
 def _extract(archive: Path) -> Path:
-    digest = hashlib.sha256(archive.read_bytes()).hexdigest()[:16]
-    target = Path(tempfile.gettempdir()) / f"sagemaker-code-{digest}"
-    if not target.is_dir():
-        staging = Path(tempfile.mkdtemp(prefix="sagemaker-code-"))
-        try:
-            safe_extract(archive, staging)  # refuses absolute paths, '..', links out, devices, naming the member
-        except (ArchiveError, OSError) as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise UserCodeSetupError(f"cannot unpack SAGEMAKER_SUBMIT_DIRECTORY {archive}: {exc}") from None
-        staging.rename(target)
+    """Unpack into a new folder (mkdtemp: unpredictable, made atomically), never into one found lying
+    around: a folder planted at a guessable path would be imported and run."""
+    target = Path(tempfile.mkdtemp(prefix="sagemaker-code-"))
+    try:
+        safe_extract(archive, target, MAX_CODE_ARCHIVE_BYTES)  # refuses absolute paths, '..', links out, devices
+    except (ArchiveError, OSError) as exc:
+        shutil.rmtree(target, ignore_errors=True)
+        raise UserCodeSetupError(f"cannot unpack SAGEMAKER_SUBMIT_DIRECTORY {archive}: {exc}") from None
     return target
 
 
@@ -93,6 +95,22 @@ def locate(settings: Settings) -> CodeLocation | None:
     return None
 
 
+def universal_code(settings: Settings) -> CodeLocation | None:
+    """Multi-model mode: code/ at the root of the models folder, for every model without its own."""
+    code_dir = settings.models_dir / "code"
+    program = settings.program or DEFAULT_PROGRAM
+    return CodeLocation(code_dir, program) if (code_dir / program).is_file() else None
+
+
+def locate_in(model_dir: Path, universal: CodeLocation | None, program: str = DEFAULT_PROGRAM) -> CodeLocation | None:
+    """A multi-model model's own code/ (its requirements installed now), else the universal one."""
+    own = CodeLocation(Path(model_dir) / "code", program)
+    if own.script.is_file():
+        install_requirements(own)
+        return own
+    return universal
+
+
 def install_requirements(code: CodeLocation) -> None:
     requirements = code.directory / "requirements.txt"
     if not requirements.is_file():
@@ -115,11 +133,12 @@ def install_requirements(code: CodeLocation) -> None:
     log.info("installed %s", requirements)
 
 
-def import_script(code: CodeLocation) -> ModuleType:
+def import_script(code: CodeLocation, module_name: str | None = None) -> ModuleType:
+    """Import the script (as MODULE_NAME: each model's inference.py has its own in multi-model mode)."""
     for path in (code.directory / "lib", code.directory):
         if path.is_dir() and str(path) not in sys.path:
             sys.path.insert(0, str(path))
-    name = Path(code.program).stem
+    name = module_name or Path(code.program).stem
     spec = importlib.util.spec_from_file_location(name, code.script)
     if spec is None or spec.loader is None:
         raise UserCodeSetupError(f"cannot import {code.script}")
@@ -132,3 +151,46 @@ def import_script(code: CodeLocation) -> ModuleType:
     finally:
         sys.dont_write_bytecode = previous
     return module
+
+
+TFS_FUNCTIONS = ("handler", "input_handler", "output_handler")
+TOOLKIT_FUNCTIONS = ("model_fn", "input_fn", "predict_fn", "output_fn", "transform_fn")
+
+
+def _top_level_names(tree: ast.Module) -> set[str]:
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for target in (node.targets if isinstance(node, ast.Assign) else [node.target]):
+                names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
+def style_of_script(script: Path) -> str | None:
+    """'tfs' (AWS TensorFlow container: handler, input_handler/output_handler) or 'toolkit'
+    (model_fn, input_fn, predict_fn, output_fn, transform_fn), read from the script's source without
+    running it: the style decides which process imports it (HTTP workers or the model process).
+    None when the source does not say (the model process then imports it and asks the module)."""
+    try:
+        tree = ast.parse(script.read_bytes(), filename=str(script))
+    except SyntaxError:
+        return None  # importing it gives Python's own error, with its line
+    return style_of_names(_top_level_names(tree))
+
+
+def style_of_names(names) -> str | None:
+    names = set(names)
+    if names & set(TFS_FUNCTIONS):
+        return "tfs"
+    if names & set(TOOLKIT_FUNCTIONS):
+        return "toolkit"
+    return None
+
+
+def no_known_functions(script: Path) -> UserCodeSetupError:
+    return UserCodeSetupError(f"{script.name} defines none of {', '.join(TFS_FUNCTIONS + TOOLKIT_FUNCTIONS)}; "
+                              f"see README 'User code'")

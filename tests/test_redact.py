@@ -348,3 +348,27 @@ def test_logs_keep_the_story_but_no_credential(leaky):
     # the operator still gets the traceback of (b), paths included
     assert "Traceback (most recent call last)" in logs and "in _level3" in logs, logs[-5000:]
     assert "inference.py" in logs
+
+
+PRINTING_SCRIPT = '''
+import os, sys, warnings
+
+
+def input_handler(data, context):
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"]
+    print("user-print: " + secret)
+    sys.stderr.write("user-stderr: " + secret[:20])
+    sys.stderr.write(secret[20:] + "\\n")
+    warnings.warn("user-warning: " + secret)
+    return data.read()
+'''
+
+
+def test_prints_stderr_and_warnings_of_user_code_are_masked(mlp_model_dir, tmp_path):
+    model_dir = mlp_model_dir.with_code(tmp_path / "model", PRINTING_SCRIPT)
+    with start_host_server(model_dir, env=CREDENTIALS) as server:
+        assert invoke(server, {"instances": [INSTANCE]}).status_code == 200
+        logs = wait_for_log(server, "user-warning")
+    for text in ("user-print: ", "user-stderr: ", "user-warning: "):
+        assert f"{text}{MASK}" in logs, (text, logs[-3000:])
+    assert FAKE_SECRET not in logs and FAKE_SECRET[:12] not in logs and FAKE_SECRET[-12:] not in logs

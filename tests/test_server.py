@@ -78,7 +78,7 @@ def test_killed_worker_is_replaced_and_only_its_requests_fail(request, target, m
     env = {"SAGEMAKER_MODEL_SERVER_WORKERS": "2"}
     with start_target(request, target, mlp_model_dir, env) as server:
         deadline = time.monotonic() + 120
-        while server.logs().count("ready in") < 2:  # both workers have loaded, not just the first
+        while server.logs().count("HTTP worker ready in") < 2:  # both workers are up, not just the first
             assert time.monotonic() < deadline, server.logs()[-3000:]
             time.sleep(0.5)
         workers = worker_pids(server.master_pid())
@@ -98,7 +98,7 @@ def test_killed_worker_is_replaced_and_only_its_requests_fail(request, target, m
                 now = time.monotonic() - killed_at
                 if took is not None and ping_ok_after is None:
                     ping_ok_after = now
-                if replaced_ready_after is None and server.logs().count("ready in") >= 3:
+                if replaced_ready_after is None and server.logs().count("HTTP worker ready in") >= 3:
                     replaced_ready_after = now
                 if ping_ok_after is not None and replaced_ready_after is not None:
                     break

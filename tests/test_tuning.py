@@ -41,16 +41,30 @@ def test_cgroup_v1_quota(tmp_path):
 
 def _clean(monkeypatch):
     for name in ("SAGEMAKER_MODEL_SERVER_WORKERS", "TF_ENABLE_ONEDNN_OPTS", "DNNL_DEFAULT_FPMATH_MODE",
-                 "SAGEMAKER_TFS_INTRA_OP_PARALLELISM", "SAGEMAKER_TFS_INTER_OP_PARALLELISM"):
+                 "SAGEMAKER_TFS_INTRA_OP_PARALLELISM", "SAGEMAKER_TFS_INTER_OP_PARALLELISM",
+                 "SAGEMAKER_TFS_INSTANCE_COUNT", "SAGEMAKER_GUNICORN_WORKERS"):
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.mark.parametrize("vcpus, workers, intra", [(1, 1, 1), (2, 2, 1), (4, 4, 1), (16, 16, 1)])
-def test_threads_split_the_vcpus_between_workers(monkeypatch, vcpus, workers, intra):
+# The layout rule of serve/tuning.py, from ml.c7g.medium (1 vCPU) to ml.c8g.48xlarge (192 vCPUs):
+# (vCPUs, HTTP workers, model processes, intra-op threads per model process, inter-op threads)
+LAYOUT = [(1, 1, 1, 1, 1), (2, 2, 1, 2, 1), (4, 4, 1, 4, 2), (8, 4, 1, 8, 2), (16, 8, 1, 16, 2),
+          (32, 16, 2, 16, 2), (64, 32, 4, 16, 2), (192, 64, 12, 16, 2)]
+
+
+@pytest.mark.parametrize("vcpus, workers, processes, intra, inter", LAYOUT)
+def test_layout_rule_for_1_to_192_vcpus(monkeypatch, vcpus, workers, processes, intra, inter):
     _clean(monkeypatch)
     t = plan(load_settings(), Cpu("arm64", vcpus, True))
-    assert (t.workers, t.intra_op_threads) == (workers, intra)
-    assert t.workers * t.intra_op_threads <= max(vcpus, 1)
+    assert (t.workers, t.model_processes, t.intra_op_threads, t.inter_op_threads) == (workers, processes, intra, inter)
+    assert t.model_processes * t.intra_op_threads == vcpus   # every core is TensorFlow's, once
+
+
+def test_instance_count_splits_the_vcpus_between_model_processes(monkeypatch):
+    _clean(monkeypatch)
+    monkeypatch.setenv("SAGEMAKER_TFS_INSTANCE_COUNT", "4")
+    t = plan(load_settings(), Cpu("arm64", 16, True))
+    assert (t.model_processes, t.intra_op_threads) == (4, 4)
 
 
 def test_graviton3_gets_onednn_and_bf16(monkeypatch):
@@ -75,11 +89,11 @@ def test_user_values_win(monkeypatch):
     assert (t.workers, t.intra_op_threads, t.onednn, t.fpmath) == (3, 5, "0", "STRICT")
 
 
-def test_fewer_workers_get_more_threads_each(monkeypatch):
+def test_http_workers_do_not_change_tensorflow_threads(monkeypatch):
     _clean(monkeypatch)
     monkeypatch.setenv("SAGEMAKER_MODEL_SERVER_WORKERS", "2")
     t = plan(load_settings(), Cpu("arm64", 16, True))
-    assert (t.workers, t.intra_op_threads, t.inter_op_threads) == (2, 8, 2)
+    assert (t.workers, t.model_processes, t.intra_op_threads, t.inter_op_threads) == (2, 1, 16, 2)
 
 
 def test_apply_environment_exports_before_tensorflow(monkeypatch):

@@ -38,7 +38,7 @@ def test_unsafe_submit_directory_is_a_setup_error_naming_the_member(tmp_path, pr
     assert sorted(p.name for p in private_tmpdir.iterdir()) == ["victim.txt"]   # no staging folder left
 
 
-def test_safe_submit_directory_unpacks_once(tmp_path, private_tmpdir):
+def test_submit_directory_unpacks_into_a_new_private_folder(tmp_path, private_tmpdir):
     src = tmp_path / "src"
     (src / "lib").mkdir(parents=True)
     (src / "inference.py").write_text("def input_fn(body, content_type):\n    return body\n")
@@ -50,7 +50,26 @@ def test_safe_submit_directory_unpacks_once(tmp_path, private_tmpdir):
     assert target.parent == private_tmpdir
     assert (target / "inference.py").read_text() == (src / "inference.py").read_text()
     assert (target / "lib" / "helper.py").is_file()
-    assert usercode._extract(tgz) == target
+    assert not stat.S_IMODE(target.stat().st_mode) & 0o022      # nobody else may write into it
+    # a folder planted where a digest-named cache would be is never used: every unpack is new
+    again = usercode._extract(tgz)
+    assert again != target and again.parent == private_tmpdir
+
+
+def test_submit_directory_unpack_has_a_size_cap(tmp_path, private_tmpdir, monkeypatch):
+    monkeypatch.setattr(usercode, "MAX_CODE_ARCHIVE_BYTES", 1 << 20)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "inference.py").write_text("def input_fn(body, content_type):\n    return body\n")
+    (src / "weights.bin").write_bytes(b"\0" * (2 << 20))   # compresses to almost nothing
+    tgz = tmp_path / "sourcedir.tar.gz"
+    with tarfile.open(tgz, "w:gz") as tar:
+        tar.add(src, arcname=".")
+    assert tgz.stat().st_size < 100_000
+    with pytest.raises(usercode.UserCodeSetupError) as err:
+        usercode._extract(tgz)
+    assert "2 MiB, more than the 1 MiB allowed" in str(err.value)
+    assert list(private_tmpdir.iterdir()) == []              # nothing left behind
 
 
 @pytest.mark.parametrize("before", [False, True])

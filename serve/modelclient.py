@@ -1,0 +1,182 @@
+"""The HTTP worker's side of the model channel: one connection and one shared-memory segment per
+thread, to the model processes, chosen round-robin as threads first need one.
+
+A model process that goes away is noticed at once: the pending ``recv`` ends, and the caller
+gets a 503 (never a hang); the next request reconnects once the master has restarted it. A
+request that outlives SAGEMAKER_MODEL_SERVER_TIMEOUT gets its 504 here, whatever the model
+process is doing, and its connection is dropped (the late answer has nowhere to go).
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+from multiprocessing.connection import Client, Connection
+from pathlib import Path
+
+import numpy as np
+
+from . import channel
+from .errors import ModelNotReady, RequestTimeout, ServeError
+from .handlers import Invocation, Result
+from .model import Model, Repository, Signature
+from .readiness import hung_path, ready_path, socket_path
+
+log = logging.getLogger(__name__)
+
+
+class _Link:
+    """One thread's connection to one model process, with its request segment."""
+
+    def __init__(self, conn: Connection, index: int):
+        self.conn = conn
+        self.index = index
+        self.out: channel.Segment | None = None      # ours: request arrays
+        self.answers: dict[str, channel.Segment] = {}  # theirs: answers
+
+    def request_segment(self, need: int) -> channel.Segment:
+        if self.out is None or self.out.size < need:
+            if self.out is not None:
+                self.out.unlink()
+                self.out.close()
+            self.out = channel.Segment.new("serve-in", need * 2)
+        return self.out
+
+    def answer_segment(self, path: str) -> channel.Segment:
+        segment = self.answers.get(path)
+        if segment is None:
+            for old in self.answers.values():
+                old.close()
+            self.answers = {path: channel.Segment(Path(path), 0, create=False)}
+            segment = self.answers[path]
+        return segment
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+        if self.out is not None:
+            self.out.unlink()
+            self.out.close()
+        for segment in self.answers.values():
+            segment.close()
+
+
+class ModelClient:
+    def __init__(self, run_dir: Path, count: int):
+        self.run_dir = Path(run_dir)
+        self.count = count
+        self._local = threading.local()
+        self._next = itertools.count()
+        self._links: set[_Link] = set()
+        self._lock = threading.Lock()
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def all_ready(self) -> bool:
+        """Every model process is loaded and warm (the master removes the mark of one that died)."""
+        return all(ready_path(self.run_dir, i).exists() and not hung_path(self.run_dir, i).exists()
+                   for i in range(self.count))
+
+    def describe(self) -> dict:
+        return self._call("describe", {}, timeout=60)
+
+    # -- calls ---------------------------------------------------------------------------------
+
+    def infer(self, model: Model, signature: str, inputs: dict[str, np.ndarray] | None,
+              examples: tuple | None, timeout: float) -> dict[str, np.ndarray]:
+        request = {"model": model.name, "version": model.version, "signature": signature, "origin": os.getpid()}
+        if examples is not None:
+            request["examples"] = examples
+        reply, link = self._exchange("infer", request, inputs or {}, timeout)
+        return channel.views(link.answer_segment(reply["segment"]), reply["arrays"])
+
+    def script(self, invocation: Invocation, timeout: float) -> Result:
+        """A toolkit-style script's request, handed over whole to the model process where it runs."""
+        return self.whole("script", {}, invocation, timeout)
+
+    def whole(self, op: str, request: dict, invocation: Invocation, timeout: float) -> Result:
+        """A request handed over whole: its body in, the answer's body and Content-Type out."""
+        request = {**request, "content_type": invocation.content_type, "accept": invocation.accept,
+                   "custom_attributes": invocation.custom_attributes}
+        body = {"body": np.frombuffer(invocation.body, np.uint8)}
+        reply, link = self._exchange(op, request, body, timeout)
+        out = channel.views(link.answer_segment(reply["segment"]), reply["arrays"])["body"]
+        return Result(out.tobytes(), reply["content_type"])
+
+    def call(self, op: str, request: dict, timeout: float):
+        """An operation without arrays (multi-model load, unload, list, get)."""
+        return self._call(op, request, timeout)
+
+    def _exchange(self, op: str, request: dict, arrays: dict, timeout: float):
+        link = self._link()
+        if arrays:
+            segment = link.request_segment(channel.room(arrays))
+            request["segment"] = str(segment.path)
+            request["arrays"] = channel.place(segment, arrays)
+        return self._round_trip(link, op, request, timeout), link
+
+    def _call(self, op: str, request: dict, timeout: float):
+        return self._round_trip(self._link(), op, request, timeout)
+
+    def _round_trip(self, link: _Link, op: str, request: dict, timeout: float):
+        try:
+            link.conn.send((op, request))
+            if not link.conn.poll(timeout):
+                self._drop(link)
+                raise RequestTimeout(f"inference did not finish within {timeout:.0f} s "
+                                     f"(SAGEMAKER_MODEL_SERVER_TIMEOUT)")
+            reply = link.conn.recv()
+        except (EOFError, OSError) as exc:
+            self._drop(link)
+            raise ModelNotReady(f"the model process went away ({type(exc).__name__}); it is being restarted, "
+                                f"retry when GET /ping answers 200") from None
+        if reply[0] == "error":
+            raise ServeError(reply[2], status=reply[1], plain=reply[3])
+        return reply[1]
+
+    def _link(self) -> _Link:
+        link = getattr(self._local, "link", None)
+        if link is not None:
+            return link
+        index = next(self._next) % self.count
+        if not ready_path(self.run_dir, index).exists():
+            raise ModelNotReady("the model process is loading; retry when GET /ping answers 200")
+        try:
+            conn = Client(str(socket_path(self.run_dir, index)), family="AF_UNIX")
+        except OSError as exc:
+            raise ModelNotReady(f"cannot reach the model process ({exc.strerror or exc}); retry when GET /ping "
+                                f"answers 200") from None
+        link = self._local.link = _Link(conn, index)
+        with self._lock:
+            self._links.add(link)
+        return link
+
+    def _drop(self, link: _Link) -> None:
+        if getattr(self._local, "link", None) is link:
+            self._local.link = None
+        with self._lock:
+            self._links.discard(link)
+        link.close()
+
+    def close(self) -> None:
+        with self._lock:
+            links, self._links = list(self._links), set()
+        for link in links:
+            link.close()
+
+
+def catalog(description: dict) -> Repository[Model] | None:
+    """The model process's servables as Models without TensorFlow (their signatures validate and
+    describe; the call goes through the channel)."""
+    if description["default"] is None:
+        return None
+    entries: dict[str, dict] = {}
+    for m in description["models"]:
+        location = m["location"]
+        signatures = {name: Signature(name, inputs, outputs, call=None, method=method)
+                      for name, (inputs, outputs, method) in m["signatures"].items()}
+        entries.setdefault(location.name, {})[location.version] = Model(location, signatures, None, m["loader"])
+    return Repository(entries, description["default"])

@@ -1,0 +1,306 @@
+"""The model process: TensorFlow, every model loaded once, the batcher over requests from all
+HTTP workers, and the user's toolkit-style code (model_fn, input_fn, predict_fn, output_fn,
+transform_fn), which runs here next to the model.
+
+Started by the ``serve`` master (``python -m serve.modelproc INDEX COUNT RUN_DIR [CODE_DIR PROGRAM]``), one per
+``SAGEMAKER_TFS_INSTANCE_COUNT``, each owning its share of the vCPUs, with the user code the
+master located (``CODE_DIR PROGRAM``, when there is any). It listens on
+``RUN_DIR/model-INDEX.sock``; each HTTP worker thread connects once and sends descriptors
+(``serve.channel``), one request at a time. Once every model is loaded and warm it writes
+``RUN_DIR/model-INDEX.ready``; a start-up failure writes ``model-INDEX.failed`` with the reason
+and exits 3, which ends the server. It exits when the master goes.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, Listener
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import channel, handlers, usercode
+from .batching import Batcher
+from .errors import ServeError, describe_failure
+from .layout import find_models
+from .model import Model, Repository, configure_threads, load_model
+from .readiness import failed_path, hung_path, ready_path, socket_path
+from .redact import SecretFilter
+from .settings import load_settings, secret_values
+from .tuning import apply_environment, detect_cpu, plan
+
+log = logging.getLogger("serve.model")
+
+
+class ModelService:
+    """What a model process serves: the servables, the toolkit script that runs here, and the ops."""
+
+    def __init__(self, servables: Repository[handlers.Servable] | None, style: str,
+                 handler: handlers.Handler | None):
+        self.servables = servables
+        self.style = style
+        self.handler = handler      # a toolkit script's, run here
+
+    def describe(self) -> dict:
+        models = []
+        for servable in (self.servables or []):
+            m = servable.model
+            models.append({"location": m.location, "loader": m.loader, "signatures": {
+                name: (dict(sig.inputs), dict(sig.outputs), sig.method) for name, sig in m.signatures.items()}})
+        return {"style": self.style, "default": self.servables.default if self.servables else None,
+                "models": models, "pid": os.getpid()}
+
+
+def local_infer(servables: Repository[handlers.Servable]):
+    """DefaultHandler's infer for this process: the servable's batcher, Examples serialized here."""
+    def infer(model: Model, signature: str, inputs, examples, timeout: float, origin: Any = "script"):
+        servable = servables.get(model.name, model.version)
+        if examples is not None:
+            from .examples import serialize
+
+            inputs = {servable.model.signatures[signature].example_input: serialize(*examples)}
+        return servable.batcher.wait(servable.batcher.submit(signature, inputs, origin=origin), timeout)
+    return infer
+
+
+def _servable(model: Model, settings) -> handlers.Servable:
+    batcher = Batcher(lambda sig, feed: model.signatures[sig].call(feed),
+                      max_batch_size=settings.tfs_max_batch_size if settings.tfs_enable_batching else 1,
+                      max_wait=settings.batch_timeout_s,
+                      batchable=lambda sig: model.signatures[sig].batched)
+    return handlers.Servable(model, batcher)
+
+
+@dataclass
+class ModelSet:
+    """What one model dir loaded into: its servables, the style of its script, and the handler
+    that runs here (a toolkit script; in multi-model mode any script, or the default path)."""
+    servables: Repository[handlers.Servable] | None
+    style: str
+    handler: handlers.Handler | None
+
+
+def load_model_dir(model_dir: Path, code: usercode.CodeLocation | None, settings, default_name: str | None = None,
+                   module_name: str | None = None, scripts_here: bool = False) -> ModelSet:
+    """Import the toolkit script (its model_fn may be the loader), load every model in MODEL_DIR,
+    warm them up. SCRIPTS_HERE: also run AWS-container scripts and the default path in this
+    process (multi-model mode, where HTTP workers hand every invoke over whole)."""
+    step = "reading the user code"
+    try:
+        style = usercode.style_of_script(code.script) if code else "default"
+        module = None
+        if style in ("toolkit", None) or (style == "tfs" and scripts_here):
+            step = f"importing {code.script.name}"
+            module = usercode.import_script(code, module_name)
+            style = usercode.style_of_names(dir(module))
+            if style is None:
+                raise usercode.no_known_functions(code.script)
+        servables = None
+        if module is not None and hasattr(module, "model_fn"):
+            step = f"{code.script.name}: model_fn({model_dir})"
+            model = module.model_fn(str(model_dir))
+            if isinstance(model, Model):  # ours, not whatever a model_fn returned
+                servables = Repository({model.name: {model.version: _servable(model, settings)}}, model.name)
+        else:
+            step = f"loading the model from {model_dir}"
+            entries = {name: {loc.version: _servable(load_model(loc), settings) for loc in versions}
+                       for name, versions in find_models(model_dir).items()}
+            servables = Repository(entries, default_name or next(iter(entries)))
+            model = servables.get().model
+        step = "warming up the model"
+        for servable in (servables or []):
+            warm = servable.model.warm_up()
+            for sig in servable.model.signatures.values():
+                log.info("%s version %s (%s loader) signature %s", servable.model.name,
+                         servable.model.version or "-", servable.model.loader, sig.describe())
+            log.info("%s version %s warm-up %.0f ms", servable.model.name, servable.model.version or "-", warm * 1e3)
+        step = f"checking {code.script.name}" if code else "building the handler"
+        default = None if servables is None else handlers.DefaultHandler(
+            servables.map(lambda s: s.model), local_infer(servables), settings.model_server_timeout)
+        watchdog = lambda: handlers.Watchdog(settings.model_server_timeout, settings.model_server_threads)  # noqa: E731
+        handler = None
+        if style == "toolkit":
+            handler = handlers.ToolkitHandler(module, model, default, watchdog())
+        elif style == "tfs" and scripts_here:
+            handler = handlers.TfsHandler(module, default, settings.bind_to_port, watchdog())
+        elif scripts_here:
+            handler = default
+        return ModelSet(servables, style, handler)
+    except BaseException as exc:
+        raise StartupFailure(f"{step}: {describe_failure(exc)}") from exc
+
+
+def load(settings, code: usercode.CodeLocation | None) -> ModelService:
+    models = load_model_dir(settings.model_dir, code, settings, settings.tfs_default_model_name)
+    return ModelService(models.servables, models.style, models.handler)
+
+
+class StartupFailure(Exception):
+    pass
+
+
+class Server:
+    """The socket side: one thread per connection, one request at a time on each."""
+
+    def __init__(self, service: ModelService, address: Path, timeout: float):
+        self.service = service
+        self.timeout = timeout
+        self._infer = local_infer(service.servables) if service.servables is not None else None
+        self.listener = Listener(str(address), family="AF_UNIX")
+
+    def serve_forever(self) -> None:
+        while True:
+            try:
+                conn = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._connection, args=(conn,), name="model-conn", daemon=True).start()
+
+    def _connection(self, conn: Connection) -> None:
+        attached: dict[str, channel.Segment] = {}
+        answer: channel.Segment | None = None
+        try:
+            while True:
+                try:
+                    op, request = conn.recv()
+                except (EOFError, OSError):
+                    return
+                try:
+                    reply, answer = self._dispatch(op, request, attached, answer)
+                except ServeError as exc:
+                    reply = ("error", exc.status, exc.message, exc.plain)
+                except Exception as exc:
+                    log.exception("model process: %s failed", op)
+                    reply = ("error", 500, f"internal error in the model process: {type(exc).__name__}: {exc}", False)
+                try:
+                    conn.send(reply)
+                except (OSError, ValueError):  # the worker gave up (timeout) or went away
+                    return
+        finally:
+            conn.close()
+            if answer is not None:
+                answer.unlink()
+                answer.close()
+            for segment in attached.values():
+                segment.close()
+
+    def _segment(self, path: str, attached: dict) -> channel.Segment:
+        segment = attached.get(path)
+        if segment is None:
+            for old in attached.values():  # the worker grew its segment: the old one is done with
+                old.close()
+            attached.clear()
+            segment = attached[path] = channel.Segment(Path(path), 0, create=False)
+        return segment
+
+    def _answer(self, arrays: dict[str, np.ndarray], answer: channel.Segment | None):
+        need = channel.room(arrays)
+        if answer is None or answer.size < need:
+            if answer is not None:
+                answer.unlink()
+                answer.close()
+            answer = channel.Segment.new("serve-out", need * 2)
+        return ("ok", {"segment": str(answer.path), "arrays": channel.place(answer, arrays)}), answer
+
+    def _whole_request(self, request: dict, attached: dict, answer, run):
+        """A request handed over whole (body in, body out): toolkit scripts, multi-model invokes."""
+        body = channel.views(self._segment(request["segment"], attached), request["arrays"])["body"]
+        invocation = handlers.Invocation(body.tobytes(), request["content_type"], request["accept"],
+                                         request["custom_attributes"])
+        result = run(invocation)
+        reply, answer = self._answer({"body": np.frombuffer(result.body, np.uint8)}, answer)
+        reply[1]["content_type"] = result.content_type
+        return reply, answer
+
+    def _dispatch(self, op: str, request: dict, attached: dict, answer):
+        if op == "describe":
+            return ("ok", self.service.describe()), answer
+        if op == "infer":
+            inputs = channel.views(self._segment(request["segment"], attached), request["arrays"]) \
+                if request.get("arrays") else {}
+            servables = self.service.servables
+            if servables is None:
+                raise ServeError("this server's model comes from model_fn; only its inference.py can call it", 400)
+            model = servables.get(request["model"], request["version"]).model
+            outputs = self._infer(model, request["signature"], inputs, request.get("examples"), self.timeout,
+                                  request.get("origin"))
+            return self._answer(outputs, answer)
+        if op == "script":
+            return self._whole_request(request, attached, answer, self.service.handler.handle)
+        mme = self.service
+        if op == "mme_load":
+            return ("ok", mme.load(request["model_name"], request["url"])), answer
+        if op == "mme_unload":
+            return ("ok", mme.unload(request["model_name"])), answer
+        if op == "mme_get":
+            return ("ok", mme.entry(request["model_name"])), answer
+        if op == "mme_list":
+            return ("ok", mme.list(request.get("token"), request.get("max_results"))), answer
+        if op == "mme_invoke":
+            return self._whole_request(request, attached, answer, lambda invocation: mme.invoke(
+                request["model_name"], invocation, request.get("default_path", False)))
+        raise ServeError(f"unknown model-process operation {op!r}")
+
+
+def _exit_with_parent(parent: int) -> None:
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os._exit(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argv or sys.argv[1:]
+    index, count, run_dir = int(args[0]), int(args[1]), Path(args[2])
+    code = usercode.CodeLocation(Path(args[3]), args[4]) if len(args) >= 5 else None
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the master, which ends us in order
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    settings = load_settings()
+    secrets = SecretFilter(secret_values())
+    from .cli import configure_logging
+
+    configure_logging(settings.container_log_level, secrets)
+    tuning = plan(settings, detect_cpu())
+    apply_environment(tuning)
+    started = time.perf_counter()
+    try:
+        configure_threads(tuning.intra_op_threads, tuning.inter_op_threads)
+        if settings.multi_model:
+            from .multimodel import MultiModelService
+
+            service = MultiModelService(settings, code)
+        else:
+            service = load(settings, code)
+    except (StartupFailure, usercode.UserCodeSetupError) as exc:
+        log.debug("startup failure, traceback:", exc_info=True)
+        log.error("startup failed: %s", exc)
+        failed_path(run_dir, index).write_text(str(exc))
+        logging.shutdown()
+        return 3
+    gc.collect()
+    gc.freeze()  # TensorFlow's objects never die; keep full collections from walking them
+    address = socket_path(run_dir, index)
+    address.unlink(missing_ok=True)
+    server = Server(service, address, settings.model_server_timeout)
+    watchdog = getattr(service, "handler", None) and getattr(service.handler, "_watchdog", None)
+    if watchdog is not None:
+        hung = hung_path(run_dir, index)
+        watchdog.on_change = lambda exhausted: hung.touch() if exhausted else hung.unlink(missing_ok=True)
+    ready_path(run_dir, index).write_text(str(os.getpid()))
+    log.info("model process %d of %d ready in %.1f s (pid %d): intra_op_threads=%d inter_op_threads=%d, %s",
+             index + 1, count, time.perf_counter() - started, os.getpid(), tuning.intra_op_threads,
+             tuning.inter_op_threads, service.servables.describe() if service.servables else service.style)
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

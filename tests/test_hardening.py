@@ -1,0 +1,207 @@
+"""Hardening, round two (issue 17): one request must never stop the server, inflate its memory,
+change a number or hang it. Host server; process matters also in the amd64 image."""
+from __future__ import annotations
+
+import io
+import json
+import socket
+import time
+import zipfile
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+import requests
+
+from tests.fixtures.report import report
+from tests.fixtures.server import start_host_server
+from tests.fixtures.targets import PROCESS_TARGETS, start_target
+
+
+def post(url, body, content_type="application/json", timeout=60, **headers):
+    return requests.post(f"{url}/invocations", data=body, timeout=timeout,
+                         headers={"Content-Type": content_type, **headers})
+
+
+@pytest.fixture(scope="module")
+def timing_model_dir(tmp_path_factory):
+    """serving_default: x int64 (None,) -> y = x (exactly); busy: s float32 (None,) -> spins s[0] seconds."""
+    import tensorflow as tf
+
+    class Timing(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="x")])
+        def same(self, x):
+            return {"y": tf.identity(x)}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="s")])
+        def busy(self, s):
+            start = tf.timestamp()
+            spins = tf.while_loop(lambda i: tf.timestamp() - start < tf.cast(s[0], tf.float64),
+                                  lambda i: i + 1, [tf.constant(0, tf.int64)])[0]
+            return {"spins": tf.fill(tf.shape(s), spins)}
+
+    module = Timing()
+    root = tmp_path_factory.mktemp("timing") / "model"
+    tf.saved_model.save(module, str(root / "1"), signatures={"serving_default": module.same, "busy": module.busy})
+    return root
+
+
+@pytest.fixture(scope="module")
+def timing_server(timing_model_dir):
+    with start_host_server(timing_model_dir, {"SAGEMAKER_MODEL_SERVER_TIMEOUT": "3"}) as server:
+        yield server
+
+
+# -- numbers: exact or refused ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [2 ** 63, -(2 ** 63) - 1])
+def test_integers_beyond_int64_are_refused(timing_server, value):
+    r = post(timing_server.url, f'{{"instances": [{value}, 1]}}')
+    assert r.status_code == 400 and "'x'" in r.json()["error"], r.text
+
+
+def test_large_int64_values_stay_exact_on_the_fast_path(timing_server):
+    values = [2 ** 62 + i for i in range(2000)]            # > 2**53: float64 would round them
+    body = json.dumps({"instances": values}).encode()
+    assert len(body) > 16 * 1024                             # the size at which simdjson's path is taken
+    r = post(timing_server.url, body)
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"] == values
+
+
+# -- time: the timeout bounds a lone request on the default path ------------------------------------
+
+def test_a_lone_slow_model_call_gets_504_at_the_timeout(timing_server):
+    start = time.monotonic()
+    r = post(timing_server.url, json.dumps({"signature_name": "busy", "instances": [8.0]}))
+    took = time.monotonic() - start
+    report("hardening", f"a lone 8 s model call with SAGEMAKER_MODEL_SERVER_TIMEOUT=3: {r.status_code} after {took:.1f} s")
+    assert r.status_code == 504 and took < 5, (r.status_code, took)
+    time.sleep(6)   # the model call finishes in the model process; the server goes on
+    assert post(timing_server.url, '{"instances": [1, 2]}').json()["predictions"] == [1, 2]
+
+
+# -- sizes: decoded, not declared -------------------------------------------------------------------
+
+def test_bzip2_npz_bomb_is_refused_cheaply(timing_server):
+    buf = io.BytesIO()
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<i8", "fortran_order": False, "shape": (2 ** 27,)})
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_BZIP2) as zf:
+        with zf.open("x.npy", "w", force_zip64=True) as member:
+            member.write(header.getvalue())
+            zero = bytes(1 << 20)
+            for _ in range(1024):                            # 1 GiB of zeros, a few hundred bytes compressed
+                member.write(zero)
+    body = buf.getvalue()
+    assert len(body) < 10_000
+    r = post(timing_server.url, body, "application/x-npz")
+    assert r.status_code == 400 and "savez" in r.json()["error"], r.text
+
+
+def test_chunked_body_over_the_limit_is_413(timing_server):
+    parsed = urlparse(timing_server.url)
+    row = b"[1]\n"
+    chunk = row * 16384                                      # 64 KiB
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=30) as sock:
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/jsonlines\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        try:
+            for _ in range(7 * 16):                          # 7 MiB, over the 6 MiB default
+                sock.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            sock.sendall(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass                                             # refused before the end: fine
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+
+
+@pytest.mark.parametrize("header", [
+    {"descr": "<f4", "fortran_order": False, "shape": (-1, 4)},
+    {"descr": "<f4", "fortran_order": False, "shape": (2 ** 62, 2 ** 62)},
+    {"descr": "V0", "fortran_order": False, "shape": (4,)},
+])
+def test_lying_npy_headers_are_400(timing_server, header):
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    r = post(timing_server.url, buf.getvalue() + b"\0" * 16, "application/x-npy")
+    assert r.status_code == 400, r.text
+
+
+# -- user code can end its own request, never the server ---------------------------------------------
+
+EXITING_TOOLKIT = """
+import os, sys
+
+
+def input_fn(body, content_type):
+    how = body.decode()
+    if how == "sys.exit":
+        sys.exit(3)
+    if how == "KeyboardInterrupt":
+        raise KeyboardInterrupt()
+    if how == "os._exit":
+        os._exit(3)
+    return [[0.1, 0.2, 0.3, 0.4]]
+"""
+
+EXITING_TFS = """
+import json, os, sys
+
+
+def input_handler(data, context):
+    how = data.read().decode()
+    if how == "sys.exit":
+        sys.exit(3)
+    if how == "KeyboardInterrupt":
+        raise KeyboardInterrupt()
+    if how == "os._exit":
+        os._exit(3)
+    return json.dumps({"instances": [[0.1, 0.2, 0.3, 0.4]]})
+"""
+
+
+@pytest.mark.parametrize("target", PROCESS_TARGETS)
+@pytest.mark.parametrize("style, script", [("toolkit", EXITING_TOOLKIT), ("tfs", EXITING_TFS)])
+def test_user_code_exiting_ends_its_request_not_the_server(request, target, style, script, mlp_model_dir, tmp_path):
+    model_dir = mlp_model_dir.with_code(tmp_path / "model", script)
+    with start_target(request, target, model_dir, {"SAGEMAKER_MODEL_SERVER_WORKERS": "2"}) as server:
+        for how, raised in (("sys.exit", "SystemExit"), ("KeyboardInterrupt", "KeyboardInterrupt")):
+            r = post(server.url, how, "text/plain")
+            assert r.status_code == 500 and f"raised {raised}" in r.json()["error"], r.text
+        try:
+            post(server.url, "os._exit", "text/plain", timeout=30)
+        except requests.RequestException:
+            pass                                            # the process it ran in is gone, and its answer
+        deadline = time.monotonic() + 120
+        while True:                                         # the server goes on (a new process is started)
+            try:
+                ok = post(server.url, "fine", "text/plain", timeout=30)
+                if ok.status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline and server.alive(), server.logs()[-3000:]
+            time.sleep(0.5)
+        assert server.alive()
+
+
+HANGING = """
+import time
+
+
+def input_handler(data, context):
+    time.sleep(60)
+    return data.read()
+"""
+
+
+def test_user_code_hung_on_every_thread_turns_ping_503(mlp_model_dir, tmp_path):
+    model_dir = mlp_model_dir.with_code(tmp_path / "model", HANGING)
+    env = {"SAGEMAKER_MODEL_SERVER_TIMEOUT": "2", "SAGEMAKER_MODEL_SERVER_THREADS": "2"}
+    with start_host_server(model_dir, env) as server:
+        assert requests.get(f"{server.url}/ping", timeout=5).status_code == 200
+        for _ in range(2):
+            assert post(server.url, '{"instances": [[1, 2, 3, 4]]}').status_code == 504
+        ping = requests.get(f"{server.url}/ping", timeout=5)
+    assert ping.status_code == 503 and "hung" in ping.json()["error"], ping.text

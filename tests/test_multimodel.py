@@ -1,0 +1,275 @@
+"""Multi-model endpoints (issue 12): SageMaker's /models contract, many models in one model process.
+
+Run against a host server and the amd64 image with the models folder mounted read-only at
+/opt/ml/models, as SageMaker mounts it. The models folder holds what users ship: a TF2 SavedModel
+(the MLP), a TF1 SavedModel with classify/regress signatures and two versions, a model with a
+toolkit-style code/inference.py and one with an AWS-container-style one.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import requests
+
+from tests.fixtures.report import report
+from tests.fixtures.server import model_pids, start_host_server
+from tests.fixtures.targets import PROCESS_TARGETS, bf16_tolerance
+
+ENV = {"SAGEMAKER_MULTI_MODEL": "true", "SAGEMAKER_MODEL_SERVER_WORKERS": "2"}
+
+TOOLKIT = """
+import json
+import numpy as np
+
+
+def input_fn(body, content_type):
+    return np.asarray(json.loads(body)["x"], np.float32)
+
+
+def output_fn(prediction, accept):
+    return json.dumps({"toolkit": np.asarray(prediction["output_0"]).tolist()}), "application/json"
+"""
+
+TFS = """
+import json
+
+
+def input_handler(data, context):
+    return json.dumps({"instances": json.loads(data.read())["rows"]})
+
+
+def output_handler(response, context):
+    return json.dumps({"tfs": response.json()["predictions"], "model": context.model_name}), "application/json"
+"""
+
+SLOW = """
+import time
+
+
+def model_fn(model_dir):
+    time.sleep(4)
+    return "slow"
+
+
+def predict_fn(data, model):
+    return data
+"""
+
+
+def _copy(src: Path, dst: Path, script: str | None = None) -> None:
+    shutil.copytree(src, dst)
+    if script:
+        (dst / "code").mkdir()
+        (dst / "code" / "inference.py").write_text(textwrap.dedent(script))
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory, mlp_model_dir, tf1_model_dir) -> Path:
+    root = tmp_path_factory.mktemp("mme") / "models"
+    root.mkdir()
+    _copy(mlp_model_dir.model_dir, root / "mlp" / "model")
+    _copy(tf1_model_dir.model_dir / "half", root / "half" / "model")
+    _copy(mlp_model_dir.model_dir, root / "toolkit" / "model", TOOLKIT)
+    _copy(mlp_model_dir.model_dir, root / "tfs" / "model", TFS)
+    _copy(mlp_model_dir.model_dir, root / "slow" / "model", SLOW)
+    (root / "broken" / "model" / "1").mkdir(parents=True)
+    (root / "broken" / "model" / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    big = root / "huge" / "model"
+    _copy(mlp_model_dir.model_dir, big)
+    with open(big / "1" / "assets.bin", "wb") as f:  # sparse: a size on disk no machine here can hold
+        f.truncate(64 << 30)
+    os.chmod(root, 0o755)
+    return root
+
+
+@contextlib.contextmanager
+def mme_server(request, target: str, models_dir: Path, env: dict | None = None):
+    """A multi-model server; yields (handle, the models folder as the server sees it)."""
+    env = {**ENV, **(env or {})}
+    if target == "host":
+        base = Path(tempfile.mkdtemp(prefix="sm-mme-"))
+        (base / "models").symlink_to(models_dir)
+        with start_host_server(None, {**env, "SAGEMAKER_BASE_DIR": str(base)}) as server:
+            yield server, str(base / "models")
+        return
+    from tests.fixtures.docker import start_container
+
+    with start_container(request.getfixturevalue(f"image_{target}"), None, env=env,
+                         mounts={models_dir: "/opt/ml/models"}) as server:
+        yield server, "/opt/ml/models"
+
+
+@pytest.fixture(scope="module", params=PROCESS_TARGETS)
+def mme(request, models_dir):
+    with mme_server(request, request.param, models_dir) as (server, root):
+        yield server, root
+
+
+def load(url, name, root, model=None):
+    return requests.post(f"{url}/models", json={"model_name": name, "url": f"{root}/{model or name}/model"},
+                         timeout=300)
+
+
+def invoke(url, name, body, **headers):
+    return requests.post(f"{url}/models/{name}/invoke", data=json.dumps(body), timeout=60,
+                         headers={"Content-Type": "application/json", **headers})
+
+
+def test_ping_with_no_model_and_invoke_of_an_unloaded_model(mme):
+    server, _ = mme
+    if server.name != "host":
+        labels = server.inspect()["Config"]["Labels"]
+        assert labels["com.amazonaws.sagemaker.capabilities.multi-models"] == "true"
+    assert requests.get(f"{server.url}/ping", timeout=5).status_code == 200
+    r = invoke(server.url, "mlp", {"instances": [[1, 2, 3, 4]]})
+    assert r.status_code == 404 and "not loaded" in r.json()["error"]
+    assert requests.get(f"{server.url}/models/mlp", timeout=5).status_code == 404
+    r = requests.post(f"{server.url}/invocations", json={"instances": [[1, 2, 3, 4]]}, timeout=5)
+    assert r.status_code == 404 and "/models/NAME/invoke" in r.json()["error"]
+
+
+def test_load_invoke_list_get_unload(mme, mlp_model_dir):
+    server, root = mme
+    url = server.url
+    r = load(url, "mlp", root)
+    assert r.status_code == 200, r.text
+    assert load(url, "mlp", root).status_code == 409
+    x, expected = mlp_model_dir.inputs["features"], mlp_model_dir.expected["output_0"]
+    r = invoke(url, "mlp", {"instances": x.tolist()}, Accept="application/jsonlines")
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/jsonlines"), r.text
+    np.testing.assert_allclose([json.loads(line) for line in r.text.splitlines()], expected, **bf16_tolerance(server))
+    # version routing inside the model's own archive (0 is the decoy with zero weights)
+    r = invoke(url, "mlp", {"instances": x.tolist()}, **{"X-Amzn-SageMaker-Custom-Attributes": "tfs-model-version=0"})
+    np.testing.assert_allclose(r.json()["predictions"], np.full((3, 3), 1 / 3), rtol=1e-5)
+    assert requests.get(f"{url}/models/mlp", timeout=5).json() == {"modelName": "mlp", "modelUrl": f"{root}/mlp/model"}
+    assert load(url, "half", root).status_code == 200
+    listed = requests.get(f"{url}/models", timeout=5).json()
+    assert [m["modelName"] for m in listed["models"]] == ["half", "mlp"] and "nextPageToken" not in listed
+    page = requests.get(f"{url}/models", params={"max_results": 1}, timeout=5).json()
+    assert [m["modelName"] for m in page["models"]] == ["half"]
+    rest = requests.get(f"{url}/models", params={"max_results": 1, "next_page_token": page["nextPageToken"]},
+                        timeout=5).json()
+    assert [m["modelName"] for m in rest["models"]] == ["mlp"] and "nextPageToken" not in rest
+    assert requests.delete(f"{url}/models/mlp", timeout=60).status_code == 200
+    gone = invoke(url, "mlp", {"instances": x.tolist()})
+    assert gone.status_code == 404 and gone.headers["Content-Type"].startswith("application/json")
+    assert requests.delete(f"{url}/models/mlp", timeout=60).status_code == 404
+    assert requests.delete(f"{url}/models/half", timeout=60).status_code == 200
+
+
+def test_load_refusals(mme):
+    server, root = mme
+    r = load(server.url, "nothing", root)
+    assert r.status_code == 404 and f"{root}/nothing/model" in r.json()["error"]
+    r = requests.post(f"{server.url}/models", json={"model_name": "x"}, timeout=5)
+    assert r.status_code == 400 and "url" in r.json()["error"]
+    r = load(server.url, "huge", root)
+    assert r.status_code == 507 and "MiB" in r.json()["error"], r.text
+    r = load(server.url, "broken", root)
+    assert r.status_code >= 400 and "broken" not in requests.get(f"{server.url}/models", timeout=5).text
+    assert "saved_model" in r.json()["error"].lower() or "decode" in r.json()["error"].lower(), r.text
+
+
+def test_each_model_keeps_its_own_code_style_and_tf1_methods(mme, mlp_model_dir, tf1_model_dir):
+    server, root = mme
+    x, expected = mlp_model_dir.inputs["features"], mlp_model_dir.expected["output_0"]
+    for name in ("toolkit", "tfs", "half"):
+        assert load(server.url, name, root).status_code == 200
+    try:
+        r = invoke(server.url, "toolkit", {"x": x.tolist()})
+        np.testing.assert_allclose(r.json()["toolkit"], expected, **bf16_tolerance(server))
+        r = invoke(server.url, "tfs", {"rows": x.tolist()})
+        np.testing.assert_allclose(r.json()["tfs"], expected, **bf16_tolerance(server))
+        r = invoke(server.url, "half", {"signature_name": "tensorflow/serving/regress", "examples": [{"x": 2.0}]},
+                   **{"X-Amzn-SageMaker-Custom-Attributes": "tfs-method=regress,tfs-model-version=1"})
+        assert r.json() == {"results": [3.0]}, r.text
+    finally:
+        for name in ("toolkit", "tfs", "half"):
+            requests.delete(f"{server.url}/models/{name}", timeout=60)
+
+
+def test_loading_one_model_does_not_stall_the_others(mme, mlp_model_dir):
+    server, root = mme
+    assert load(server.url, "mlp", root).status_code == 200
+    body = {"instances": mlp_model_dir.inputs["features"].tolist()}
+    latencies = []
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(load, server.url, "slow", root)          # model_fn sleeps 4 s
+            second = pool.submit(load, server.url, "tfs", root)         # two loads at once
+            while not slow.done():
+                start = time.monotonic()
+                assert invoke(server.url, "mlp", body).status_code == 200
+                latencies.append(time.monotonic() - start)
+            assert slow.result().status_code == 200 and second.result().status_code == 200
+    finally:
+        for name in ("mlp", "slow", "tfs"):
+            requests.delete(f"{server.url}/models/{name}", timeout=60)
+    report("multi-model", f"{server.name}: {len(latencies)} invokes of another model while one loaded for 4 s, "
+                          f"slowest {max(latencies) * 1000:.0f} ms")
+    assert len(latencies) > 10 and max(latencies) < 1.0
+
+
+def test_unload_frees_memory_for_the_next_model(request, tmp_path, mlp_model_dir):
+    """TensorFlow's allocator keeps what a model freed for the process instead of giving it to the
+    system, so 'freed' is measured as what the next load does not need to add."""
+    import keras
+
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((1024,), name="x"), keras.layers.Dense(4096), keras.layers.Dense(2048),
+                              keras.layers.Dense(1)])          # ~12.6 M weights, ~50 MB
+    root = tmp_path / "models"
+    model.export(str(root / "wide" / "model" / "1"), verbose=False)
+    shutil.copytree(root / "wide", root / "wide2")
+    _copy(mlp_model_dir.model_dir, root / "mlp" / "model")
+    with mme_server(request, "host", root) as (server, models):
+        (pid,) = model_pids(server.master_pid())
+        rss = lambda: psutil.Process(pid).memory_info().rss  # noqa: E731
+        assert load(server.url, "mlp", models).status_code == 200      # TensorFlow's own start-up costs
+        costs = []
+        for name in ("wide", "wide2", "wide", "wide2"):
+            before = rss()
+            assert load(server.url, name, models).status_code == 200
+            assert invoke(server.url, name, {"instances": [[0.5] * 1024]}).status_code == 200
+            costs.append(rss() - before)
+            assert requests.delete(f"{server.url}/models/{name}", timeout=60).status_code == 200
+        held = rss() - before
+    report("multi-model", f"a 50 MB model loaded and unloaded 4 times: resident +{', +'.join(str(c >> 20) for c in costs)} MiB "
+                          f"per load, {held >> 20} MiB held after the last unload")
+    assert costs[0] > 20 << 20
+    # the allocator's pools grow over the first two loads; after that each unload's memory serves the next load
+    assert all(c < costs[0] // 4 for c in costs[2:]), costs
+
+
+UNIVERSAL = """
+import json
+
+
+def output_handler(response, context):
+    return json.dumps({"universal": True, "predictions": response.json()["predictions"]}), "application/json"
+"""
+
+
+def test_universal_inference_py_applies_to_models_without_code(request, tmp_path, mlp_model_dir):
+    root = tmp_path / "models"
+    _copy(mlp_model_dir.model_dir, root / "plain" / "model")
+    _copy(mlp_model_dir.model_dir, root / "own" / "model", TFS)
+    (root / "code").mkdir()
+    (root / "code" / "inference.py").write_text(textwrap.dedent(UNIVERSAL))
+    with mme_server(request, "host", root) as (server, models):
+        assert load(server.url, "plain", models).status_code == 200
+        assert load(server.url, "own", models).status_code == 200
+        plain = invoke(server.url, "plain", {"instances": mlp_model_dir.inputs["features"].tolist()}).json()
+        own = invoke(server.url, "own", {"rows": mlp_model_dir.inputs["features"].tolist()}).json()
+    assert plain["universal"] is True and "tfs" in own and "universal" not in own
