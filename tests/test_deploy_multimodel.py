@@ -1,6 +1,7 @@
 """Multi-model endpoints in `deploy` (issue 12): create --multi-model, invoke --target-model,
 models add/list against moto (tests/fixtures/moto_mme.py); the local proxy of
-`deploy local --multi-model` against a stand-in container (fast, exact LRU checks).
+`deploy local --multi-model` against a stand-in container (fast, exact LRU checks) and against
+the real amd64 image (two archives loaded on first use, a 507 that makes it unload).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import boto3
+import numpy as np
 import pytest
 import requests
 
@@ -24,6 +26,7 @@ from serve.deploy import multimodel
 from serve.deploy.cli import main
 from tests.fixtures import moto_mme
 from tests.fixtures.moto import fail_operation
+from tests.fixtures.report import report
 from tests.fixtures.server import free_port
 
 pytestmark = pytest.mark.deploy
@@ -416,3 +419,133 @@ def test_container_names():
     assert multimodel.container_name("v2/digits.tar.gz").startswith("v2-digits-")
     assert multimodel.container_name("v2/digits.tar.gz") != multimodel.container_name("v2-digits.tar.gz")
     assert multimodel.check_prefix("s3://b-1/p") == "s3://b-1/p/"
+
+
+# --- the real amd64 image ----------------------------------------------------------------------
+
+HOG = """
+import numpy as np
+
+BALLAST_MIB = 900
+
+
+def model_fn(model_dir):
+    return np.ones((BALLAST_MIB << 20) // 8)   # touched: 900 MiB resident while loaded
+
+
+def predict_fn(data, model):
+    return np.asarray([[model.nbytes >> 20]], dtype=np.float32)
+"""
+MEMORY = "2g"       # docker run --memory: 90% of it (1843 MiB) is where the container stops loading
+
+
+def _mlp_archives(mlp_model_dir, folder: Path) -> None:
+    """a.tar.gz and b.tar.gz: the MLP; huge.tar.gz: the MLP with a 64 GiB sparse file (GNU tar keeps
+    the holes, and the safe unpacker writes them back as holes), which no container can load;
+    hog-a/hog-b.tar.gz: the MLP with a model_fn holding 900 MiB, so that in a 2 GiB container one
+    fits and two do not."""
+    folder.mkdir()
+    for name in ("a", "b"):
+        subprocess.run(["tar", "-czf", str(folder / f"{name}.tar.gz"), "-C", str(mlp_model_dir.model_dir), "."],
+                       check=True)
+    big = folder.parent / "huge-src"
+    subprocess.run(["cp", "-r", str(mlp_model_dir.model_dir), str(big)], check=True)
+    with open(big / "1" / "assets.bin", "wb") as f:
+        f.truncate(64 << 30)
+    subprocess.run(["tar", "--sparse", "--format=gnu", "-czf", str(folder / "huge.tar.gz"), "-C", str(big), "."],
+                   check=True, timeout=300)
+    assert (folder / "huge.tar.gz").stat().st_size < 10 << 20
+    hog = mlp_model_dir.with_code(folder.parent / "hog-src", HOG)
+    for name in ("hog-a", "hog-b"):
+        subprocess.run(["tar", "-czf", str(folder / f"{name}.tar.gz"), "-C", str(hog), "."], check=True)
+
+
+def _events(url):
+    return [(e["event"], e["name"]) for e in requests.get(f"{url}/local/models", timeout=10).json()["events"]]
+
+
+def test_local_multi_model_with_the_amd64_image(request, tmp_path, mlp_model_dir, capsys):
+    image = request.getfixturevalue("image_amd64")
+    archives = tmp_path / "archives"
+    _mlp_archives(mlp_model_dir, archives)
+    port = free_port()
+    log = open(tmp_path / "local.log", "w+")
+    proc = subprocess.Popen([DEPLOY, "local", "--image", image, "--multi-model", str(archives), "--port", str(port),
+                             "--memory", MEMORY, "--env", "SAGEMAKER_MODEL_SERVER_WORKERS=1"],
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    timings = []
+    try:
+        deadline = time.monotonic() + 180
+        while "multi-model endpoint on" not in Path(log.name).read_text():
+            assert proc.poll() is None, Path(log.name).read_text()
+            assert time.monotonic() < deadline, Path(log.name).read_text()
+            time.sleep(0.5)
+        body = json.dumps({"instances": mlp_model_dir.inputs["features"].tolist()})
+        expected = mlp_model_dir.expected["output_0"]
+        for target in ("a.tar.gz", "b.tar.gz"):
+            started = time.monotonic()
+            code, out, err = local_invoke(capsys, url, target, body)
+            assert code == 0, err + Path(log.name).read_text()
+            first = time.monotonic() - started
+            np.testing.assert_allclose(np.asarray(json.loads(out)["predictions"]), expected, rtol=1e-5, atol=1e-5)
+            started = time.monotonic()
+            assert local_invoke(capsys, url, target, body)[0] == 0
+            again = time.monotonic() - started
+            timings.append(f"{target}: first invoke (unpack + POST /models + invoke) {first:.2f} s, "
+                           f"second {again:.2f} s (deploy invoke --local, in-process)")
+        status = requests.get(f"{url}/local/models", timeout=10).json()
+        assert [m["model_name"] for m in status["loaded"]] == ["a", "b"]
+        assert _events(url) == [("load", "a"), ("load", "b")]
+        # huge: the container answers 507; the proxy unloads a (least recently used), then b, then says so
+        started = time.monotonic()
+        code, _, err = local_invoke(capsys, url, "huge.tar.gz", body)
+        timings.append(f"huge.tar.gz (64 GiB sparse): 507, two unloads, 507 again, refused in "
+                       f"{time.monotonic() - started:.2f} s")
+        assert code == 1 and "does not fit in the container's memory even with every other model unloaded" in err
+        assert "MiB" in err
+        assert _events(url)[2:] == [("unload", "a"), ("unload", "b"), ("refused", "huge")]
+        assert requests.get(f"{url}/local/models", timeout=10).json()["loaded"] == []
+        # a comes back on its next use
+        code, out, err = local_invoke(capsys, url, "a.tar.gz", body)
+        assert code == 0, err
+        np.testing.assert_allclose(np.asarray(json.loads(out)["predictions"]), expected, rtol=1e-5, atol=1e-5)
+        # hog-a fits next to a; hog-b does not: the proxy unloads a (least recently used: hog-a was
+        # used after it), 507 again, unloads hog-a, and hog-b loads
+        for target in ("hog-a.tar.gz", "hog-b.tar.gz"):
+            started = time.monotonic()
+            code, out, err = local_invoke(capsys, url, target, "[[1]]")
+            assert code == 0, err + Path(log.name).read_text()
+            assert json.loads(out) == {"predictions": [[900.0]]}
+            timings.append(f"{target}: first invoke {time.monotonic() - started:.2f} s")
+        assert _events(url)[5:] == [("load", "a"), ("load", "hog-a"), ("unload", "a"), ("unload", "hog-a"),
+                                    ("load", "hog-b")], Path(log.name).read_text()
+        assert [m["model_name"] for m in requests.get(f"{url}/local/models", timeout=10).json()["loaded"]] == ["hog-b"]
+        # boto3 with TargetModel, as a user's code would call it: b loads (room for it next to hog-b)
+        import botocore
+        import botocore.config
+        rt = boto3.client("sagemaker-runtime", endpoint_url=url, region_name="eu-west-1",
+                          config=botocore.config.Config(signature_version=botocore.UNSIGNED))
+        r = rt.invoke_endpoint(EndpointName="local", TargetModel="b.tar.gz", Body=body, ContentType="application/json")
+        np.testing.assert_allclose(np.asarray(json.loads(r["Body"].read())["predictions"]), expected, rtol=1e-5,
+                                   atol=1e-5)
+        # a model error comes back as SageMaker's ModelError with the container's status
+        with pytest.raises(rt.exceptions.ModelError) as info:
+            rt.invoke_endpoint(EndpointName="local", TargetModel="b.tar.gz", Body=b'{"instances": "nope"',
+                               ContentType="application/json")
+        assert info.value.response["OriginalStatusCode"] == 400
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=90)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        text = Path(log.name).read_text()
+        for line in timings:
+            report("deploy local --multi-model (amd64 image)", line)
+    assert proc.returncode == 0, text
+    assert "stopped (exit code" in text
+    name = next(l for l in text.splitlines() if l.startswith("docker run")).split("--name ")[1].split()[0]
+    assert f"--memory {MEMORY}" in text and "SAGEMAKER_MULTI_MODEL=true" in text
+    assert subprocess.run(["docker", "inspect", name], capture_output=True).returncode != 0   # removed
