@@ -84,6 +84,7 @@ class ServeWorker(ThreadWorker):
     - On SIGTERM the listening sockets close at once, so new connections are refused while
       the requests already accepted finish.
     - Requests gunicorn itself cannot parse are answered in JSON.
+    - No "100 Continue" for a body whose Content-Length is over the limit: the answer is a 413.
     """
 
     def init_process(self) -> None:
@@ -108,6 +109,15 @@ class ServeWorker(ThreadWorker):
         if state.status == "failed":
             logging.shutdown()
             os._exit(ServeArbiter.WORKER_BOOT_ERROR)  # nothing was served yet; the master halts the server
+
+    def handle_request(self, req, conn):
+        # gunicorn answers "Expect: 100-continue" before the app runs; for a body the app will refuse
+        # with 413 (its Content-Length is over the limit) that would only invite the client to send it
+        if getattr(req, "_expected_100_continue", False):
+            length = next((v for k, v in req.headers if k == "CONTENT-LENGTH"), "")
+            if length.strip().isdigit() and int(length) > self.app.max_payload_bytes:
+                req._expected_100_continue = False
+        return super().handle_request(req, conn)
 
     def set_accept_enabled(self, enabled: bool) -> None:
         super().set_accept_enabled(enabled)
@@ -207,6 +217,7 @@ class ServeApplication(BaseApplication):
         self._secrets = secrets
         self.worker_state = None
         self.readiness = Readiness.create(tuning.workers)  # before the fork: every worker shares it
+        self.max_payload_bytes = settings.max_payload_bytes
         self.model_processes = ModelProcesses(tuning.model_processes, self.readiness.directory, code)
         super().__init__()
 

@@ -205,3 +205,19 @@ def test_user_code_hung_on_every_thread_turns_ping_503(mlp_model_dir, tmp_path):
             assert post(server.url, '{"instances": [[1, 2, 3, 4]]}').status_code == 504
         ping = requests.get(f"{server.url}/ping", timeout=5)
     assert ping.status_code == 503 and "hung" in ping.json()["error"], ping.text
+
+
+def test_no_100_continue_for_a_body_that_will_be_refused(timing_server):
+    parsed = urlparse(timing_server.url)
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=30) as sock:
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Expect: 100-continue\r\nContent-Length: 7340032\r\n\r\n")
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=30) as sock:   # within the limit: invited
+        body = b'{"instances": [1, 2]}'
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+        assert sock.recv(4096).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(body)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
