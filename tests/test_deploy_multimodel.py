@@ -161,6 +161,37 @@ def test_create_multi_model_failure_rolls_back_and_keeps_the_archives(capsys, mm
     assert s3_objects() == before                              # the user's archives stay
 
 
+@pytest.mark.parametrize("policy", ["rollback", "keep"])
+def test_create_multi_model_signal_while_creating_follows_the_rule(mme_moto, ecr_images, prefix, policy):
+    """A real SIGINT to a `deploy create --multi-model` process while SageMaker is Creating: the
+    interruption rule of deploy create (docs/deploy.md), and the archives under the prefix stay."""
+    from tests.fixtures.moto import endpoint_state, hold_endpoint, release_endpoint
+    from tests.test_deploy_interrupts import Deploy
+
+    before = s3_objects()
+    hold_endpoint("held-mme", "Creating")
+    run = Deploy("create", "--multi-model", "--image", ecr_images["multi"], "--model-data", PREFIX,
+                 "--role", mme_moto["role"], "--name", "held-mme", "--poll", "0.05", "--on-interrupt", policy)
+    run.wait_for("held-mme: Creating")
+    run.signal("SIGINT")
+    if policy == "rollback":
+        run.wait_for("SageMaker cannot delete endpoint held-mme while it is Creating")
+        release_endpoint("held-mme", "InService")
+    code, out, err = run.finish()
+    assert code == 130, err
+    sm = boto3.client("sagemaker")
+    if policy == "rollback":
+        assert "rollback complete" in err and endpoint_state("held-mme") is None
+        assert sm.list_models()["Models"] == []
+    else:
+        assert "keeping what exists (--on-interrupt keep)" in err and "deploy wait held-mme" in err
+        assert endpoint_state("held-mme")["status"] == "Creating"
+        (model,) = sm.list_models()["Models"]
+        assert sm.describe_model(ModelName=model["ModelName"])["PrimaryContainer"]["Mode"] == "MultiModel"
+        release_endpoint("held-mme", "InService")
+    assert s3_objects() == before
+
+
 def test_invoke_target_model_reaches_the_endpoint(capsys, mme_moto, ecr_images, prefix):
     assert create_mme(capsys, mme_moto, ecr_images["multi"])[0] == 0
     moto_mme.INVOKES.clear()
