@@ -124,7 +124,8 @@ def test_background_job_really_starts_with_sigint_ignored():
     pid = int(proc.stdout.readline())
     try:
         deadline = time.monotonic() + 10
-        while b"sleep" not in Path(f"/proc/{pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+        while Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] != b"sleep" and \
+                time.monotonic() < deadline:
             time.sleep(0.01)      # bash forks, sets the dispositions, then execs sleep
         sigign = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("SigIgn"))
         assert int(sigign.split()[1], 16) & (1 << (signal.SIGINT - 1))

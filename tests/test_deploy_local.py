@@ -59,7 +59,8 @@ def run_local_invoke(img, digits, timeout):
     tgz, req, _ = digits
     port = free_port()
     proc = subprocess.run([DEPLOY, "local", "--image", img, "--model-data", str(tgz), "--port", str(port),
-                           "--invoke", str(req), "--region", "eu-west-1", "--env", "SAGEMAKER_MODEL_SERVER_WORKERS=1"],
+                           "--invoke", str(req), "--region", "eu-west-1", "--env", "SAGEMAKER_MODEL_SERVER_WORKERS=1",
+                           "--ping-timeout", str(timeout - 120)],   # emulated arm64 on a busy machine is slow
                           capture_output=True, text=True, timeout=timeout)
     return proc
 
