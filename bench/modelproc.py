@@ -1,8 +1,8 @@
 """Issue 11's targets for the split server (HTTP workers without TensorFlow + model processes),
 each as a ratio to a reference measured in the same run on this machine.
 
-    .venv/bin/python -m bench.modelproc            # default: every section, short runs (~15 min on 2 vCPUs)
-    .venv/bin/python -m bench.modelproc --quick    # smoke run (~5 min): fewer requests, 3 s levels, 1 round
+    .venv/bin/python -m bench.modelproc            # default: every section, short runs (15-20 min on 2 loaded vCPUs)
+    .venv/bin/python -m bench.modelproc --quick    # smoke run (~8 min): fewer requests, 3 s levels, 1 round
     .venv/bin/python -m bench.modelproc --sections memory,startup,npy64,throughput,ipc,profile
     .venv/bin/python -m bench.modelproc --merge --sections npy64 --rounds 4   # re-measure one section
     .venv/bin/python -m bench.modelproc --report-only                         # modelproc.md from the .json
