@@ -11,13 +11,14 @@ import re
 
 import orjson
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from . import codecs
-from .errors import BadRequest, ModelNotReady, NotFound, PayloadTooLarge, ServeError
+from .errors import BadRequest, IncompleteBody, ModelNotReady, NotFound, PayloadTooLarge, ServeError
 from .handlers import Invocation, Target
 from .readiness import Readiness
 from .redact import SecretFilter
+from .server import close_this_connection
 from .settings import Settings
 from .tuning import Tuning
 from .worker import WorkerState
@@ -38,10 +39,14 @@ def create_app(settings: Settings, state: WorkerState, tuning: Tuning, secrets: 
                readiness: Readiness | None = None) -> Flask:
     app = Flask("serve")
 
-    def _error(status: int, message: str, echoes_request: bool = False) -> Response:
+    def _error(status: int, message: str, echoes_request: bool = False, close: bool = False,
+               at_once: bool = False) -> Response:
         # a message that only repeats the caller's own request line needs no redaction
         text = secrets.mask(message) if echoes_request else secrets.for_caller(message)
-        return _json(codecs.encode_error(text), status)
+        response = _json(codecs.encode_error(text), status)
+        if close or status == 413:  # part of the body may still be on the wire: never read it as a request
+            close_this_connection(at_once)
+        return response
 
     # werkzeug refuses a larger Content-Length up front and stops reading a chunked body at the limit.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
@@ -54,6 +59,14 @@ def create_app(settings: Settings, state: WorkerState, tuning: Tuning, secrets: 
             raise ModelNotReady("model is still loading; retry when GET /ping answers 200")
 
     def read_body() -> bytes:
+        try:
+            return _read_body()
+        except (TimeoutError, ClientDisconnected):  # the socket's read deadline (ServeWorker.handle_request)
+            raise IncompleteBody(f"the request body stopped arriving before its Content-Length was reached "
+                                 f"(the client closed, or paused for {settings.model_server_body_timeout} s: "
+                                 f"SAGEMAKER_MODEL_SERVER_BODY_TIMEOUT); send the whole body") from None
+
+    def _read_body() -> bytes:
         declared = request.content_length
         if declared is None:  # chunked: read one byte past the limit to know whether it was passed
             # (from gunicorn's own reader: werkzeug's stream would stop at the limit without a word)
@@ -64,8 +77,9 @@ def create_app(settings: Settings, state: WorkerState, tuning: Tuning, secrets: 
         body = request.get_data(cache=False)
         if declared is not None and len(body) < declared:
             # the client closed early: half a body could still parse (a prefix of CSV rows, say)
-            raise BadRequest(f"request body ended after {len(body)} of the {declared} bytes its "
-                             f"Content-Length announced; send the whole body")
+            raise IncompleteBody(f"request body ended after {len(body)} of the {declared} bytes its "
+                                 f"Content-Length announced (the client closed, or paused for "
+                                 f"SAGEMAKER_MODEL_SERVER_BODY_TIMEOUT s); send the whole body")
         return body
 
     @app.get("/ping")
@@ -202,7 +216,8 @@ def create_app(settings: Settings, state: WorkerState, tuning: Tuning, secrets: 
     def serve_error(exc: ServeError):
         if exc.status >= 500 and not isinstance(exc, ModelNotReady):
             log.error("%s %s -> %d: %s", request.method, request.path, exc.status, exc.message)
-        return _error(exc.status, exc.message, echoes_request=exc.plain)
+        return _error(exc.status, exc.message, echoes_request=exc.plain, close=exc.close_connection,
+                      at_once=exc.close_at_once)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

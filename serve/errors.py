@@ -12,6 +12,8 @@ from pathlib import Path
 
 class ServeError(Exception):
     status = 500
+    close_connection = False   # part of the body may still be on the wire: never read it as a request
+    close_at_once = False      # ... and none is coming: no linger for it
 
     def __init__(self, message: str, status: int | None = None, plain: bool = False):
         super().__init__(message)
@@ -33,6 +35,18 @@ class NotFound(ServeError):
     status = 404
 
 
+class BodyTimeout(ServeError):
+    """The client stopped sending its body."""
+    status = 408
+    close_connection = True
+
+
+class IncompleteBody(BadRequest):
+    """Fewer bytes than Content-Length announced (the client closed, or stalled past the deadline)."""
+    close_connection = True
+    close_at_once = True
+
+
 class UnsupportedContentType(ServeError):
     status = 415
 
@@ -43,6 +57,7 @@ class NotAcceptable(ServeError):
 
 class PayloadTooLarge(ServeError):
     status = 413
+    close_connection = True
 
 
 class UserCodeError(ServeError):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +38,18 @@ from .tuning import Tuning
 from .usercode import CodeLocation
 
 GRACEFUL_TIMEOUT = 25
+_current = threading.local()   # the gunicorn request a worker thread is handling
+
+
+def close_this_connection(at_once: bool = False) -> None:
+    """Make gunicorn close the connection after this response (it ignores an app's Connection
+    header): for answers given before the whole body was read, whose rest must not be parsed as
+    the next request. AT_ONCE: without gunicorn's 2 s linger for the client's unread bytes, which
+    a stalled client never sends (and the linger runs on the worker's main loop, one at a time)."""
+    req = getattr(_current, "req", None)
+    if req is not None:
+        req.must_close = True
+        _current.at_once = at_once
 KEEPALIVE = 75  # longer than the client side keeps idle connections, so we never close first
 
 
@@ -85,6 +98,8 @@ class ServeWorker(ThreadWorker):
       the requests already accepted finish.
     - Requests gunicorn itself cannot parse are answered in JSON.
     - No "100 Continue" for a body whose Content-Length is over the limit: the answer is a 413.
+    - A body that pauses for SAGEMAKER_MODEL_SERVER_BODY_TIMEOUT seconds is answered 408 and closed,
+      so stalled uploads cannot hold the threads /ping also needs.
     """
 
     def init_process(self) -> None:
@@ -111,13 +126,22 @@ class ServeWorker(ThreadWorker):
             os._exit(ServeArbiter.WORKER_BOOT_ERROR)  # nothing was served yet; the master halts the server
 
     def handle_request(self, req, conn):
+        _current.req, _current.at_once = req, False
+        # a body that stops arriving: each read waits at most this long (app.read_body answers 408)
+        conn.sock.settimeout(self.app.body_timeout)
         # gunicorn answers "Expect: 100-continue" before the app runs; for a body the app will refuse
         # with 413 (its Content-Length is over the limit) that would only invite the client to send it
         if getattr(req, "_expected_100_continue", False):
             length = next((v for k, v in req.headers if k == "CONTENT-LENGTH"), "")
             if length.strip().isdigit() and int(length) > self.app.max_payload_bytes:
                 req._expected_100_continue = False
-        return super().handle_request(req, conn)
+        keepalive = super().handle_request(req, conn)
+        if _current.at_once:
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        return keepalive
 
     def set_accept_enabled(self, enabled: bool) -> None:
         super().set_accept_enabled(enabled)
@@ -218,6 +242,7 @@ class ServeApplication(BaseApplication):
         self.worker_state = None
         self.readiness = Readiness.create(tuning.workers)  # before the fork: every worker shares it
         self.max_payload_bytes = settings.max_payload_bytes
+        self.body_timeout = settings.model_server_body_timeout
         self.model_processes = ModelProcesses(tuning.model_processes, self.readiness.directory, code)
         super().__init__()
 

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
                     "bounds how many can be in flight before /ping would queue",
     )
     model_server_timeout: int = Field(60, ge=1, le=3600, description="seconds any one request may take")
+    model_server_body_timeout: int = Field(
+        20, ge=1, le=3600, description="seconds a request body may pause between bytes before the upload is "
+                                       "closed with 408 (a stalled client must not hold a thread)")
     max_payload_in_mb: int = Field(6, ge=1, le=1024)
     container_log_level: int = Field(20)
     program: Optional[str] = Field(None, description="user script, default inference.py")

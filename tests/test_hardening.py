@@ -221,3 +221,37 @@ def test_no_100_continue_for_a_body_that_will_be_refused(timing_server):
         assert sock.recv(4096).startswith(b"HTTP/1.1 100 Continue")
         sock.sendall(body)
         assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+
+
+def test_stalled_uploads_are_closed_and_ping_answers_again(mlp_model_dir):
+    """Uploads that stall are answered and closed at SAGEMAKER_MODEL_SERVER_BODY_TIMEOUT, so they cannot
+    hold a worker's threads (which /ping shares) for longer than that plus gunicorn's 2 s linger."""
+    env = {"SAGEMAKER_MODEL_SERVER_BODY_TIMEOUT": "2", "SAGEMAKER_MODEL_SERVER_THREADS": "4"}
+    with start_host_server(mlp_model_dir.model_dir, env) as server:
+        parsed = urlparse(server.url)
+        stalled = []
+        start = time.monotonic()
+        for _ in range(4):                                   # as many as the worker has threads
+            sock = socket.create_connection((parsed.hostname, parsed.port), timeout=30)
+            sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000\r\n\r\n{\"instances\": ")
+            stalled.append(sock)
+        answers = [s.recv(4096) for s in stalled]
+        closed = [s.recv(10) == b"" for s in stalled]       # and closed by the server
+        answered_after = time.monotonic() - start
+        ping_after = None
+        while time.monotonic() - start < 30:
+            try:
+                if requests.get(f"{server.url}/ping", timeout=2).status_code == 200:
+                    ping_after = time.monotonic() - start
+                    break
+            except requests.RequestException:
+                pass
+        for s in stalled:
+            s.close()
+    report("hardening", f"4 stalled uploads (all of a worker's threads), SAGEMAKER_MODEL_SERVER_BODY_TIMEOUT=2: "
+                        f"answered and closed after {answered_after:.1f} s, /ping 200 again after {ping_after:.1f} s")
+    # gunicorn's body reader ends the body at the deadline: the answer is the short-body 400 (or 408)
+    assert all(a.startswith((b"HTTP/1.1 400", b"HTTP/1.1 408")) and b"Connection: close" in a for a in answers), answers
+    assert all(closed)
+    assert answered_after < 5 and ping_after is not None and ping_after < 6
