@@ -77,6 +77,21 @@ class Segment:
             pass
 
 
+KEEP = 4 << 20   # a link keeps a segment this large between messages; beyond, only as long as needed
+
+
+def fitting(segment: "Segment | None", need: int, prefix: str) -> "Segment":
+    """SEGMENT when NEED fits it and it is not oversized for NEED, else a new one (the old one
+    unlinked): small messages reuse one segment with room to grow, a large one gets its own, and
+    the next small message gives that memory back instead of pinning it in /dev/shm per link."""
+    if segment is not None and need <= segment.size and (segment.size <= KEEP or segment.size <= 2 * need):
+        return segment
+    if segment is not None:
+        segment.unlink()
+        segment.close()
+    return Segment.new(prefix, need * 2 if need * 2 <= KEEP else need)
+
+
 @dataclass(frozen=True)
 class Placed:
     """Where one array lies in a segment."""

@@ -36,11 +36,7 @@ class _Link:
         self.answers: dict[str, channel.Segment] = {}  # theirs: answers
 
     def request_segment(self, need: int) -> channel.Segment:
-        if self.out is None or self.out.size < need:
-            if self.out is not None:
-                self.out.unlink()
-                self.out.close()
-            self.out = channel.Segment.new("serve-in", need * 2)
+        self.out = channel.fitting(self.out, need, "serve-in")
         return self.out
 
     def answer_segment(self, path: str) -> channel.Segment:

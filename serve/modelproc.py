@@ -201,12 +201,7 @@ class Server:
         return segment
 
     def _answer(self, arrays: dict[str, np.ndarray], answer: channel.Segment | None):
-        need = channel.room(arrays)
-        if answer is None or answer.size < need:
-            if answer is not None:
-                answer.unlink()
-                answer.close()
-            answer = channel.Segment.new("serve-out", need * 2)
+        answer = channel.fitting(answer, channel.room(arrays), "serve-out")
         return ("ok", {"segment": str(answer.path), "arrays": channel.place(answer, arrays)}), answer
 
     def _whole_request(self, request: dict, attached: dict, answer, run):

@@ -167,15 +167,18 @@ class MultiModelService:
             except ModelNotFound:
                 raise NotFound(f"no model at {url}: expected <version>/saved_model.pb, <name>/<version>/"
                                f"saved_model.pb, saved_model.pb or a .keras/.h5 file in it", plain=True) from None
+            try:
+                code = usercode.locate_in(path, self.universal)
+            except usercode.UserCodeSetupError as exc:
+                raise ServeError(f"model '{name}': {exc}") from None
+            # what a model costs beyond its weights depends on its loader and on whether its own code
+            # runs (a model_fn may hold anything): the last load of the same kind is the estimate
+            kind = f"{kind}, {'with code' if code else 'default path'}"
             need, limit, used = self.estimate(path, kind), memory_limit(), memory_used()
             if used + need > HEADROOM * limit:
                 raise InsufficientMemory(
                     f"model '{name}' would need about {need >> 20} MiB; {used >> 20} of {limit >> 20} MiB are in use "
                     f"(loading stops at {int(HEADROOM * 100)}%); unload a model first")
-            try:
-                code = usercode.locate_in(path, self.universal)
-            except usercode.UserCodeSetupError as exc:
-                raise ServeError(f"model '{name}': {exc}") from None
             before = _rss()
             started = time.perf_counter()
             try:

@@ -155,3 +155,16 @@ def test_readiness_counts_live_workers_and_latches(tmp_path):
     assert ready.all_ready()
     (tmp_path / str(os.getppid())).unlink()
     assert Readiness(tmp_path, expected=2).all_ready()  # latched for every worker, also later ones
+
+
+def test_channel_segments_grow_for_large_messages_and_give_the_memory_back(tmp_path):
+    from serve import channel
+
+    small = channel.fitting(None, 1000, "test-seg")
+    assert channel.fitting(small, 2000, "test-seg") is small            # room to grow, reused
+    big = channel.fitting(small, 50 << 20, "test-seg")                   # a 50 MiB message: its own, exact
+    assert big is not small and big.size == 50 << 20 and not small.path.exists()
+    assert channel.fitting(big, 40 << 20, "test-seg") is big             # still worth keeping
+    back = channel.fitting(big, 1000, "test-seg")                        # small again: memory given back
+    assert back.size <= channel.KEEP and not big.path.exists()
+    back.unlink()
