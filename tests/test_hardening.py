@@ -232,12 +232,21 @@ def test_stalled_uploads_are_closed_and_ping_answers_again(mlp_model_dir):
         stalled = []
         start = time.monotonic()
         for _ in range(4):                                   # as many as the worker has threads
-            sock = socket.create_connection((parsed.hostname, parsed.port), timeout=30)
+            sock = socket.create_connection((parsed.hostname, parsed.port), timeout=10)
             sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                          b"Content-Length: 1000\r\n\r\n{\"instances\": ")
             stalled.append(sock)
-        answers = [s.recv(4096) for s in stalled]
-        closed = [s.recv(10) == b"" for s in stalled]       # and closed by the server
+        answers, closed = [], []
+        for sock in stalled:                                 # read each answer to the end: the server closes
+            data, eof = b"", False
+            try:
+                while chunk := sock.recv(4096):
+                    data += chunk
+                eof = True
+            except socket.timeout:
+                pass
+            answers.append(data)
+            closed.append(eof)
         answered_after = time.monotonic() - start
         ping_after = None
         while time.monotonic() - start < 30:
