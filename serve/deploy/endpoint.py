@@ -215,6 +215,15 @@ class CreateSpec:
     instance_check: bool = True
     on_interrupt: str = interrupts.DEFAULT_ON_INTERRUPT
 
+    @classmethod
+    def from_args(cls, args) -> "CreateSpec":
+        """From `deploy create`'s parsed arguments (also with --multi-model)."""
+        return cls(image=args.image, model_data=args.model_data, role=args.role, name=args.name,
+                   instance_type=args.instance_type, instance_count=args.instance_count,
+                   env=parse_env(args.env), bucket=args.bucket, wait=not args.no_wait,
+                   timeout=args.timeout, poll=args.poll, arch_check=not args.skip_arch_check,
+                   instance_check=not args.skip_instance_check, on_interrupt=args.on_interrupt)
+
 
 @dataclass
 class Created:

@@ -651,12 +651,7 @@ def cmd_create(args, console) -> int:
         raise UsageError("--bucket is where create uploads a local archive; a multi-model endpoint uploads "
                          "nothing (its archives are under --model-data s3://BUCKET/PREFIX/: `deploy models add`)")
     aws = _aws(args)
-    spec = endpoint.CreateSpec(
-        image=args.image, model_data=args.model_data, role=args.role, name=args.name,
-        instance_type=args.instance_type, instance_count=args.instance_count,
-        env=endpoint.parse_env(args.env), bucket=args.bucket, wait=not args.no_wait,
-        timeout=args.timeout, poll=args.poll, arch_check=not args.skip_arch_check,
-        instance_check=not args.skip_instance_check, on_interrupt=args.on_interrupt)
+    spec = endpoint.CreateSpec.from_args(args)
     out = create(aws, spec, console)
     output.emit(out, args.output, table=lambda o: [
         f"endpoint {o['endpoint']} is {o['status']} (multi-model)",
