@@ -101,6 +101,25 @@ def _raise(signum, frame):
 
 
 @contextlib.contextmanager
+def _handlers(handler) -> Iterator[None]:
+    """HANDLER for every handled signal inside the block, the previous ones restored afterwards.
+    An inherited SIG_IGN is overridden for SIGINT and SIGTERM (background jobs), kept for SIGHUP
+    (nohup asked for it)."""
+    previous = {}
+    try:
+        for signum in HANDLED:
+            old = signal.getsignal(signum)
+            if signum == getattr(signal, "SIGHUP", None) and old == signal.SIG_IGN:
+                continue
+            previous[signum] = old
+            signal.signal(signum, handler)
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old if old is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
 def handle_signals() -> Iterator[None]:
     """Inside the block SIGINT/SIGTERM/SIGHUP raise Interrupted(signum); restored afterwards.
 
@@ -111,18 +130,8 @@ def handle_signals() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {}
-    try:
-        for signum in HANDLED:
-            old = signal.getsignal(signum)
-            if signum == getattr(signal, "SIGHUP", None) and old == signal.SIG_IGN:
-                continue
-            previous[signum] = old
-            signal.signal(signum, _raise)
+    with _handlers(_raise):
         yield
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old if old is not None else signal.SIG_DFL)
 
 
 @dataclass
@@ -161,18 +170,8 @@ def shielded(say: Callable[[str], None] | None = None) -> Iterator[Shield]:
             except Exception:
                 pass
 
-    previous = {}
-    try:
-        for signum in HANDLED:
-            old = signal.getsignal(signum)
-            if signum == getattr(signal, "SIGHUP", None) and old == signal.SIG_IGN:
-                continue
-            previous[signum] = old
-            signal.signal(signum, record)
+    with _handlers(record):
         yield shield
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old if old is not None else signal.SIG_DFL)
 
 
 def add_on_interrupt_argument(parser, default: str = DEFAULT_ON_INTERRUPT, what: str = "the endpoint") -> None:
