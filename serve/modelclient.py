@@ -77,7 +77,7 @@ class ModelClient:
                    for i in range(self.count))
 
     def describe(self) -> dict:
-        return self._call("describe", {}, timeout=60)
+        return self.call("describe", {}, timeout=60)
 
     # -- calls ---------------------------------------------------------------------------------
 
@@ -103,8 +103,8 @@ class ModelClient:
         return Result(out.tobytes(), reply["content_type"])
 
     def call(self, op: str, request: dict, timeout: float):
-        """An operation without arrays (multi-model load, unload, list, get)."""
-        return self._call(op, request, timeout)
+        """An operation without arrays (describe; multi-model load, unload, list, get)."""
+        return self._round_trip(self._link(), op, request, timeout)
 
     def _exchange(self, op: str, request: dict, arrays: dict, timeout: float):
         link = self._link()
@@ -113,9 +113,6 @@ class ModelClient:
             request["segment"] = str(segment.path)
             request["arrays"] = channel.place(segment, arrays)
         return self._round_trip(link, op, request, timeout), link
-
-    def _call(self, op: str, request: dict, timeout: float):
-        return self._round_trip(self._link(), op, request, timeout)
 
     def _round_trip(self, link: _Link, op: str, request: dict, timeout: float):
         try:

@@ -21,7 +21,7 @@ from .errors import describe_failure
 from .modelclient import ModelClient, catalog
 from .readiness import Readiness
 from .settings import Settings
-from .usercode import CodeLocation, import_script, style_of_script
+from .usercode import CodeLocation, import_script
 
 log = logging.getLogger(__name__)
 
@@ -103,5 +103,3 @@ def _set_up(state: WorkerState, settings: Settings, code: CodeLocation | None, r
     finally:
         state.settled.set()
 
-
-__all__ = ["WorkerState", "start", "style_of_script"]
