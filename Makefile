@@ -20,9 +20,9 @@ BASE := $${BASE_IMAGE:-$$(curl -fsS -o /dev/null http://127.0.0.1:5000/v2/debian
 help:  ## list targets
 	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | sed -e 's/:.*##/\t/'
 
-$(VENV)/.installed: pyproject.toml tests/requirements.txt
+$(VENV)/.installed: pyproject.toml deploy/pyproject.toml tests/requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q -e . -r tests/requirements.txt
+	$(VENV)/bin/pip install -q -e . -e ./deploy -r tests/requirements.txt
 	touch $@
 
 venv: $(VENV)/.installed  ## .venv with the project and its test dependencies

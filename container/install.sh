@@ -48,6 +48,7 @@ case "${1:-}" in
     work=$(mktemp -d)
     cp "$src/pyproject.toml" "$work/"
     cp -r "$src/serve" "$work/serve"
+    mkdir -p "$work/deploy" && cp -r "$src/deploy/model_archive" "$work/deploy/model_archive"
     # pyproject.toml names README.md as the long description; an empty one does as well here.
     if [ -f "$src/README.md" ]; then cp "$src/README.md" "$work/"; else : > "$work/README.md"; fi
     find "$work" -name '__pycache__' -prune -exec rm -rf {} +
@@ -57,7 +58,7 @@ case "${1:-}" in
     rm -rf "$work"
     "$PIP" check
     # Import the package (not TensorFlow: that takes ~15 s under emulation) to catch a broken install.
-    "$VENV/bin/python" -c 'import serve, sys; print("serve", serve.__version__, "python", sys.version.split()[0])'
+    "$VENV/bin/python" -c 'import serve, model_archive, sys; print("serve", serve.__version__, "python", sys.version.split()[0])'
     command -v serve >/dev/null || { echo "install.sh: no serve console script" >&2; exit 1; }
     rm -rf /root/.cache /tmp/pip-*
     ;;

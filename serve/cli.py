@@ -13,7 +13,7 @@ import logging
 import sys
 
 from . import __version__
-from .layout import ModelNotFound, find_models
+from model_archive.layout import ModelNotFound, find_models
 from .redact import SecretFilter, mask_standard_streams
 from .settings import SettingsError, env_name, load_settings, secret_values, unused_variables
 from .tuning import apply_environment, detect_cpu, plan

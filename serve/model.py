@@ -18,7 +18,7 @@ from typing import Callable, Generic, Mapping, TypeVar
 import numpy as np
 
 from .errors import BadRequest, NotFound
-from .layout import ModelLocation, ModelNotFound
+from model_archive.layout import ModelLocation, ModelNotFound
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import numpy as np
 from . import channel, handlers, usercode
 from .batching import Batcher
 from .errors import ServeError, describe_failure
-from .layout import find_models
+from model_archive.layout import find_models
 from .model import Model, Repository, configure_threads, load_model
 from .readiness import failed_path, hung_path, ready_path, socket_path
 from .redact import SecretFilter

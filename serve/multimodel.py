@@ -27,7 +27,7 @@ from pathlib import Path
 from . import usercode
 from .errors import BadRequest, NotFound, ServeError
 from .handlers import DefaultHandler, Invocation, Result, Target
-from .layout import ModelNotFound, find_models
+from model_archive.layout import ModelNotFound, find_models
 
 log = logging.getLogger("serve.model")
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from .archives import ArchiveError, safe_extract
+from model_archive.archives import ArchiveError, safe_extract
 from .settings import Settings
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
-"""serve/archives.py: every archive the project unpacks refuses members that leave the folder.
+"""deploy/model_archive/archives.py: every archive the project unpacks refuses members that leave the folder.
 
-Each crafted archive goes through the three real ways in: serve.archives.safe_extract itself,
+Each crafted archive goes through the three real ways in: model_archive.archives.safe_extract itself,
 the `serve` command with SAGEMAKER_SUBMIT_DIRECTORY naming it, and `deploy local --model-data`.
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Callable
 
 import pytest
 
-from serve import archives
-from serve.archives import UnreadableArchive, UnsafeArchive
+from model_archive import archives
+from model_archive.archives import UnreadableArchive, UnsafeArchive
 from tests.fixtures.server import launch
 
 DEPLOY = str(Path(sys.executable).with_name("deploy"))
@@ -95,7 +95,7 @@ def assert_nothing_escaped(outside: Path) -> None:
     assert (outside / "victim.txt").read_bytes() == VICTIM
 
 
-# --- (a) serve.archives.safe_extract ------------------------------------------------------------
+# --- (a) model_archive.archives.safe_extract ------------------------------------------------------------
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_safe_extract_refuses_and_names_the_bad_member(tmp_path, case):

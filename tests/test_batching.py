@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from serve.batching import Batcher
-from serve.layout import find_model
+from model_archive.layout import find_model
 from serve.model import load_model
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from serve.deploy.cli import main
+from sagemaker_tf_deploy.cli import main
 from tests.fixtures.moto import fail_operation, script_endpoint_status
 
 pytestmark = pytest.mark.deploy
@@ -280,7 +280,7 @@ def test_interrupted_while_updating(capsys, x86_endpoint, ecr_images, monkeypatc
     """SIGTERM arriving while SageMaker updates: rolled back (default), or left for `deploy rollback`."""
     import signal
 
-    from serve.deploy import endpoint, interrupts
+    from sagemaker_tf_deploy import endpoint, interrupts
 
     before = state()
     real_wait = endpoint.wait_for_endpoint

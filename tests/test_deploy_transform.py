@@ -22,9 +22,9 @@ import boto3
 import numpy as np
 import pytest
 
-from serve.deploy import transform_local as tl
-from serve.deploy.cli import main
-from serve.deploy.errors import DeployError
+from sagemaker_tf_deploy import transform_local as tl
+from sagemaker_tf_deploy.cli import main
+from sagemaker_tf_deploy.errors import DeployError
 from tests.fixtures import moto_transform as mt
 from tests.fixtures.server import free_port
 

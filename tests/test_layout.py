@@ -1,6 +1,6 @@
 import pytest
 
-from serve.layout import ModelNotFound, find_model
+from model_archive.layout import ModelNotFound, find_model
 
 
 def _saved_model(path):
@@ -47,6 +47,6 @@ def test_layout_module_stays_light():
     import subprocess
     import sys
 
-    code = "import sys, serve.layout, serve.cli; print(sorted(m for m in ('numpy', 'tensorflow') if m in sys.modules))"
+    code = "import sys, model_archive.layout, serve.cli; print(sorted(m for m in ('numpy', 'tensorflow') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"  # the gunicorn master forks workers without NumPy or TensorFlow in it

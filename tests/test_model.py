@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from serve.errors import BadRequest
-from serve.layout import find_model
+from model_archive.layout import find_model
 from serve.model import load_model
 
 

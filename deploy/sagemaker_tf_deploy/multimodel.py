@@ -19,7 +19,7 @@ as a proxy on the published port that speaks the SageMaker runtime protocol: bot
 invoke_endpoint(EndpointName=..., TargetModel="a.tar.gz") pointed at it with endpoint_url works
 as is (the proxy ignores signatures), and so does a plain POST /invocations with the header
 X-Amzn-SageMaker-Target-Model. When the target is not loaded, the proxy unpacks DIR/<target>
-with the safe unpacker (serve/archives.py) into models/<name>/model, calls POST /models and
+with the safe unpacker (deploy/model_archive/archives.py) into models/<name>/model, calls POST /models and
 retries; on 507 it unloads the least recently used model (DELETE /models/<name>, its folder
 removed) and tries again, until the model loads or nothing is left to unload.
 """

@@ -247,7 +247,7 @@ def cmd_local(args, console: Console) -> int:
             console.info(f"downloading {uri}")
             aws.s3.download_file(bucket, key, str(dest))
 
-    if args.fpmath_check:   # issue 14: serve/deploy/compare.py
+    if args.fpmath_check:   # issue 14: deploy/sagemaker_tf_deploy/compare.py
         from . import compare
         return compare.cmd_fpmath_check(args, console, region, download)
     spec = local.LocalSpec(
@@ -445,7 +445,7 @@ of create/update and docs/deploy.md."""
 def _version() -> str:
     try:
         from importlib.metadata import version
-        return version("sagemaker-tf-graviton")
+        return version("sagemaker-tf-deploy")
     except Exception:
         return "unknown"
 

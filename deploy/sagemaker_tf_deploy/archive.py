@@ -1,4 +1,4 @@
-"""The SageMaker model archive: what goes in (package) and how it comes out (safe unpack, serve.archives).
+"""The SageMaker model archive: what goes in (package) and how it comes out (safe unpack, model_archive.archives).
 
 Layout, as the server reads it from /opt/ml/model:
     1/saved_model.pb, 1/variables/...       a SavedModel under a numeric version (TF Serving layout)
@@ -16,8 +16,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import archives as _archives
-from ..layout import ModelLocation, ModelNotFound, find_model as _find_model
+from model_archive import archives as _archives
+from model_archive.layout import ModelLocation, ModelNotFound, find_model as _find_model
 from .errors import DeployError, UsageError
 
 _SKIP = {"__pycache__", ".DS_Store", ".ipynb_checkpoints"}
@@ -124,7 +124,7 @@ def _clean(name: str) -> str:
 
 
 def check_member(member: tarfile.TarInfo) -> None:
-    """serve.archives.check_member, raising DeployError (same message)."""
+    """model_archive.archives.check_member, raising DeployError (same message)."""
     try:
         _archives.check_member(member)
     except _archives.ArchiveError as exc:
@@ -132,7 +132,7 @@ def check_member(member: tarfile.TarInfo) -> None:
 
 
 def safe_extract(archive: Path, dest: Path) -> list[str]:
-    """serve.archives.safe_extract, raising DeployError (same message) for an unsafe or unreadable archive."""
+    """model_archive.archives.safe_extract, raising DeployError (same message) for an unsafe or unreadable archive."""
     try:
         return _archives.safe_extract(archive, dest)
     except _archives.ArchiveError as exc:
@@ -153,7 +153,7 @@ def check_local_model(model_data: str | Path, scratch: Path | None = None) -> Ch
     """Check a local model folder or model.tar.gz the way the server will read it, with no network.
 
     The archive is unpacked into SCRATCH (a temporary folder by default, removed afterwards) with
-    serve.archives.safe_extract, and the model is looked up with serve.layout.find_model, the code
+    model_archive.archives.safe_extract, and the model is looked up with model_archive.layout.find_model, the code
     the server runs at start-up. Raises UsageError naming the user's path (never the scratch one).
     """
     path = Path(model_data)
