@@ -15,7 +15,7 @@ TTY := $(shell test -t 0 && echo -it)
 LOCAL_BASE := 127.0.0.1:5000/debian:trixie-slim
 BASE := $${BASE_IMAGE:-$$(curl -fsS -o /dev/null http://127.0.0.1:5000/v2/debian/manifests/trixie-slim 2>/dev/null && echo $(LOCAL_BASE))}
 
-.PHONY: venv test test-host build build-arm64 build-x86 push run example bench clean help docker-ready host-setup
+.PHONY: venv test test-unit test-host build build-arm64 build-x86 push run example bench clean help docker-ready host-setup
 
 help:  ## list targets
 	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | sed -e 's/:.*##/\t/'
@@ -36,11 +36,17 @@ docker-ready:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then bash .ci/setup-host.sh; \
 	  else echo "make: no Docker engine answers; start Docker (or run 'make host-setup' as root on Debian)" >&2; exit 1; fi; }
 
-test: venv docker-ready  ## every test: host server, both images (arm64 under qemu), registry, deploy against moto
-	BASE_IMAGE=$(BASE) $(PY) -m pytest $(PYTEST_ARGS)
+# tests/unit runs in-process in a pytest of its own where `import tensorflow` fails, which is
+# what proves those parts need no TensorFlow; the other folders start servers and images.
+UNIT_TESTS := -p tests.unit.without_tensorflow tests/unit
+test-unit: venv  ## in-process tests, TensorFlow made unimportable: codecs, app, settings, archives, deploy against moto
+	$(PY) -m pytest $(UNIT_TESTS) $(PYTEST_ARGS)
 
-test-host: venv  ## only the tests that need no Docker engine
-	$(PY) -m pytest -m "not container" $(PYTEST_ARGS)
+test: venv docker-ready test-unit  ## every test: unit, host server, both images (arm64 under qemu), registry, deploy against moto
+	BASE_IMAGE=$(BASE) $(PY) -m pytest tests/host tests/container tests/deploy $(PYTEST_ARGS)
+
+test-host: venv test-unit  ## only the tests that need no Docker engine
+	$(PY) -m pytest -m "not container" tests/host tests/deploy $(PYTEST_ARGS)
 
 $(EXAMPLE_MODEL)/.built: examples/digits/train.py | venv
 	$(PY) examples/digits/train.py --out examples/digits

@@ -5,7 +5,7 @@
 Starts this project's server on the host (as `bench.run` does), measures its capacity with a
 closed loop (every thread sends its next request as soon as the last one is answered), then
 sends a paced open loop at `fraction` x capacity for `--minutes` and writes
-bench/results/soak.json and soak.md. tests/test_soak.py runs the same `soak()` for 5 minutes.
+bench/results/soak.json and soak.md. tests/host/test_soak.py runs the same `soak()` for 5 minutes.
 
 The paced loop is open: request i is due at start + i/rate, whichever thread is free takes it,
 and its latency is counted from when it was due, not from when a thread got round to sending it.

@@ -20,7 +20,7 @@ import requests
 
 from tests.fixtures.server import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = str(Path(sys.executable).with_name("deploy"))
 EXAMPLE = ROOT / "examples" / "digits"
 
@@ -143,7 +143,7 @@ def test_local_stays_up_until_ctrl_c(request, digits):
 
 # --- refused before Docker is touched ----------------------------------------------------------
 
-# unsafe archives (every kind): tests/test_archives.py::test_deploy_local_refuses_an_unsafe_archive
+# unsafe archives (every kind): tests/unit/test_archives.py::test_deploy_local_refuses_an_unsafe_archive
 
 def test_local_refuses_a_folder_without_a_model(tmp_path):
     proc = subprocess.run([DEPLOY, "local", "--image", "never-pulled:latest", "--model-data", str(tmp_path)],

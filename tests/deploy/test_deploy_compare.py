@@ -25,7 +25,7 @@ import pytest
 from sagemaker_tf_deploy.cli import main
 from tests.fixtures import moto_migrate
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = str(Path(sys.executable).with_name("deploy"))
 REQUESTS = ROOT / "examples" / "digits" / "requests.jsonl"
 

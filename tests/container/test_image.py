@@ -1,9 +1,9 @@
 """The images themselves, as SageMaker runs them: metadata, contents, start-up, port
-(shutdown, worker death and size limits are in tests/test_server.py).
+(shutdown, worker death and size limits are in tests/host/test_server.py).
 
 Both images are built once per session by tests/fixtures/docker.py (./build.sh --load); the
 arm64 one is built and run under qemu emulation. The HTTP contract is tested against both
-containers by tests/test_contract.py; here is what is specific to the image.
+containers by tests/container/test_contract.py; here is what is specific to the image.
 """
 from __future__ import annotations
 

@@ -166,7 +166,7 @@ def test_create_multi_model_signal_while_creating_follows_the_rule(mme_moto, ecr
     """A real SIGINT to a `deploy create --multi-model` process while SageMaker is Creating: the
     interruption rule of deploy create (docs/deploy.md), and the archives under the prefix stay."""
     from tests.fixtures.moto import endpoint_state, hold_endpoint, release_endpoint
-    from tests.test_deploy_interrupts import Deploy
+    from tests.deploy.test_deploy_interrupts import Deploy
 
     before = s3_objects()
     hold_endpoint("held-mme", "Creating")

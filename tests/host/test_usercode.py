@@ -17,7 +17,7 @@ import requests
 from serve import usercode
 from serve.usercode import CodeLocation, UserCodeSetupError, import_script
 from tests.fixtures.server import start_host_server
-from tests.test_archives import CASES
+from tests.unit.test_archives import CASES
 
 
 @pytest.fixture

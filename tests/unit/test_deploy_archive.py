@@ -1,4 +1,4 @@
-"""`deploy package`, and the safe unpacking used by `create` and `local` (cases: tests/test_archives.py)."""
+"""`deploy package`, and the safe unpacking used by `create` and `local` (cases: tests/unit/test_archives.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from sagemaker_tf_deploy import archive
 from sagemaker_tf_deploy.errors import DeployError
-from tests.test_archives import CASES
+from tests.unit.test_archives import CASES
 
 DEPLOY = str(Path(sys.executable).with_name("deploy"))
 
@@ -96,7 +96,7 @@ def test_package_roundtrips_through_safe_extract(tmp_path):
     assert (dest / "1" / "saved_model.pb").read_bytes() == b"pb"
 
 
-# --- safe unpacking: model_archive.archives (tests/test_archives.py) with deploy's error type ---------------
+# --- safe unpacking: model_archive.archives (tests/unit/test_archives.py) with deploy's error type ---------------
 
 def test_safe_extract_reports_bad_archives_as_deploy_errors(tmp_path):
     tgz = CASES["symlink-out"].craft(tmp_path / "evil.tar.gz", tmp_path)
