@@ -30,6 +30,15 @@ def _env(name, default, cast=float):
     return cast(v) if v not in (None, "") else default
 
 
+def _check_names(flag, given, known):
+    """Exit 2 with one line when `given` (comma-separated) names something not in `known`."""
+    unknown = [n for n in given.split(",") if n and n not in known]
+    if unknown:
+        print(f"bench.run: {flag}: unknown {', '.join(map(repr, unknown))}; "
+              f"known: {', '.join(known)}", file=sys.stderr)
+        sys.exit(2)
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 s warm-up, 3 s per level, ResNet50 at c1 only")
@@ -57,6 +66,8 @@ def parse_args(argv=None):
                          "(the rest of the table keeps its earlier numbers: say so when you publish it)")
     ap.add_argument("--out", default=str(RESULTS))
     a = ap.parse_args(argv)
+    _check_names("--models", a.models, MODELS)
+    _check_names("--stacks", a.stacks, ("tf",) + S.HTTP_STACKS)
     if a.quick:
         a.warmup, a.duration, a.heavy_duration, a.inproc_duration = 1.0, 3.0, 3.0, 1.0
         a.heavy_concurrency = "1"

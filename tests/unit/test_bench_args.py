@@ -1,0 +1,48 @@
+"""bench.run refuses unknown --models/--stacks names with one line naming what exists (exit 2),
+before it starts anything (no wrk, Docker or TensorFlow needed)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import run
+from bench.models import MODELS
+from bench.stacks import HTTP_STACKS
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("flag, value, unknown, known", [
+    ("--models", "nope", ["nope"], list(MODELS)),
+    ("--models", "mlp,nope,zz", ["nope", "zz"], list(MODELS)),
+    ("--stacks", "ours,foo", ["foo"], ["tf", *HTTP_STACKS]),
+])
+def test_unknown_names_exit_2_naming_what_exists(capsys, flag, value, unknown, known):
+    with pytest.raises(SystemExit) as e:
+        run.parse_args([flag, value])
+    assert e.value.code == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert flag in lines[0]
+    for name in unknown:
+        assert repr(name) in lines[0]
+    for name in known:
+        assert name in lines[0].split("known:", 1)[1]
+    assert "Traceback" not in err
+
+
+def test_known_names_are_accepted():
+    a = run.parse_args(["--models", ",".join(MODELS), "--stacks", "tf,ours"])
+    assert a.models.split(",") == list(MODELS)
+
+
+def test_the_command_line_says_so_without_a_traceback():
+    r = subprocess.run([sys.executable, "-m", "bench.run", "--models", "nope"], cwd=REPO,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == ("bench.run: --models: unknown 'nope'; known: " + ", ".join(MODELS))
+    assert "Traceback" not in r.stderr and "KeyError" not in r.stderr
