@@ -23,13 +23,17 @@ byte. The relative difference is |a - b| / max(|a|, |b|) over the values where m
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import io
+import itertools
 import json
 import math
 import signal
 import socket
+import struct
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -169,9 +173,36 @@ def endpoint_variants(aws, name: str, wanted: list[str] | None) -> list[str]:
 
 # --- answers -----------------------------------------------------------------------------------
 
-def _arrays(value) -> dict:
-    import numpy as np
+@dataclass
+class Values:
+    """A decoded numeric output: its shape and its values in row-major order (floats). The
+    standard-library stand-in for a float64 array, which is all the comparison needs."""
 
+    shape: tuple[int, ...]
+    flat: list[float]
+
+    @property
+    def size(self) -> int:
+        return len(self.flat)
+
+
+def _values(value) -> Values:
+    """Nested lists of numbers as Values, as a float64 array would read them: None is NaN, a
+    ragged or non-numeric list raises ValueError or TypeError."""
+    if isinstance(value, (list, tuple)):
+        parts = [_values(v) for v in value]
+        inner = parts[0].shape if parts else ()
+        if any(p.shape != inner for p in parts):
+            raise ValueError("ragged nested list")
+        return Values((len(parts), *inner), [x for p in parts for x in p.flat])
+    if value is None:
+        return Values((), [math.nan])
+    if isinstance(value, (dict, bytes)):
+        raise TypeError(f"not a number: {type(value).__name__}")
+    return Values((), [float(value)])
+
+
+def _arrays(value) -> dict:
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
@@ -184,31 +215,83 @@ def _arrays(value) -> dict:
     return {"": arr} if arr is not None else {}
 
 
-def _numeric(value):
-    import numpy as np
-
+def _numeric(value) -> Values | None:
     try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (ValueError, TypeError):
+        return _values(value)
+    except (ValueError, TypeError, OverflowError):
         return None
-    return arr
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+_NPY_CODES = {"f2": "e", "f4": "f", "f8": "d", "i1": "b", "i2": "h", "i4": "i", "i8": "q",
+              "u1": "B", "u2": "H", "u4": "I", "u8": "Q", "b1": "?"}
+
+
+def _npy(body: bytes) -> Values:
+    """One .npy array (format versions 1 to 3, numeric dtypes, C or Fortran order) as Values."""
+    if not body.startswith(_NPY_MAGIC) or len(body) < 10:
+        raise ValueError("not an .npy array")
+    major = body[6]
+    size_format, start = ("<H", 10) if major == 1 else ("<I", 12)
+    (header_len,) = struct.unpack_from(size_format, body, 8)
+    header = ast.literal_eval(body[start:start + header_len].decode("utf-8" if major >= 3 else "latin-1"))
+    descr, shape = header["descr"], tuple(header["shape"])
+    code = _NPY_CODES.get(descr[1:]) if isinstance(descr, str) else None
+    if code is None:
+        raise ValueError(f"unsupported .npy dtype {descr!r}")
+    order = {"<": "<", ">": ">", "|": "<", "=": "="}[descr[0]]
+    count = math.prod(shape)
+    data = body[start + header_len:]
+    need = count * struct.calcsize(code)
+    if len(data) < need:
+        raise ValueError("truncated .npy array")
+    flat = [float(x) for x in struct.unpack_from(f"{order}{count}{code}", data)]
+    if header.get("fortran_order") and len(shape) > 1:
+        strides = [math.prod(shape[:i]) for i in range(len(shape))]   # first axis fastest
+        flat = [flat[sum(i * s for i, s in zip(index, strides))]
+                for index in itertools.product(*(range(n) for n in shape))]
+    return Values(shape, flat)
+
+
+def _npz(body: bytes) -> dict:
+    if not body.startswith(b"PK\x03\x04"):
+        raise ValueError("not an .npz archive")
+    try:
+        with zipfile.ZipFile(io.BytesIO(body)) as z:
+            return {name.removesuffix(".npy"): _npy(z.read(name)) for name in z.namelist()}
+    except zipfile.BadZipFile as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def _csv(text: str) -> Values:
+    """Comma-separated numbers as numpy.loadtxt(delimiter=",", ndmin=1) reads them: comments and
+    blank lines skipped, axes of length 1 squeezed, at least one axis."""
+    rows = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            rows.append([float(v) for v in line.split(",")])
+    if not rows:
+        return Values((0,), [])
+    width = len(rows[0])
+    if any(len(r) != width for r in rows):
+        raise ValueError("CSV rows of different lengths")
+    shape = tuple(n for n in (len(rows), width) if n != 1) or (1,)
+    return Values(shape, [x for r in rows for x in r])
 
 
 def decode(body: bytes, content_type: str) -> dict | None:
-    """Named float arrays of an answer, or None when it is not numeric (then compared as bytes)."""
-    import numpy as np
-
+    """Named Values of an answer, or None when it is not numeric (then compared as bytes)."""
     ctype = (content_type or "").split(";")[0].strip().lower()
     try:
         if ctype in ("application/x-npy",):
-            return {"output": np.load(io.BytesIO(body), allow_pickle=False).astype(np.float64)}
+            return {"output": _npy(body)}
         if ctype in ("application/x-npz",):
-            with np.load(io.BytesIO(body), allow_pickle=False) as z:
-                return {k: z[k].astype(np.float64) for k in z.files}
+            return _npz(body)
         if ctype == "text/csv":
-            return {"output": np.loadtxt(io.StringIO(body.decode()), delimiter=",", ndmin=1)}
+            return {"output": _csv(body.decode())}
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError, OSError):
+    except (ValueError, UnicodeDecodeError, OSError, KeyError, SyntaxError, struct.error):
         return None
     if isinstance(doc, dict):
         for key in ("predictions", "outputs"):
@@ -220,6 +303,19 @@ def decode(body: bytes, content_type: str) -> dict | None:
 
 
 # --- comparing ---------------------------------------------------------------------------------
+
+def _max(values: list[float]) -> float:
+    """The largest value; NaN when any is NaN (as an array's max())."""
+    return math.nan if any(math.isnan(v) for v in values) else max(values)
+
+
+def _argmax(row: list[float]) -> int:
+    """Index of the first largest value, or of the first NaN (as an array's argmax())."""
+    for i, v in enumerate(row):
+        if math.isnan(v):
+            return i
+    return max(range(len(row)), key=row.__getitem__)
+
 
 @dataclass
 class OutputAgreement:
@@ -233,29 +329,30 @@ class OutputAgreement:
     shape_mismatches: int = 0
     missing: int = 0
 
-    def add(self, a, b) -> None:
-        import numpy as np
-
+    def add(self, a: Values, b: Values) -> None:
         if a.shape != b.shape:
             self.shape_mismatches += 1
             return
         self.requests += 1
         if a.size == 0:
             return
-        diff = np.abs(a - b)
-        if not np.all(np.isfinite(diff)):
-            same = (a == b) | (np.isnan(a) & np.isnan(b))
-            diff = np.where(same, 0.0, np.inf)
-        self.compared += int(a.size)
-        self.max_abs_diff = max(self.max_abs_diff, float(diff.max()))
-        denom = np.maximum(np.abs(a), np.abs(b))
-        mask = denom >= REL_FLOOR
-        if mask.any():
-            self.max_rel_diff = max(self.max_rel_diff, float((diff[mask] / denom[mask]).max()))
-        if a.ndim >= 1 and a.shape[-1] >= 2:
-            ra, rb = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
-            self.top1_rows += ra.shape[0]
-            self.top1_agree += int((ra.argmax(axis=1) == rb.argmax(axis=1)).sum())
+        pairs = list(zip(a.flat, b.flat))
+        diff = [abs(x - y) for x, y in pairs]
+        if not all(math.isfinite(d) for d in diff):
+            # as before: once anything is not finite, equal values (NaN with NaN included) count
+            # 0 and every other difference counts infinite
+            diff = [0.0 if x == y or (math.isnan(x) and math.isnan(y)) else math.inf for x, y in pairs]
+        self.compared += a.size
+        self.max_abs_diff = max(self.max_abs_diff, max(diff))
+        denom = [math.nan if math.isnan(x) or math.isnan(y) else max(abs(x), abs(y)) for x, y in pairs]
+        rel = [d / n for d, n in zip(diff, denom) if n >= REL_FLOOR]
+        if rel:
+            self.max_rel_diff = max(self.max_rel_diff, _max(rel))
+        width = a.shape[-1] if a.shape else 0
+        if width >= 2:
+            rows = range(0, a.size, width)
+            self.top1_rows += len(rows)
+            self.top1_agree += sum(_argmax(a.flat[i:i + width]) == _argmax(b.flat[i:i + width]) for i in rows)
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
