@@ -15,7 +15,7 @@ TTY := $(shell test -t 0 && echo -it)
 LOCAL_BASE := 127.0.0.1:5000/debian:trixie-slim
 BASE := $${BASE_IMAGE:-$$(curl -fsS -o /dev/null http://127.0.0.1:5000/v2/debian/manifests/trixie-slim 2>/dev/null && echo $(LOCAL_BASE))}
 
-.PHONY: venv test test-unit test-host build build-arm64 build-x86 push run example bench clean help docker-ready host-setup
+.PHONY: venv test test-unit test-host build build-arm64 build-x86 push run example bench docs clean help docker-ready host-setup
 
 help:  ## list targets
 	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | sed -e 's/:.*##/\t/'
@@ -71,6 +71,9 @@ run: build example  ## serve the example model from the image on port $(PORT), a
 
 bench: venv  ## throughput/latency against the peer servers; writes bench/results/
 	$(PY) -m bench.run
+
+docs: venv  ## regenerate docs/configuration.md from serve/settings.py
+	$(PY) docs/generate_configuration.py
 
 clean:
 	rm -rf $(VENV) bench/results/tmp examples/digits/model examples/digits/model.tar.gz

@@ -28,23 +28,32 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SAGEMAKER_", extra="ignore", frozen=True, env_ignore_empty=True)
     _aliases: dict = PrivateAttr(default_factory=dict)
 
-    base_dir: Path = Field(Path("/opt/ml"), description="the model is read from BASE_DIR/model")
-    bind_to_port: int = Field(8080, ge=1, le=65535)
-    model_server_workers: Optional[int] = Field(None, ge=1, le=256, description="default: from vCPUs")
+    base_dir: Path = Field(Path("/opt/ml"), description="the model is read from BASE_DIR/model (multi-model: "
+                                                  "BASE_DIR/models)")
+    bind_to_port: int = Field(8080, ge=1, le=65535, description="port to listen on, on 0.0.0.0 (the images let "
+                                                                 "SageMaker move it: accept-bind-to-port)")
+    model_server_workers: Optional[int] = Field(
+        None, ge=1, le=256, description="HTTP workers (gunicorn processes without TensorFlow); default: "
+                                        "vCPUs up to 4, then vCPUs / 2 (at most 64)")
     model_server_threads: int = Field(
         64, ge=2, le=1024,
         description="HTTP threads per worker; requests mostly wait on the batcher, so this only "
                     "bounds how many can be in flight before /ping would queue",
     )
-    model_server_timeout: int = Field(60, ge=1, le=3600, description="seconds any one request may take")
+    model_server_timeout: int = Field(60, ge=1, le=3600, description="seconds any one request may take, end "
+                                                                       "to end; past it the caller gets a 504")
     model_server_body_timeout: int = Field(
         20, ge=1, le=3600, description="seconds a request body may pause between bytes before the upload is "
-                                       "closed with 408 (a stalled client must not hold a thread)")
-    max_payload_in_mb: int = Field(6, ge=1, le=1024)
-    container_log_level: int = Field(20)
-    program: Optional[str] = Field(None, description="user script, default inference.py")
-    submit_directory: Optional[str] = Field(None, description="folder or .tar.gz holding the script")
-    region: Optional[str] = None
+                                       "answered (400: shorter than its Content-Length) and its connection "
+                                       "closed (a stalled client must not hold a thread)")
+    max_payload_in_mb: int = Field(6, ge=1, le=1024, description="request body limit in MiB (SageMaker's "
+                                   "real-time limit); a larger body is a 413, decided from Content-Length")
+    container_log_level: int = Field(20, description="log level: 10, 20, 30, 40 or 50 (DEBUG, INFO, WARNING, "
+                                                    "ERROR, CRITICAL); at 10 start-up failures log their traceback")
+    program: Optional[str] = Field(None, description="the user script's file name; default inference.py")
+    submit_directory: Optional[str] = Field(None, description="folder, .tar.gz or s3:// URI of one, holding "
+                                                           "the script; default BASE_DIR/model/code")
+    region: Optional[str] = Field(None, description="AWS region for an s3:// SAGEMAKER_SUBMIT_DIRECTORY")
 
     multi_model: bool = Field(False, description="SageMaker multi-model endpoint: models come and go through "
                                                  "/models, from BASE_DIR/models")
@@ -52,7 +61,8 @@ class Settings(BaseSettings):
         300, ge=1, le=3600, description="multi-model: how long loading one model (POST /models) may take")
     tfs_instance_count: Optional[int] = Field(
         None, ge=1, le=64, description="model processes (AWS's container: TF Serving processes), each holding "
-                                       "every model and a share of the vCPUs; default: from vCPUs")
+                                       "every model and a share of the vCPUs; default: 1 up to 16 vCPUs, "
+                                       "then vCPUs / 16")
     tfs_default_model_name: Optional[str] = Field(
         None, description="model served when a request names none (default: the only or first one)")
     tfs_max_enqueued_batches: Optional[int] = Field(
@@ -60,17 +70,28 @@ class Settings(BaseSettings):
     tfs_nginx_loglevel: Optional[str] = Field(
         None, description="AWS container's nginx log level, mapped to the access log: debug logs every "
                           "request (and /ping), info every request, warn/error (default) failures only")
-    tfs_enable_batching: bool = True
-    tfs_max_batch_size: int = Field(32, ge=1, le=4096)
-    tfs_batch_timeout_micros: int = Field(2000, ge=0, le=10_000_000)
-    tfs_intra_op_parallelism: Optional[int] = Field(None, ge=1, le=1024)
-    tfs_inter_op_parallelism: Optional[int] = Field(None, ge=1, le=1024)
+    tfs_enable_batching: bool = Field(True, description="adaptive batching of concurrent requests (a lone "
+                                                      "request never waits)")
+    tfs_max_batch_size: int = Field(32, ge=1, le=4096, description="most instances in one model call")
+    tfs_batch_timeout_micros: int = Field(
+        2000, ge=0, le=10_000_000, description="longest wait for a forming batch, in microseconds, spent only "
+                                               "while more requests are known to be arriving")
+    tfs_intra_op_parallelism: Optional[int] = Field(
+        None, ge=1, le=1024, description="TensorFlow intra-op threads per model process; default: vCPUs / "
+                                         "model processes")
+    tfs_inter_op_parallelism: Optional[int] = Field(
+        None, ge=1, le=1024, description="TensorFlow inter-op threads per model process; default: 1 (2 with "
+                                         "4 or more intra-op threads)")
 
     # Graviton tuning; left unset here means "decide from the CPU" (see tuning.py).
     tf_enable_onednn_opts: Optional[str] = Field(
-        None, validation_alias=AliasChoices("TF_ENABLE_ONEDNN_OPTS"))
+        None, validation_alias=AliasChoices("TF_ENABLE_ONEDNN_OPTS"),
+        description="0 or 1: oneDNN kernels; default 1 (TensorFlow turns them on by itself only on "
+                    "Graviton3; Graviton2 and 4 need this)")
     dnnl_default_fpmath_mode: Optional[str] = Field(
-        None, validation_alias=AliasChoices("DNNL_DEFAULT_FPMATH_MODE"))
+        None, validation_alias=AliasChoices("DNNL_DEFAULT_FPMATH_MODE"),
+        description="oneDNN fast math: STRICT, BF16, F16, TF32 or ANY; default BF16 where the CPU has bf16 "
+                    "matrix units (Graviton3 and newer, x86 AMX), else unset (fp32); STRICT turns it off")
 
     @field_validator("container_log_level")
     @classmethod
