@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import selectors
 import socket
 import subprocess
 import sys
 import threading
 import time
+from concurrent import futures
+from functools import partial
 
 import orjson
 from gunicorn import util
@@ -77,6 +81,20 @@ def gunicorn_options(settings: Settings, tuning: Tuning) -> dict:
     }
 
 
+PING_THREADS = 2   # /ping's own threads in each HTTP worker: requests cannot fill them
+_PEEK = 8192       # enough for any /ping request head SageMaker (or a load balancer) sends
+# GET /ping with its head complete and no body: the only requests the ping threads take
+_PING_HEAD = re.compile(rb"GET /ping[ ?]")
+_BODY_HEADER = re.compile(rb"\r\n(?:content-length|transfer-encoding)[ \t]*:", re.IGNORECASE)
+
+
+def is_ping(head: bytes) -> bool:
+    """Whether HEAD (the first bytes of a request) is a whole ``GET /ping`` with no body: one the
+    ping threads can answer without ever waiting on the client."""
+    end = head.find(b"\r\n\r\n")
+    return end >= 0 and _PING_HEAD.match(head) is not None and not _BODY_HEADER.search(head, 0, end + 2)
+
+
 def _write_json_error(sock, status: int, reason: str, message: str) -> None:
     """gunicorn's own error answer (a request it cannot parse), as JSON like every other error."""
     body = orjson.dumps({"error": f"{reason}: {message}" if message else reason})
@@ -99,12 +117,67 @@ class ServeWorker(ThreadWorker):
     - Requests gunicorn itself cannot parse are answered in JSON.
     - No "100 Continue" for a body whose Content-Length is over the limit: the answer is a 413.
     - A body that pauses for SAGEMAKER_MODEL_SERVER_BODY_TIMEOUT seconds is answered 408 and closed,
-      so stalled uploads cannot hold the threads /ping also needs.
+      so stalled uploads cannot hold a request thread for long.
+    - /ping has threads of its own (PING_THREADS), which requests cannot fill: the accepting
+      thread looks at the bytes that arrived (MSG_PEEK) before it hands a connection to a pool,
+      and a whole ``GET /ping`` head goes to the ping threads, everything else to the request
+      threads. A connection with nothing to read yet waits on the poller instead of a thread, and
+      the 2 s linger of a closing connection runs on the thread that answered, never on the
+      accepting thread.
     """
 
     def init_process(self) -> None:
         util.write_error = _write_json_error
+        self.ping_pool = futures.ThreadPoolExecutor(max_workers=PING_THREADS, thread_name_prefix="ping")
         super().init_process()
+
+    # -- which pool: /ping's or the requests' ------------------------------------------------------
+
+    def _first_bytes(self, conn) -> bytes | None:
+        """What the connection's next request starts with, without consuming it; None when nothing
+        has arrived yet, b"" when the client closed."""
+        if conn.parser is not None:
+            buffered = conn.parser.unreader.buf.getvalue()
+            if buffered:
+                return buffered
+        try:
+            return conn.sock.recv(_PEEK, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            return b""
+
+    def enqueue_req(self, conn) -> None:
+        if self.cfg.is_ssl:
+            return super().enqueue_req(conn)
+        head = self._first_bytes(conn)
+        if head is None:  # wait for the request on the poller, not on a request thread
+            conn.sock.setblocking(False)
+            conn.timeout = time.monotonic() + self.cfg.keepalive
+            self.pending_conns.append(conn)
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_pending_socket_readable, conn))
+            return
+        conn.data_ready = True
+        pool = self.ping_pool if not head or is_ping(head) else self.tpool
+        fs = pool.submit(self._handle_and_linger, conn)
+        fs.add_done_callback(lambda fut: self.method_queue.defer(self.finish_request, conn, fut))
+
+    def _handle_and_linger(self, conn):
+        keepalive = self.handle(conn)
+        if not keepalive:  # gunicorn would close (and linger up to 2 s) on the accepting thread
+            conn.closed_here = True
+            util.close_graceful(conn.sock)
+        return keepalive
+
+    def finish_request(self, conn, fs) -> None:
+        if getattr(conn, "closed_here", False):
+            self.nr_conns -= 1
+            return
+        super().finish_request(conn, fs)
+
+    def handle_quit(self, sig, frame) -> None:
+        self.ping_pool.shutdown(wait=False)
+        super().handle_quit(sig, frame)
 
     def load_wsgi(self) -> None:
         super().load_wsgi()  # ServeApplication.load: starts loading the model on a thread

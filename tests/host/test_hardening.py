@@ -264,3 +264,103 @@ def test_stalled_uploads_are_closed_and_ping_answers_again(mlp_model_dir):
     assert all(a.startswith((b"HTTP/1.1 400", b"HTTP/1.1 408")) and b"Connection: close" in a for a in answers), answers
     assert all(closed)
     assert answered_after < 5 and ping_after is not None and ping_after < 6
+
+
+# -- /ping has threads of its own ----------------------------------------------------------------------
+
+SLEEPING = """
+import time
+
+
+def input_handler(data, context):
+    time.sleep(float(data.read().decode()))
+    return '{"instances": [[0.1, 0.2, 0.3, 0.4]]}'
+"""
+
+
+def _stall_uploads(url: str, count: int) -> list[socket.socket]:
+    """COUNT uploads that send their head and the start of their body, then pause."""
+    parsed = urlparse(url)
+    stalled = []
+    for _ in range(count):
+        sock = socket.create_connection((parsed.hostname, parsed.port), timeout=60)
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{\"instances\": ")
+        stalled.append(sock)
+    return stalled
+
+
+@pytest.mark.parametrize("busy_with", ["stalled uploads", "sleeping user code"])
+def test_ping_answers_while_every_request_thread_is_busy(mlp_model_dir, tmp_path, busy_with):
+    """Every request thread of the (one) worker is held, and more requests queue behind them: /ping still
+    answers 200 within 2 s, 10 times in a row, on new connections and on a kept-alive one."""
+    import concurrent.futures
+
+    threads = 4
+    env = {"SAGEMAKER_MODEL_SERVER_THREADS": str(threads), "SAGEMAKER_MODEL_SERVER_BODY_TIMEOUT": "60",
+           "SAGEMAKER_MODEL_SERVER_TIMEOUT": "60"}
+    model_dir = mlp_model_dir.model_dir if busy_with == "stalled uploads" else \
+        mlp_model_dir.with_code(tmp_path / "model", SLEEPING)
+    with start_host_server(model_dir, env) as server, concurrent.futures.ThreadPoolExecutor(8) as pool:
+        held, sleepers = [], []
+        if busy_with == "stalled uploads":
+            held = _stall_uploads(server.url, threads + 2)
+        else:
+            sleepers = [pool.submit(post, server.url, "20", "text/plain", 60) for _ in range(threads + 2)]
+        time.sleep(1.0)
+        # the premise: a request now waits for a thread (it gets none within 2 s)
+        with pytest.raises(requests.exceptions.ReadTimeout):
+            post(server.url, '{"instances": [[1, 2, 3, 4]]}', timeout=2)
+        took = []
+        with requests.Session() as kept_alive:
+            for i in range(10):
+                start = time.monotonic()
+                get = kept_alive.get if i % 2 else requests.get
+                r = get(f"{server.url}/ping", timeout=2)
+                took.append(time.monotonic() - start)
+                assert r.status_code == 200, r.text
+        for sock in held:
+            sock.close()
+        for f in sleepers:
+            f.cancel()
+        report("hardening", f"/ping with all {threads} request threads held by {busy_with} and 2 more queued: "
+                            f"10 of 10 answered 200, slowest in {max(took) * 1000:.0f} ms")
+        assert max(took) < 2
+        server.stop()
+
+
+def test_is_ping_takes_only_whole_bodiless_ping_heads():
+    from serve.server import is_ping
+
+    assert is_ping(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert is_ping(b"GET /ping?x=1 HTTP/1.1\r\n\r\nPOST /invocations HTTP/1.1\r\nContent-Length: 5\r\n\r\n")
+    assert not is_ping(b"GET /ping HTTP/1.1\r\nHost: x\r\n")                       # head not complete
+    assert not is_ping(b"GET /pingx HTTP/1.1\r\n\r\n")
+    assert not is_ping(b"POST /ping HTTP/1.1\r\n\r\n")
+    assert not is_ping(b"GET /ping HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello")    # a body to read
+    assert not is_ping(b"GET /ping HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n")
+
+
+def test_lingering_closes_do_not_hold_the_accepting_thread(mlp_model_dir):
+    """An answer that closes its connection lingers up to 2 s for the client's unread bytes; clients that
+    keep their socket open must not make /ping wait for those lingers one after another."""
+    env = {"SAGEMAKER_MODEL_SERVER_THREADS": "8"}
+    with start_host_server(mlp_model_dir.model_dir, env) as server:
+        parsed = urlparse(server.url)
+        held = []
+        for _ in range(6):                                   # over the limit: 413, then close with a linger
+            sock = socket.create_connection((parsed.hostname, parsed.port), timeout=30)
+            sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 7340032\r\n\r\n" + b" " * 4096)
+            held.append(sock)
+        assert all(s.recv(4096).startswith(b"HTTP/1.1 413") for s in held)
+        took = []
+        for _ in range(10):
+            start = time.monotonic()
+            assert requests.get(f"{server.url}/ping", timeout=5).status_code == 200
+            took.append(time.monotonic() - start)
+        for sock in held:
+            sock.close()
+    report("hardening", f"/ping beside 6 closing connections whose clients keep them open: slowest of 10 "
+                        f"in {max(took) * 1000:.0f} ms")
+    assert max(took) < 1
