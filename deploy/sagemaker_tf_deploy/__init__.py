@@ -6,7 +6,16 @@ Modules, each with one reason to change:
 - aws.py       boto3 session and clients (flags, environment, profile, AWS_ENDPOINT_URL)
 - registry.py  which CPU architectures an image reference offers
 - instance.py  which CPU architecture a SageMaker instance type has
-- endpoint.py  create / wait / update / autoscale / delete, with rollback
+- endpoint.py  create / update / delete / list: the order of the steps and the interruption
+               rule (what a stop or a failure undoes); the steps are the next five modules
+- resources.py names (BASE-TIMESTAMP), the created-by tag, the environment every model gets
+               (default_env, also used by local, transform, migrate, multimodel), describe()
+- staging.py   model data to S3: local checks, packaging a folder, bucket, upload, abort
+- waiting.py   SageMaker's endpoint statuses: wait until settled, delete when SageMaker allows;
+               the poll interval is always the caller's (--poll; small in the tests)
+- cleanup.py   what one run created (Created) and its rollback, newest first
+- scaling.py   autoscale, and auto scaling suspended/restored around an update
+- invoke.py    invoke_endpoint and --softmax
 - checks.py    the checks that need no network, run before any AWS call (exit 2)
 - interrupts.py  SIGINT/SIGTERM/SIGHUP, --on-interrupt rollback|keep, shielded cleanup
 - output.py    --output json|table|text, the progress Console, closed pipes
@@ -14,4 +23,14 @@ Modules, each with one reason to change:
 - local.py     run the image the way SageMaker does, with the docker CLI
 - transform.py `deploy transform`: a SageMaker batch transform job (model, job, wait, clean-up)
 - transform_local.py  `deploy transform --local`: SageMaker's batch agent against the image here
+- migrate.py   `deploy migrate/promote/rollback`: x86 endpoint to Graviton through variants
+- compare.py   `deploy compare`, `deploy local --fpmath-check`: latency and agreement (no NumPy)
+- multimodel.py  multi-model endpoints: create --multi-model, `deploy models`, local proxy
+
+endpoint.py was one module with about eight reasons to change (names and environment, waiting,
+S3 staging, create, update, autoscale, delete/list, invoke). It is split by what changes together:
+a SageMaker status rule touches waiting.py only; a new default variable resources.py only; a new
+upload rule staging.py only. create/update/delete stay together in endpoint.py because they
+share the interruption rule and its messages, which change as one. local.py takes default_env
+from resources.py and no longer imports the AWS orchestration.
 """

@@ -93,3 +93,11 @@ def error_message(exc: BaseException) -> str:
     if isinstance(exc, botocore.exceptions.BotoCoreError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
+
+
+def not_found(exc: BaseException) -> bool:
+    """An AWS error that says the resource is not there (SageMaker's ValidationException
+    "Could not find ...", S3's NoSuchKey / 404)."""
+    return error_code(exc) in ("ValidationException", "ResourceNotFound", "NoSuchKey", "404") and (
+        "Could not find" in error_message(exc) or "not found" in error_message(exc).lower()
+        or error_code(exc) in ("NoSuchKey", "404"))

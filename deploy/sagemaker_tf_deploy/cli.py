@@ -15,7 +15,7 @@ from pathlib import Path
 
 import botocore.exceptions
 
-from . import archive, endpoint, interrupts, local, output
+from . import archive, checks, endpoint, interrupts, invoke, local, output, resources, scaling, staging, waiting
 from .aws import Aws, error_message
 from .errors import DeployError, UsageError
 from .output import Console  # noqa: F401  (the Reporter; importable from here as before)
@@ -62,7 +62,7 @@ def cmd_update(args, console: Console) -> int:
     spec = endpoint.UpdateSpec(
         name=args.endpoint, image=args.image, model_data=args.model_data,
         instance_type=args.instance_type, instance_count=args.instance_count, role=args.role,
-        env=endpoint.parse_env(args.env), bucket=args.bucket, timeout=args.timeout, poll=args.poll,
+        env=checks.parse_env(args.env), bucket=args.bucket, timeout=args.timeout, poll=args.poll,
         arch_check=not args.skip_arch_check, instance_check=not args.skip_instance_check,
         on_interrupt=args.on_interrupt)
     out = endpoint.update(aws, spec, console)
@@ -95,7 +95,7 @@ def _content_type(args) -> str:
 
 def _print_response(body: bytes, content_type: str, softmax: bool) -> None:
     if softmax:
-        _out(json.dumps(endpoint.softmax_response(body)))
+        _out(json.dumps(invoke.softmax_response(body)))
         return
     if content_type.startswith("application/x-npy") or content_type.startswith("application/x-npz"):
         sys.stdout.buffer.write(body)
@@ -107,10 +107,10 @@ def _print_response(body: bytes, content_type: str, softmax: bool) -> None:
 def cmd_invoke(args, console: Console) -> int:
     aws = _aws(args)
     body = _read_body(args)
-    out, content_type = endpoint.invoke(aws, args.endpoint, body, _content_type(args), args.accept,
+    out, content_type = invoke.invoke(aws, args.endpoint, body, _content_type(args), args.accept,
                                         args.custom_attributes)
     if args.output in ("json", "text"):
-        answer = endpoint.softmax_response(out) if args.softmax else _decoded(out, content_type)
+        answer = invoke.softmax_response(out) if args.softmax else _decoded(out, content_type)
         output.emit({"endpoint": args.endpoint, "content_type": content_type, "body": answer}, args.output)
         return 0
     _print_response(out, content_type, args.softmax)
@@ -132,7 +132,7 @@ def _decoded(body: bytes, content_type: str):
 
 def cmd_autoscale(args, console: Console) -> int:
     aws = _aws(args)
-    out = endpoint.autoscale(aws, args.endpoint, min_count=args.min, max_count=args.max,
+    out = scaling.autoscale(aws, args.endpoint, min_count=args.min, max_count=args.max,
                              target=args.target_invocations, scale_in_cooldown=args.scale_in_cooldown,
                              scale_out_cooldown=args.scale_out_cooldown, variant=args.variant)
     output.emit(out, args.output, table=lambda o: [
@@ -159,8 +159,8 @@ def _delete_table(o) -> list[str]:
 
 def cmd_wait(args, console: Console) -> int:
     aws = _aws(args)
-    endpoint.check_name(args.endpoint)
-    desc = endpoint.wait_for_endpoint(aws, args.endpoint, console, timeout=args.timeout, poll=args.poll)
+    checks.check_name(args.endpoint)
+    desc = waiting.wait_for_endpoint(aws, args.endpoint, console, timeout=args.timeout, poll=args.poll)
     out = {"endpoint": args.endpoint, "status": desc["EndpointStatus"],
            "endpoint_config": desc.get("EndpointConfigName")}
     output.emit(out, args.output, table=lambda o: [f"endpoint {o['endpoint']} is {o['status']} on {o['endpoint_config']}"])
@@ -193,9 +193,9 @@ def _list_table(rows, region) -> list[str]:
 
 def cmd_status(args, console: Console) -> int:
     aws = _aws(args)
-    endpoint.check_name(args.endpoint)
-    d = endpoint.describe(aws, args.endpoint)
-    d["scaling"] = {v["VariantName"]: endpoint.scaling_of(aws, args.endpoint, v["VariantName"])
+    checks.check_name(args.endpoint)
+    d = resources.describe(aws, args.endpoint)
+    d["scaling"] = {v["VariantName"]: scaling.scaling_of(aws, args.endpoint, v["VariantName"])
                     for v in (d["config"] or d["endpoint"]).get("ProductionVariants") or []}
     output.emit(d, "json" if args.json else args.output, table=_status_table)
     return 0
@@ -243,7 +243,7 @@ def cmd_local(args, console: Console) -> int:
         region = aws.region
 
         def download(uri: str, dest: Path) -> None:
-            bucket, key = endpoint.split_s3(uri)
+            bucket, key = staging.split_s3(uri)
             console.info(f"downloading {uri}")
             aws.s3.download_file(bucket, key, str(dest))
 
@@ -252,7 +252,7 @@ def cmd_local(args, console: Console) -> int:
         return compare.cmd_fpmath_check(args, console, region, download)
     spec = local.LocalSpec(
         image=args.image, model_data=args.model_data, port=args.port, host_ip=args.host_ip,
-        env=endpoint.parse_env(args.env), region=region, platform=args.platform,
+        env=checks.parse_env(args.env), region=region, platform=args.platform,
         ping_timeout=args.ping_timeout, invoke_file=Path(args.invoke) if args.invoke else None,
         content_type=args.content_type or CONTENT_TYPES.get(Path(args.invoke or "").suffix.lower(),
                                                             "application/json"),
@@ -262,7 +262,7 @@ def cmd_local(args, console: Console) -> int:
         return 0
     ok = result.status_code is not None and 200 <= result.status_code < 300
     if args.output in ("json", "text"):
-        body = endpoint.softmax_response(result.body) if ok and args.softmax else _decoded(result.body, "")
+        body = invoke.softmax_response(result.body) if ok and args.softmax else _decoded(result.body, "")
         output.emit({"image": args.image, "status_code": result.status_code, "content_type": result.content_type,
                      "startup_seconds": result.startup_seconds, "body": body}, args.output)
     elif ok:

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .errors import DeployError, UsageError
+from .errors import UsageError
 
 REL_FLOOR = 1e-6
 
@@ -145,9 +145,9 @@ def variant_target(aws, endpoint_name: str, variant: str) -> Target:
 def endpoint_variants(aws, name: str, wanted: list[str] | None) -> list[str]:
     """The variants to compare: WANTED (checked against the endpoint), else the two a migration
     made (x86 first), else all production variants."""
-    from . import endpoint, migrate
+    from . import migrate, resources
 
-    current = endpoint.describe(aws, name)
+    current = resources.describe(aws, name)
     config = current["config"]
     production = [v["VariantName"] for v in config["ProductionVariants"]]
     shadow = [v["VariantName"] for v in config.get("ShadowProductionVariants") or []]
@@ -610,13 +610,13 @@ def fpmath_check(spec, requests_path: str, reporter, download=None, *, warmup: i
 
 
 def cmd_fpmath_check(args, console, region: str | None, download) -> int:
-    from . import endpoint, local
+    from . import checks, local
 
     if not args.requests:
         raise UsageError("--fpmath-check needs --requests FILE (JSON Lines, a folder of files, or one file)")
     if args.invoke:
         raise UsageError("--fpmath-check and --invoke do not go together")
-    spec = local.LocalSpec(image=args.image, model_data=args.model_data, env=endpoint.parse_env(args.env),
+    spec = local.LocalSpec(image=args.image, model_data=args.model_data, env=checks.parse_env(args.env),
                            region=region, platform=args.platform, ping_timeout=args.ping_timeout)
     result = fpmath_check(spec, args.requests, console, download, warmup=args.warmup,
                           max_abs_diff=args.max_abs_diff, min_top1=args.min_top1_agreement)

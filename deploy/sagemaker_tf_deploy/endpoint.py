@@ -1,201 +1,27 @@
-"""SageMaker endpoint life cycle: create (with rollback), wait, invoke, update, autoscale, delete.
+"""SageMaker endpoints from end to end: create (with rollback), update (blue/green), delete and list.
 
-Nothing in here prints: progress and messages go through the `Reporter` the caller hands in.
+This is the orchestration: the order of the steps and the interruption rule (interrupts.py) for
+create and update; the steps themselves live in resources.py (names, tags, environment, describe),
+staging.py (model data to S3), waiting.py (statuses), cleanup.py (what a run made, undone),
+scaling.py (auto scaling kept across an update). Nothing in here prints: progress and messages go
+through the `Reporter` the caller hands in.
+
+Reason to change: what create, update or delete do, step by step, and what they leave.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
-import math
-import re
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import botocore.exceptions
 
-from . import archive, checks, instance, interrupts, registry
+from . import checks, cleanup, instance, interrupts, registry, resources, scaling, staging, waiting
 from .aws import Aws, error_code, error_message
 from .errors import DeployError, UsageError
+from .output import Reporter
 
-VARIANT = "AllTraffic"
-TAG = {"Key": "created-by", "Value": "sagemaker-tf-graviton-deploy"}
-SUBMIT_DIRECTORY = "/opt/ml/model/code"
-
-
-class Reporter(Protocol):
-    def info(self, message: str) -> None: ...
-    def progress(self, what: str, status: str, elapsed: float) -> None: ...
-    def progress_done(self) -> None: ...
-
-
-# --- names and environment ---------------------------------------------------------------------
-
-def timestamp(now: _dt.datetime | None = None) -> str:
-    now = now or _dt.datetime.now(_dt.timezone.utc)
-    return now.strftime("%Y%m%d-%H%M%S-") + f"{now.microsecond // 1000:03d}"
-
-
-def resource_name(base: str, stamp: str) -> str:
-    """BASE-STAMP cut to SageMaker's 63 characters."""
-    base = re.sub(r"[^a-zA-Z0-9-]+", "-", base).strip("-") or "model"
-    return f"{base[:62 - len(stamp)].rstrip('-')}-{stamp}"
-
-
-def check_name(name: str, what: str = "endpoint") -> str:
-    return checks.check_name(name, what)
-
-
-def default_env(region: str, has_code: bool) -> dict[str, str]:
-    """The environment every model gets unless --env overrides it.
-
-    SAGEMAKER_PROGRAM / SAGEMAKER_SUBMIT_DIRECTORY only when the archive carries
-    code/inference.py: pointing the server at a folder that is not there would fail its start.
-    """
-    env = {
-        "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
-        "SAGEMAKER_REGION": region,
-        "TF_ENABLE_ONEDNN_OPTS": "1",
-        "DNNL_DEFAULT_FPMATH_MODE": "BF16",
-    }
-    if has_code:
-        env = {"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": SUBMIT_DIRECTORY, **env}
-    return env
-
-
-def parse_env(pairs: list[str] | None) -> dict[str, str]:
-    return checks.parse_env(pairs)
-
-
-def split_s3(uri: str) -> tuple[str, str]:
-    m = re.match(r"^s3://([^/]+)/(.+)$", uri)
-    if not m:
-        raise DeployError(f"{uri!r} is not an s3://BUCKET/KEY URI")
-    return m.group(1), m.group(2)
-
-
-# --- waiting -----------------------------------------------------------------------------------
-
-TRANSIENT = frozenset({"Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting"})
-BUSY = frozenset({"Creating", "Updating", "SystemUpdating", "RollingBack"})   # SageMaker refuses changes
-
-
-def _not_found(exc: BaseException) -> bool:
-    return error_code(exc) in ("ValidationException", "ResourceNotFound", "NoSuchKey", "404") and (
-        "Could not find" in error_message(exc) or "not found" in error_message(exc).lower()
-        or error_code(exc) in ("NoSuchKey", "404"))
-
-
-def describe_endpoint_or_none(aws: Aws, name: str) -> dict | None:
-    try:
-        return aws.sagemaker.describe_endpoint(EndpointName=name)
-    except botocore.exceptions.ClientError as exc:
-        if _not_found(exc):
-            return None
-        raise
-
-
-ROLLBACK_WAIT = 3600.0
-
-
-def rollback_wait(timeout: float) -> float:
-    """How long a rollback waits for SageMaker (to let a Creating endpoint go, or an update settle):
-    an hour, or --timeout when longer. A stuck Creating endpoint can take that long to turn Failed;
-    a second Ctrl-C stops the wait sooner."""
-    return max(float(timeout), ROLLBACK_WAIT)
-
-
-def _sleep(seconds: float, shield: interrupts.Shield | None = None) -> None:
-    """Sleep in short slices so a shielded wait notices a second signal quickly."""
-    end = time.monotonic() + seconds
-    while True:
-        left = end - time.monotonic()
-        if left <= 0 or (shield is not None and shield.interrupted):
-            return
-        time.sleep(min(left, 0.25))
-
-
-def wait_for_endpoint(aws: Aws, name: str, reporter: Reporter, *, timeout: float, poll: float,
-                      gone_ok: bool = False, shield: interrupts.Shield | None = None,
-                      fail_on_failed: bool = True) -> dict | None:
-    """Poll describe_endpoint until a stable status; returns the description (None once deleted
-    when gone_ok). Raises DeployError on Failed (with SageMaker's FailureReason), WaitTimedOut
-    past TIMEOUT. With SHIELD (inside interrupts.shielded) a signal ends the wait: the last
-    description is returned as it is, possibly still transient."""
-    start = time.monotonic()
-    try:
-        while True:
-            desc = describe_endpoint_or_none(aws, name)
-            elapsed = time.monotonic() - start
-            if desc is None:
-                if gone_ok:
-                    reporter.progress(name, "Deleted", elapsed)
-                    return None
-                raise DeployError(f"endpoint {name} is gone (deleted outside this command?)")
-            status = desc["EndpointStatus"]
-            reporter.progress(name, status, elapsed)
-            if status == "Failed" and fail_on_failed:
-                reason = desc.get("FailureReason", "no reason given")
-                raise DeployError(f"endpoint {name} failed: {reason}")
-            if status == "Deleting" and not gone_ok:
-                raise DeployError(f"endpoint {name} is being deleted")
-            if status not in TRANSIENT:
-                return desc
-            if shield is not None and shield.interrupted:
-                return desc
-            if elapsed > timeout:
-                raise interrupts.WaitTimedOut(f"endpoint {name} still {status} after {elapsed:.0f} s "
-                                              f"(--timeout {timeout:.0f})")
-            _sleep(poll, shield)
-    finally:
-        reporter.progress_done()
-
-
-# --- S3 ----------------------------------------------------------------------------------------
-
-def ensure_bucket(aws: Aws, bucket: str, reporter: Reporter) -> bool:
-    """Create BUCKET if it does not exist; True when this call created it."""
-    try:
-        aws.s3.head_bucket(Bucket=bucket)
-        return False
-    except botocore.exceptions.ClientError as exc:
-        if error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
-            raise DeployError(f"cannot use bucket {bucket}: {error_message(exc)}") from exc
-    kwargs = {"Bucket": bucket}
-    if aws.region != "us-east-1":
-        kwargs["CreateBucketConfiguration"] = {"LocationConstraint": aws.region}
-    aws.s3.create_bucket(**kwargs)
-    reporter.info(f"created bucket s3://{bucket}")
-    return True
-
-
-def s3_has_user_code(aws: Aws, uri: str) -> bool:
-    bucket, key = split_s3(uri)
-    try:
-        body = aws.s3.get_object(Bucket=bucket, Key=key)["Body"]
-    except botocore.exceptions.ClientError as exc:
-        raise DeployError(f"cannot read {uri}: {error_message(exc)}") from exc
-    try:
-        return archive.stream_has_user_code(body)
-    except Exception as exc:  # tarfile errors, truncated gzip
-        raise DeployError(f"{uri} is not a readable model.tar.gz (tar.gz of a SavedModel or Keras "
-                          f"file): {type(exc).__name__}") from exc
-    finally:
-        body.close()
-
-
-def owned_pattern(endpoint: str) -> re.Pattern:
-    """Names this tool gives the models, endpoint configs and S3 prefixes of ENDPOINT:
-    resource_name(ENDPOINT, TIMESTAMP), and the endpoint's own name (an unnamed create)."""
-    probe = resource_name(endpoint, "0" * 8 + "-" + "0" * 6 + "-" + "0" * 3)
-    prefix = probe[: -len("00000000-000000-000")]
-    return re.compile(rf"^(?:{re.escape(prefix)}\d{{8}}-\d{{6}}-\d{{3}}|{re.escape(endpoint)})$")
-
-
-# --- create ------------------------------------------------------------------------------------
 
 @dataclass
 class CreateSpec:
@@ -207,7 +33,7 @@ class CreateSpec:
     instance_count: int = 1
     env: dict[str, str] = field(default_factory=dict)
     bucket: str | None = None
-    variant: str = VARIANT
+    variant: str = resources.VARIANT
     wait: bool = True
     timeout: float = 1800.0
     poll: float = 15.0
@@ -220,32 +46,9 @@ class CreateSpec:
         """From `deploy create`'s parsed arguments (also with --multi-model)."""
         return cls(image=args.image, model_data=args.model_data, role=args.role, name=args.name,
                    instance_type=args.instance_type, instance_count=args.instance_count,
-                   env=parse_env(args.env), bucket=args.bucket, wait=not args.no_wait,
+                   env=checks.parse_env(args.env), bucket=args.bucket, wait=not args.no_wait,
                    timeout=args.timeout, poll=args.poll, arch_check=not args.skip_arch_check,
                    instance_check=not args.skip_instance_check, on_interrupt=args.on_interrupt)
-
-
-@dataclass
-class Created:
-    """What one run created (or asked for: a field is set just before its call, so a signal that
-    lands while the call is in flight still gets it undone), in creation order."""
-
-    s3_object: tuple[str, str] | None = None
-    model: str | None = None
-    endpoint_config: str | None = None
-    endpoint: str | None = None
-
-    def labels(self) -> list[str]:
-        out = []
-        if self.endpoint:
-            out.append(f"endpoint {self.endpoint}")
-        if self.endpoint_config:
-            out.append(f"endpoint config {self.endpoint_config}")
-        if self.model:
-            out.append(f"model {self.model}")
-        if self.s3_object:
-            out.append(f"s3://{self.s3_object[0]}/{self.s3_object[1]}")
-        return out
 
 
 def check_architecture(aws: Aws, image: str, instance_type: str, reporter: Reporter) -> None:
@@ -253,139 +56,6 @@ def check_architecture(aws: Aws, image: str, instance_type: str, reporter: Repor
     archs = registry.image_architectures(image, aws)
     arch = instance.check_compatible(image, archs, instance_type)
     reporter.info(f"image {image}: {', '.join(sorted(archs))}; {instance_type} is {arch}: ok")
-
-
-@dataclass
-class LocalModel:
-    """Model data after the local checks: an s3:// URI (checked later), or a tarball ready to upload."""
-
-    uri: str | None = None
-    tarball: Path | None = None
-    has_code: bool | None = None
-    checked: archive.CheckedModel | None = None
-
-
-def prepare_model_data(model_data: str, workdir: Path, reporter: Reporter) -> LocalModel:
-    """Local checks on --model-data (no network); a folder is packaged into WORKDIR."""
-    checked = checks.check_model_data(model_data)
-    if checked is None:
-        return LocalModel(uri=model_data)
-    if checked.kind == "folder":
-        tarball = workdir / "model.tar.gz"
-        archive.package(checked.source, tarball)
-        reporter.info(f"packaged {checked.source} -> model.tar.gz ({checked.model})")
-    else:
-        tarball = checked.source
-        reporter.info(f"model archive {checked.source}: {checked.model}")
-    return LocalModel(tarball=tarball, has_code=checked.has_code, checked=checked)
-
-
-def _stage_model_data(aws: Aws, model: LocalModel, bucket: str | None, key_prefix: str,
-                      reporter: Reporter, created: Created) -> tuple[str, bool]:
-    """Returns (s3 uri, has user code), uploading a local archive."""
-    if model.uri is not None:
-        bucket_name, key = split_s3(model.uri)
-        try:
-            aws.s3.head_object(Bucket=bucket_name, Key=key)
-        except botocore.exceptions.ClientError as exc:
-            raise DeployError(f"model data {model.uri} is not readable: {error_message(exc)}") from exc
-        return model.uri, s3_has_user_code(aws, model.uri)
-    bucket = bucket or aws.default_bucket()
-    ensure_bucket(aws, bucket, reporter)
-    key = f"{key_prefix}/model.tar.gz"
-    size = model.tarball.stat().st_size
-    created.s3_object = (bucket, key)
-    aws.s3.upload_file(str(model.tarball), bucket, key)
-    uri = f"s3://{bucket}/{key}"
-    reporter.info(f"uploaded {model.tarball.name} ({size / 1e6:.1f} MB) -> {uri}")
-    return uri, bool(model.has_code)
-
-
-def _gone_or(label: str, call, reporter: Reporter, prefix: str = "rolled back: deleted") -> bool:
-    """Run a delete CALL; a resource that is already gone counts as deleted."""
-    try:
-        call()
-        reporter.info(f"{prefix} {label}")
-        return True
-    except botocore.exceptions.ClientError as exc:
-        if _not_found(exc):
-            reporter.info(f"{label} was already gone")
-            return True
-        reporter.info(f"could not delete {label}: {error_message(exc)}")
-        return False
-
-
-def _abort_uploads(aws: Aws, bucket: str, key: str) -> None:
-    """Abort multipart uploads of KEY an interrupted upload_file may have left (they bill as storage)."""
-    try:
-        uploads = aws.s3.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads") or []
-        for u in uploads:
-            if u.get("Key") == key:
-                aws.s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=u["UploadId"])
-    except botocore.exceptions.ClientError:
-        pass
-
-
-def delete_endpoint_when_possible(aws: Aws, name: str, reporter: Reporter, *, timeout: float, poll: float,
-                                  shield: interrupts.Shield | None = None) -> bool:
-    """delete_endpoint, waiting while SageMaker refuses because the endpoint is Creating or Updating
-    (it cannot delete an endpoint in those states). True once deleted or gone; False when the wait
-    ran past TIMEOUT or a signal arrived in SHIELD."""
-    start = time.monotonic()
-    said = False
-    while True:
-        try:
-            aws.sagemaker.delete_endpoint(EndpointName=name)
-            return True
-        except botocore.exceptions.ClientError as exc:
-            if _not_found(exc):
-                return True
-            desc = describe_endpoint_or_none(aws, name)
-            if desc is None:
-                return True
-            status = desc["EndpointStatus"]
-            if status == "Deleting":
-                return True
-            if status not in BUSY:
-                reporter.info(f"could not delete endpoint {name}: {error_message(exc)}")
-                return False
-            if not said:
-                reporter.info(f"SageMaker cannot delete endpoint {name} while it is {status}: waiting for it "
-                              "to finish, then deleting it (a second Ctrl-C stops waiting and leaves it)")
-                said = True
-            elapsed = time.monotonic() - start
-            reporter.progress(name, status, elapsed)
-            if (shield is not None and shield.interrupted) or elapsed > timeout:
-                reporter.progress_done()
-                return False
-            _sleep(poll, shield)
-
-
-def rollback(aws: Aws, created: Created, reporter: Reporter, *, timeout: float = 1800.0, poll: float = 15.0,
-             shield: interrupts.Shield | None = None) -> list[str]:
-    """Delete what this run created, newest first. Returns what could not be deleted."""
-    left = []
-    if created.endpoint:
-        name = created.endpoint
-        if delete_endpoint_when_possible(aws, name, reporter, timeout=timeout, poll=poll, shield=shield):
-            reporter.info(f"rolled back: deleted endpoint {name}")
-        else:
-            left.append(f"endpoint {name}")
-    if created.endpoint_config:
-        if not _gone_or(f"endpoint config {created.endpoint_config}",
-                        lambda: aws.sagemaker.delete_endpoint_config(EndpointConfigName=created.endpoint_config),
-                        reporter):
-            left.append(f"endpoint config {created.endpoint_config}")
-    if created.model:
-        if not _gone_or(f"model {created.model}", lambda: aws.sagemaker.delete_model(ModelName=created.model),
-                        reporter):
-            left.append(f"model {created.model}")
-    if created.s3_object:
-        bucket, key = created.s3_object
-        _abort_uploads(aws, bucket, key)
-        if not _gone_or(f"s3://{bucket}/{key}", lambda: aws.s3.delete_object(Bucket=bucket, Key=key), reporter):
-            left.append(f"s3://{bucket}/{key}")
-    return left
 
 
 def check_create_locally(spec: CreateSpec, region: str, defer_unknown: bool = False):
@@ -409,13 +79,13 @@ def create(aws: Aws, spec: CreateSpec, reporter: Reporter) -> dict:
     then the run: any failure before create_endpoint deletes what this run made; after it, a
     failure still does, while a signal or timeout does what spec.on_interrupt says.
     """
-    stamp = timestamp()
+    stamp = resources.timestamp()
     unknown_type = check_create_locally(spec, aws.region, defer_unknown=True)
     role = checks.check_role(spec.role)
-    endpoint_name = spec.name or resource_name("tf-graviton", stamp)
-    model_name = resource_name(endpoint_name if spec.name else "tf-graviton", stamp)
+    endpoint_name = spec.name or resources.resource_name("tf-graviton", stamp)
+    model_name = resources.resource_name(endpoint_name if spec.name else "tf-graviton", stamp)
     with tempfile.TemporaryDirectory(prefix="deploy-") as tmp:
-        model = prepare_model_data(spec.model_data, Path(tmp), reporter)
+        model = staging.prepare_model_data(spec.model_data, Path(tmp), reporter)
         # read-only calls: nothing is created before they pass
         if unknown_type is not None:
             instance.confirm_with_service(aws, unknown_type, reporter)
@@ -423,20 +93,20 @@ def create(aws: Aws, spec: CreateSpec, reporter: Reporter) -> dict:
             check_architecture(aws, spec.image, spec.instance_type, reporter)
         else:
             reporter.info("architecture check skipped (--skip-arch-check)")
-        existing = describe_endpoint_or_none(aws, endpoint_name)
+        existing = waiting.describe_endpoint_or_none(aws, endpoint_name)
         if existing is not None:
             raise DeployError(f"endpoint {endpoint_name} already exists ({existing['EndpointStatus']}): use "
                               f"`deploy update {endpoint_name}` or `deploy delete {endpoint_name}`")
-        created = Created()
+        created = cleanup.Created()
         try:
-            model_url, has_code = _stage_model_data(aws, model, spec.bucket, model_name, reporter, created)
-            env = {**default_env(aws.region, has_code), **spec.env}
+            model_url, has_code = staging.stage_model_data(aws, model, spec.bucket, model_name, reporter, created)
+            env = {**resources.default_env(aws.region, has_code), **spec.env}
             created.model = model_name
             aws.sagemaker.create_model(
                 ModelName=model_name,
                 PrimaryContainer={"Image": spec.image, "ModelDataUrl": model_url, "Environment": env},
                 ExecutionRoleArn=role,
-                Tags=[TAG],
+                Tags=[resources.TAG],
             )
             reporter.info(f"created model {model_name}")
             created.endpoint_config = model_name
@@ -449,15 +119,15 @@ def create(aws: Aws, spec: CreateSpec, reporter: Reporter) -> dict:
                     "InitialInstanceCount": spec.instance_count,
                     "InitialVariantWeight": 1.0,
                 }],
-                Tags=[TAG],
+                Tags=[resources.TAG],
             )
             reporter.info(f"created endpoint config {model_name} ({spec.instance_count} x {spec.instance_type})")
             created.endpoint = endpoint_name
-            aws.sagemaker.create_endpoint(EndpointName=endpoint_name, EndpointConfigName=model_name, Tags=[TAG])
+            aws.sagemaker.create_endpoint(EndpointName=endpoint_name, EndpointConfigName=model_name, Tags=[resources.TAG])
             reporter.info(f"creating endpoint {endpoint_name}")
             desc = None
             if spec.wait:
-                desc = wait_for_endpoint(aws, endpoint_name, reporter, timeout=spec.timeout, poll=spec.poll)
+                desc = waiting.wait_for_endpoint(aws, endpoint_name, reporter, timeout=spec.timeout, poll=spec.poll)
             return {"endpoint": endpoint_name, "endpoint_config": model_name, "model": model_name,
                     "model_data": model_url, "status": desc["EndpointStatus"] if desc else "Creating",
                     "region": aws.region}
@@ -467,7 +137,7 @@ def create(aws: Aws, spec: CreateSpec, reporter: Reporter) -> dict:
             raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _stop_create(aws: Aws, spec: CreateSpec, created: Created, exc: BaseException, reporter: Reporter,
+def _stop_create(aws: Aws, spec: CreateSpec, created: cleanup.Created, exc: BaseException, reporter: Reporter,
                  shield: interrupts.Shield):
     """The interruption rule for create; always raises (the Interrupted itself, or a DeployError)."""
     what = interrupts.describe_stop(exc) if interrupts.is_stop(exc) else f"failed: {_describe(exc)}"
@@ -485,7 +155,7 @@ def _stop_create(aws: Aws, spec: CreateSpec, created: Created, exc: BaseExceptio
                               f"`deploy delete {name} --purge-s3`") from exc
         raise exc
     reporter.info(f"create {what}; deleting what this run created")
-    left = rollback(aws, created, reporter, timeout=rollback_wait(spec.timeout), poll=spec.poll, shield=shield)
+    left = cleanup.rollback(aws, created, reporter, timeout=waiting.rollback_wait(spec.timeout), poll=spec.poll, shield=shield)
     if left:
         reporter.info(f"still there: {', '.join(left)}")
         if created.endpoint and f"endpoint {created.endpoint}" in left:
@@ -506,40 +176,6 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted by SIGINT"
     return error_message(exc)
-
-
-# --- describe / update -------------------------------------------------------------------------
-
-def describe(aws: Aws, name: str, *, strict: bool = False) -> dict:
-    """Endpoint, its config and its models in one dict; works on any endpoint.
-
-    A config or model that is gone (deleted outside this tool) is None instead of an error; with
-    STRICT a missing config is a DeployError (update needs it). No endpoint: DeployError.
-    """
-    endpoint = describe_endpoint_or_none(aws, name)
-    if endpoint is None:
-        raise DeployError(f"no endpoint named {name} in {aws.region}")
-    config = None
-    config_name = endpoint.get("EndpointConfigName")
-    if config_name:
-        try:
-            config = aws.sagemaker.describe_endpoint_config(EndpointConfigName=config_name)
-        except botocore.exceptions.ClientError as exc:
-            if not _not_found(exc):
-                raise
-            if strict:
-                raise DeployError(f"endpoint {name} runs on endpoint config {config_name}, which is gone "
-                                  f"(deleted outside deploy): `deploy update` cannot copy it; `deploy delete "
-                                  f"{name}` still works, and `deploy create` makes a new one") from exc
-    models = {}
-    for variant in (config or {}).get("ProductionVariants", []):
-        try:
-            models[variant["ModelName"]] = aws.sagemaker.describe_model(ModelName=variant["ModelName"])
-        except botocore.exceptions.ClientError as exc:
-            if not _not_found(exc):
-                raise
-            models[variant["ModelName"]] = None
-    return {"endpoint": endpoint, "config": config, "models": models}
 
 
 @dataclass
@@ -589,10 +225,10 @@ def update(aws: Aws, spec: UpdateSpec, reporter: Reporter) -> dict:
     """
     unknown_type = check_update_locally(spec, aws.region)
     with tempfile.TemporaryDirectory(prefix="deploy-") as tmp:
-        model = prepare_model_data(spec.model_data, Path(tmp), reporter) if spec.model_data else None
+        model = staging.prepare_model_data(spec.model_data, Path(tmp), reporter) if spec.model_data else None
         if unknown_type is not None:
             instance.confirm_with_service(aws, unknown_type, reporter)
-        current = describe(aws, spec.name, strict=True)
+        current = resources.describe(aws, spec.name, strict=True)
         endpoint, config = current["endpoint"], current["config"]
         if endpoint["EndpointStatus"] != "InService":
             raise DeployError(f"endpoint {spec.name} is {endpoint['EndpointStatus']}; it must be InService to "
@@ -612,26 +248,26 @@ def update(aws: Aws, spec: UpdateSpec, reporter: Reporter) -> dict:
         if spec.arch_check and (spec.image or spec.instance_type):
             check_architecture(aws, image, instance_type, reporter)
         old_config_name = config["EndpointConfigName"]
-        stamp = timestamp()
-        new_name = resource_name(spec.name, stamp)
-        created = Created()
+        stamp = resources.timestamp()
+        new_name = resources.resource_name(spec.name, stamp)
+        created = cleanup.Created()
         state = {"sent": False, "scaling": None}
         try:
             env = dict(container.get("Environment") or {})
             model_url = container.get("ModelDataUrl")
             if model is not None:
-                model_url, has_code = _stage_model_data(aws, model, spec.bucket, new_name, reporter, created)
+                model_url, has_code = staging.stage_model_data(aws, model, spec.bucket, new_name, reporter, created)
                 for key in ("SAGEMAKER_PROGRAM", "SAGEMAKER_SUBMIT_DIRECTORY"):
-                    if env.get(key) == default_env(aws.region, True)[key]:
+                    if env.get(key) == resources.default_env(aws.region, True)[key]:
                         env.pop(key)
-                env = {**default_env(aws.region, has_code), **env}
+                env = {**resources.default_env(aws.region, has_code), **env}
             env.update(spec.env)
             new_container = {"Image": image, "Environment": env}
             if model_url:
                 new_container["ModelDataUrl"] = model_url
             created.model = new_name
             aws.sagemaker.create_model(ModelName=new_name, PrimaryContainer=new_container,
-                                       ExecutionRoleArn=spec.role or old_model["ExecutionRoleArn"], Tags=[TAG])
+                                       ExecutionRoleArn=spec.role or old_model["ExecutionRoleArn"], Tags=[resources.TAG])
             reporter.info(f"created model {new_name}")
             variant = {k: v for k, v in old_variant.items()
                        if k in ("VariantName", "InitialVariantWeight", "InitialInstanceCount", "InstanceType",
@@ -642,18 +278,18 @@ def update(aws: Aws, spec: UpdateSpec, reporter: Reporter) -> dict:
                 variant["InitialInstanceCount"] = spec.instance_count
             created.endpoint_config = new_name
             aws.sagemaker.create_endpoint_config(EndpointConfigName=new_name, ProductionVariants=[variant],
-                                                 Tags=[TAG])
+                                                 Tags=[resources.TAG])
             reporter.info(f"created endpoint config {new_name} ({variant['InitialInstanceCount']} x {instance_type})")
-            state["scaling"] = _suspend_scaling(aws, spec.name, variant["VariantName"], reporter)
+            state["scaling"] = scaling.suspend(aws, spec.name, variant["VariantName"], reporter)
             state["sent"] = True
             aws.sagemaker.update_endpoint(EndpointName=spec.name, EndpointConfigName=new_name)
             reporter.info(f"updating endpoint {spec.name} (blue/green: the old fleet serves until the new one "
                           "is InService)")
-            desc = wait_for_endpoint(aws, spec.name, reporter, timeout=spec.timeout, poll=spec.poll)
+            desc = waiting.wait_for_endpoint(aws, spec.name, reporter, timeout=spec.timeout, poll=spec.poll)
             if desc["EndpointConfigName"] != new_name:
                 reason = desc.get("FailureReason") or "SageMaker rolled back to the previous configuration"
                 raise DeployError(f"update of {spec.name} did not take: {reason}")
-            _restore_scaling(aws, state["scaling"], reporter)
+            scaling.restore(aws, state["scaling"], reporter)
             state["scaling"] = None
         except BaseException as exc:
             with interrupts.shielded(reporter.info) as shield:    # from the first line of the cleanup on
@@ -666,7 +302,7 @@ def update(aws: Aws, spec: UpdateSpec, reporter: Reporter) -> dict:
                          lambda: aws.sagemaker.delete_endpoint_config(EndpointConfigName=old_config_name)),
                         (f"model {old_variant['ModelName']}",
                          lambda: aws.sagemaker.delete_model(ModelName=old_variant["ModelName"]))):
-        _gone_or(label, call, reporter, prefix="deleted old")
+        cleanup.gone_or(label, call, reporter, prefix="deleted old")
     kept_archive = None
     if old_data and old_data != new_container.get("ModelDataUrl"):
         kept_archive = old_data
@@ -677,7 +313,7 @@ def update(aws: Aws, spec: UpdateSpec, reporter: Reporter) -> dict:
             "previous_endpoint_config": old_config_name, "kept_s3_archive": kept_archive}
 
 
-def _stop_update(aws: Aws, spec: UpdateSpec, created: Created, state: dict, old_config: str, new_config: str,
+def _stop_update(aws: Aws, spec: UpdateSpec, created: cleanup.Created, state: dict, old_config: str, new_config: str,
                  exc: BaseException, reporter: Reporter, shield: interrupts.Shield):
     """The interruption rule for update; always raises."""
     name = spec.name
@@ -693,10 +329,10 @@ def _stop_update(aws: Aws, spec: UpdateSpec, created: Created, state: dict, old_
     def delete_new(reason: str):
         reporter.info(f"{reason}; deleting what this run created")
         try:
-            _restore_scaling(aws, state["scaling"], reporter)
+            scaling.restore(aws, state["scaling"], reporter)
         except botocore.exceptions.ClientError as err:
             reporter.info(f"could not restore auto scaling: {error_message(err)}; run `deploy autoscale` again")
-        left = rollback(aws, created, reporter, timeout=rollback_wait(spec.timeout), poll=spec.poll)
+        left = cleanup.rollback(aws, created, reporter, timeout=waiting.rollback_wait(spec.timeout), poll=spec.poll)
         if left:
             finish(f"update {what} and these are still there: {', '.join(left)}")
         reporter.info(f"rollback complete: endpoint {name} is on {old_config}, nothing from this run is left")
@@ -707,16 +343,16 @@ def _stop_update(aws: Aws, spec: UpdateSpec, created: Created, state: dict, old_
 
     unreadable = False
     try:
-        desc = describe_endpoint_or_none(aws, name)
+        desc = waiting.describe_endpoint_or_none(aws, name)
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as err:
         reporter.info(f"could not read the state of {name}: {error_message(err)}")
         desc, unreadable = None, True
-    if desc is not None and desc["EndpointStatus"] in BUSY and stop and spec.on_interrupt == interrupts.ROLLBACK:
+    if desc is not None and desc["EndpointStatus"] in waiting.BUSY and stop and spec.on_interrupt == interrupts.ROLLBACK:
         reporter.info(f"update {what} while {name} is {desc['EndpointStatus']}: SageMaker cannot cancel an "
                       f"update, so waiting for it to settle (--on-interrupt rollback; a second Ctrl-C stops "
                       f"waiting and keeps everything)")
         try:
-            desc = wait_for_endpoint(aws, name, reporter, timeout=rollback_wait(spec.timeout), poll=spec.poll,
+            desc = waiting.wait_for_endpoint(aws, name, reporter, timeout=waiting.rollback_wait(spec.timeout), poll=spec.poll,
                                      shield=shield, fail_on_failed=False)
         except (DeployError, botocore.exceptions.ClientError) as err:
             reporter.info(f"stopped waiting: {_describe(err)}")
@@ -725,21 +361,21 @@ def _stop_update(aws: Aws, spec: UpdateSpec, created: Created, state: dict, old_
             reporter.info(f"the update to {new_config} took; reverting {name} to {old_config}")
             try:
                 aws.sagemaker.update_endpoint(EndpointName=name, EndpointConfigName=old_config)
-                desc = wait_for_endpoint(aws, name, reporter, timeout=rollback_wait(spec.timeout), poll=spec.poll,
+                desc = waiting.wait_for_endpoint(aws, name, reporter, timeout=waiting.rollback_wait(spec.timeout), poll=spec.poll,
                                          shield=shield, fail_on_failed=False)
             except (DeployError, botocore.exceptions.ClientError) as err:
                 reporter.info(f"could not revert: {_describe(err)}")
-                desc = describe_endpoint_or_none(aws, name)
+                desc = waiting.describe_endpoint_or_none(aws, name)
     status = desc["EndpointStatus"] if desc else ("in an unknown state" if unreadable else "gone")
     live = desc.get("EndpointConfigName") if desc else None
-    on_old = desc is not None and status not in TRANSIENT and live == old_config
+    on_old = desc is not None and status not in waiting.TRANSIENT and live == old_config
     if on_old:
         delete_new(f"update {what}; endpoint {name} is {status} on its previous config {old_config}")
     if desc is not None and status == "InService" and live == new_config and not stop:
         # e.g. a read failed after SageMaker finished: the update did take
         reporter.info(f"endpoint {name} is InService on the new config {new_config}")
     reporter.info(f"update {what}; endpoint {name} is {status} on config {live or '?'}"
-                  + (f" (moving to {new_config})" if status in BUSY else "")
+                  + (f" (moving to {new_config})" if status in waiting.BUSY else "")
                   + ": keeping everything, nothing was deleted")
     reporter.info(f"  live config:  {live or '?'}  (the old one is {old_config}, this run's is {new_config})")
     for label in created.labels():
@@ -754,102 +390,6 @@ def _stop_update(aws: Aws, spec: UpdateSpec, created: Created, state: dict, old_
     finish(f"update {what}; kept everything, {name} is {status} on {live or '?'}")
 
 
-# --- autoscale ---------------------------------------------------------------------------------
-
-def autoscale(aws: Aws, name: str, *, min_count: int, max_count: int, target: float,
-              scale_in_cooldown: int = 300, scale_out_cooldown: int = 60,
-              variant: str | None = None) -> dict:
-    """Target tracking on SageMakerVariantInvocationsPerInstance for the endpoint's variant."""
-    if not 1 <= min_count <= max_count:
-        raise UsageError("need 1 <= --min <= --max")
-    if target <= 0:
-        raise UsageError("--target-invocations must be positive (invocations per instance per minute)")
-    checks.check_name(name, "endpoint")
-    current = describe(aws, name, strict=True)
-    variants = [v["VariantName"] for v in current["config"]["ProductionVariants"]]
-    variant = variant or variants[0]
-    if variant not in variants:
-        raise DeployError(f"endpoint {name} has no variant {variant} (it has {', '.join(variants)})")
-    resource_id = f"endpoint/{name}/variant/{variant}"
-    dimension = "sagemaker:variant:DesiredInstanceCount"
-    aws.autoscaling.register_scalable_target(
-        ServiceNamespace="sagemaker", ResourceId=resource_id, ScalableDimension=dimension,
-        MinCapacity=min_count, MaxCapacity=max_count)
-    policy = f"{name}-{variant}-invocations"
-    aws.autoscaling.put_scaling_policy(
-        PolicyName=policy, ServiceNamespace="sagemaker", ResourceId=resource_id,
-        ScalableDimension=dimension, PolicyType="TargetTrackingScaling",
-        TargetTrackingScalingPolicyConfiguration={
-            "TargetValue": float(target),
-            "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"},
-            "ScaleInCooldown": scale_in_cooldown,
-            "ScaleOutCooldown": scale_out_cooldown,
-        })
-    return {"resource_id": resource_id, "policy": policy, "min": min_count, "max": max_count,
-            "target": float(target)}
-
-
-def _deregister_scaling(aws: Aws, name: str, variants: list[str], reporter: Reporter) -> None:
-    for variant in variants:
-        resource_id = f"endpoint/{name}/variant/{variant}"
-        try:
-            targets = aws.autoscaling.describe_scalable_targets(
-                ServiceNamespace="sagemaker", ResourceIds=[resource_id])["ScalableTargets"]
-            if targets:
-                aws.autoscaling.deregister_scalable_target(
-                    ServiceNamespace="sagemaker", ResourceId=resource_id,
-                    ScalableDimension="sagemaker:variant:DesiredInstanceCount")
-                reporter.info(f"deregistered auto scaling for {resource_id}")
-        except botocore.exceptions.ClientError as exc:
-            reporter.info(f"could not deregister auto scaling for {resource_id}: {error_message(exc)}")
-
-
-def _read_scaling(aws: Aws, resource_id: str) -> tuple[dict, list[dict]] | None:
-    """The variant's scalable target and its policies, or None when it does not auto scale."""
-    targets = aws.autoscaling.describe_scalable_targets(
-        ServiceNamespace="sagemaker", ResourceIds=[resource_id])["ScalableTargets"]
-    if not targets:
-        return None
-    policies = aws.autoscaling.describe_scaling_policies(
-        ServiceNamespace="sagemaker", ResourceId=resource_id)["ScalingPolicies"]
-    return targets[0], policies
-
-
-def _suspend_scaling(aws: Aws, name: str, variant: str, reporter: Reporter) -> dict | None:
-    """Deregister the variant's scalable target (SageMaker's procedure for updating an endpoint
-    that auto scales) and return what is needed to put it back."""
-    resource_id = f"endpoint/{name}/variant/{variant}"
-    found = _read_scaling(aws, resource_id)
-    if found is None:
-        return None
-    target, policies = found
-    aws.autoscaling.deregister_scalable_target(
-        ServiceNamespace="sagemaker", ResourceId=resource_id,
-        ScalableDimension="sagemaker:variant:DesiredInstanceCount")
-    reporter.info(f"auto scaling of {resource_id} suspended for the update")
-    return {"target": target, "policies": policies}
-
-
-def _restore_scaling(aws: Aws, saved: dict | None, reporter: Reporter) -> None:
-    if not saved:
-        return
-    t = saved["target"]
-    aws.autoscaling.register_scalable_target(
-        ServiceNamespace="sagemaker", ResourceId=t["ResourceId"], ScalableDimension=t["ScalableDimension"],
-        MinCapacity=t["MinCapacity"], MaxCapacity=t["MaxCapacity"])
-    for p in saved["policies"]:
-        kwargs = {k: p[k] for k in ("PolicyName", "ServiceNamespace", "ResourceId", "ScalableDimension",
-                                    "PolicyType")}
-        for key in ("TargetTrackingScalingPolicyConfiguration", "StepScalingPolicyConfiguration"):
-            if p.get(key):
-                kwargs[key] = p[key]
-        aws.autoscaling.put_scaling_policy(**kwargs)
-    reporter.info(f"auto scaling of {t['ResourceId']} restored ({t['MinCapacity']}..{t['MaxCapacity']}, "
-                  f"{len(saved['policies'])} polic{'y' if len(saved['policies']) == 1 else 'ies'})")
-
-
-# --- delete / list -----------------------------------------------------------------------------
-
 def _tagged_ours(aws: Aws, arn: str | None) -> bool:
     if not arn:
         return False
@@ -857,7 +397,7 @@ def _tagged_ours(aws: Aws, arn: str | None) -> bool:
         tags = aws.sagemaker.list_tags(ResourceArn=arn).get("Tags") or []
     except botocore.exceptions.ClientError:
         return False
-    return any(t.get("Key") == TAG["Key"] and t.get("Value") == TAG["Value"] for t in tags)
+    return any(t.get("Key") == resources.TAG["Key"] and t.get("Value") == resources.TAG["Value"] for t in tags)
 
 
 def _other_endpoints(aws: Aws, name: str, stem: str) -> set[str]:
@@ -874,8 +414,8 @@ def _other_endpoints(aws: Aws, name: str, stem: str) -> set[str]:
 def owned_leftovers(aws: Aws, name: str, skip: set[str] = frozenset()) -> dict[str, list[str]]:
     """Endpoint configs and models this tool made for endpoint NAME (its naming pattern and its
     created-by tag), e.g. the unused ones an interrupted `update --on-interrupt keep` left."""
-    pattern = owned_pattern(name)
-    contains = resource_name(name, "0" * 8 + "-" + "0" * 6 + "-" + "0" * 3)[:-len("00000000-000000-000")]
+    pattern = resources.owned_pattern(name)
+    contains = resources.resource_name(name, "0" * 8 + "-" + "0" * 6 + "-" + "0" * 3)[:-len("00000000-000000-000")]
     skip = set(skip) | _other_endpoints(aws, name, contains)
     out = {"configs": [], "models": []}
     for kind, op, key, arn_key, field_name in (
@@ -894,8 +434,8 @@ def owned_leftovers(aws: Aws, name: str, skip: set[str] = frozenset()) -> dict[s
 
 def owned_archives(aws: Aws, name: str, buckets: set[str]) -> list[str]:
     """s3://BUCKET/NAME-TIMESTAMP/model.tar.gz objects deploy uploaded for endpoint NAME."""
-    pattern = owned_pattern(name)
-    stem = resource_name(name, "0" * 8 + "-" + "0" * 6 + "-" + "0" * 3)[:-len("00000000-000000-000")]
+    pattern = resources.owned_pattern(name)
+    stem = resources.resource_name(name, "0" * 8 + "-" + "0" * 6 + "-" + "0" * 3)[:-len("00000000-000000-000")]
     found = []
     others = _other_endpoints(aws, name, stem)
     for bucket in sorted(buckets):
@@ -925,24 +465,24 @@ def delete(aws: Aws, name: str, reporter: Reporter, *, wait: bool = True, timeou
     """
     checks.check_name(name, "endpoint")
     deleted: list[str] = []
-    endpoint = describe_endpoint_or_none(aws, name)
+    endpoint = waiting.describe_endpoint_or_none(aws, name)
     current = {"config": None, "models": {}}
     config_name = None
     if endpoint is not None:
-        current = describe(aws, name)
+        current = resources.describe(aws, name)
         config_name = endpoint.get("EndpointConfigName")
         if current["config"] is None and config_name:
             reporter.info(f"endpoint config {config_name} of {name} is already gone (deleted outside deploy)")
         variants = [v["VariantName"] for v in (current["config"] or endpoint).get("ProductionVariants") or []]
-        _deregister_scaling(aws, name, variants, reporter)
+        scaling.deregister(aws, name, variants, reporter)
         if endpoint["EndpointStatus"] != "Deleting":
-            if not delete_endpoint_when_possible(aws, name, reporter, timeout=timeout, poll=poll):
+            if not waiting.delete_endpoint_when_possible(aws, name, reporter, timeout=timeout, poll=poll):
                 raise DeployError(f"endpoint {name} could not be deleted (still "
-                                  f"{describe_endpoint_or_none(aws, name)['EndpointStatus']} after "
+                                  f"{waiting.describe_endpoint_or_none(aws, name)['EndpointStatus']} after "
                                   f"{timeout:.0f} s): run `deploy delete {name}` again later")
         deleted.append(f"endpoint {name}")
         reporter.info(f"deleting endpoint {name}")
-        if current["config"] is not None and _gone_or(
+        if current["config"] is not None and cleanup.gone_or(
                 f"endpoint config {config_name}",
                 lambda: aws.sagemaker.delete_endpoint_config(EndpointConfigName=config_name), reporter,
                 prefix="deleted"):
@@ -951,24 +491,24 @@ def delete(aws: Aws, name: str, reporter: Reporter, *, wait: bool = True, timeou
             if desc is None:
                 reporter.info(f"model {model_name} is already gone (deleted outside deploy)")
                 continue
-            if _gone_or(f"model {model_name}", lambda m=model_name: aws.sagemaker.delete_model(ModelName=m),
+            if cleanup.gone_or(f"model {model_name}", lambda m=model_name: aws.sagemaker.delete_model(ModelName=m),
                         reporter, prefix="deleted"):
                 deleted.append(f"model {model_name}")
     leftovers = owned_leftovers(aws, name)
     for config in leftovers["configs"]:
-        if _gone_or(f"endpoint config {config}",
+        if cleanup.gone_or(f"endpoint config {config}",
                     lambda c=config: aws.sagemaker.delete_endpoint_config(EndpointConfigName=c),
                     reporter, prefix="deleted unused"):
             deleted.append(f"endpoint config {config}")
     for model_name in leftovers["models"]:
-        if _gone_or(f"model {model_name}", lambda m=model_name: aws.sagemaker.delete_model(ModelName=m),
+        if cleanup.gone_or(f"model {model_name}", lambda m=model_name: aws.sagemaker.delete_model(ModelName=m),
                     reporter, prefix="deleted unused"):
             deleted.append(f"model {model_name}")
     buckets = set()
     for desc in current["models"].values():
         data = ((desc or {}).get("PrimaryContainer") or {}).get("ModelDataUrl")
         if data and data.startswith("s3://"):
-            buckets.add(split_s3(data)[0])
+            buckets.add(staging.split_s3(data)[0])
     try:
         buckets.add(aws.default_bucket())
     except (DeployError, botocore.exceptions.ClientError):
@@ -977,8 +517,8 @@ def delete(aws: Aws, name: str, reporter: Reporter, *, wait: bool = True, timeou
     purged = []
     if archives and purge_s3:
         for uri in archives:
-            bucket, key = split_s3(uri)
-            if _gone_or(uri, lambda b=bucket, k=key: aws.s3.delete_object(Bucket=b, Key=k), reporter,
+            bucket, key = staging.split_s3(uri)
+            if cleanup.gone_or(uri, lambda b=bucket, k=key: aws.s3.delete_object(Bucket=b, Key=k), reporter,
                         prefix="deleted"):
                 purged.append(uri)
     elif archives:
@@ -995,7 +535,7 @@ def delete(aws: Aws, name: str, reporter: Reporter, *, wait: bool = True, timeou
         raise DeployError(f"no endpoint named {name} in {aws.region} (already deleted? "
                           "--if-exists makes that a success)")
     if endpoint is not None and wait:
-        wait_for_endpoint(aws, name, reporter, timeout=timeout, poll=poll, gone_ok=True)
+        waiting.wait_for_endpoint(aws, name, reporter, timeout=timeout, poll=poll, gone_ok=True)
     return {"endpoint": name, "deleted": deleted, "s3_archives": [a for a in archives if a not in purged],
             "purged": purged, "existed": endpoint is not None}
 
@@ -1020,61 +560,3 @@ def list_endpoints(aws: Aws, name_contains: str | None = None) -> list[dict]:
                 pass
             rows.append(row)
     return rows
-
-
-def scaling_of(aws: Aws, name: str, variant: str) -> dict | None:
-    try:
-        found = _read_scaling(aws, f"endpoint/{name}/variant/{variant}")
-    except botocore.exceptions.ClientError:
-        return None
-    if found is None:
-        return None
-    target, policies = found
-    value = None
-    for p in policies:
-        cfg = p.get("TargetTrackingScalingPolicyConfiguration") or {}
-        value = cfg.get("TargetValue", value)
-    return {"min": target["MinCapacity"], "max": target["MaxCapacity"], "target": value}
-
-
-# --- invoke ------------------------------------------------------------------------------------
-
-def invoke(aws: Aws, name: str, body: bytes, content_type: str, accept: str | None = None,
-           custom_attributes: str | None = None) -> tuple[bytes, str]:
-    checks.check_name(name, "endpoint")
-    kwargs = {"EndpointName": name, "Body": body, "ContentType": content_type}
-    if accept:
-        kwargs["Accept"] = accept
-    if custom_attributes:
-        kwargs["CustomAttributes"] = custom_attributes
-    try:
-        out = aws.runtime.invoke_endpoint(**kwargs)
-    except botocore.exceptions.ClientError as exc:
-        raise DeployError(f"invoke {name}: {error_message(exc)}") from exc
-    return out["Body"].read(), out.get("ContentType", "")
-
-
-def softmax_response(body: bytes) -> dict:
-    """{"predictions": [[logits...], ...]} -> {"predictions": [[probabilities...]], "classes": [argmax...]}.
-
-    Rows that already are probabilities (non-negative, summing to 1) are left as they are.
-    """
-    try:
-        doc = json.loads(body)
-        rows = doc["predictions"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DeployError('--softmax needs a JSON response of the form {"predictions": [[...], ...]}') from exc
-    if rows and not isinstance(rows[0], list):
-        rows = [rows]
-    out = []
-    for row in rows:
-        values = [float(v) for v in row]
-        if values and all(v >= 0 for v in values) and abs(sum(values) - 1.0) < 1e-4:
-            out.append(values)
-            continue
-        top = max(values)
-        exps = [math.exp(v - top) for v in values]
-        total = sum(exps)
-        out.append([e / total for e in exps])
-    return {"predictions": out, "classes": [max(range(len(r)), key=r.__getitem__) for r in out]}
-

@@ -26,7 +26,7 @@ from typing import Callable
 import requests
 
 from . import archive
-from .endpoint import default_env
+from .resources import default_env
 from .errors import DeployError
 
 _SECRETISH = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|API_KEY", re.I)

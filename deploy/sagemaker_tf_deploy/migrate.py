@@ -11,7 +11,7 @@ a new endpoint config in one of three shapes:
              W = 0 makes the Graviton variant reachable only with TargetVariant
     replace  the Graviton variant alone (SageMaker's blue/green update)
 
-then update_endpoint, wait, and auto scaling kept (endpoint.py's suspend/restore). The old
+then update_endpoint, wait, and auto scaling kept (scaling.py's suspend/restore). The old
 config and model are kept for rollback. What migrate made is recorded as tags on the endpoint
 config it created (MIGRATION_TAGS), so promote and rollback work from a fresh process:
 
@@ -31,9 +31,11 @@ from dataclasses import dataclass, field
 
 import botocore.exceptions
 
-from . import endpoint, instance, interrupts, registry
+from . import checks, cleanup, instance, interrupts, registry, resources, scaling, waiting
 from .aws import Aws, error_code, error_message
-from .endpoint import TAG, Created, Reporter
+from .cleanup import Created
+from .output import Reporter
+from .resources import TAG
 from .errors import DeployError
 
 MODES = ("shadow", "canary", "replace")
@@ -98,7 +100,7 @@ def _tags(aws: Aws, arn: str) -> dict[str, str]:
 
 def read_migration(aws: Aws, name: str, current: dict | None = None) -> Migration | None:
     """The migration recorded on the endpoint's current config, or None."""
-    current = current or endpoint.describe(aws, name)
+    current = current or resources.describe(aws, name)
     config = current["config"]
     tags = _tags(aws, config["EndpointConfigArn"])
     if K_FROM not in tags:
@@ -115,7 +117,7 @@ def graviton_env(region: str, old_env: dict[str, str], overrides: dict[str, str]
     """The user's environment kept as it is (SAGEMAKER_PROGRAM, SAGEMAKER_SUBMIT_DIRECTORY,
     SAGEMAKER_TFS_*, their own oneDNN settings, ...), this project's defaults (oneDNN, BF16 fast
     math, region, log level) added where the user set nothing, then --env. Returns (env, added)."""
-    defaults = endpoint.default_env(region, False)
+    defaults = resources.default_env(region, False)
     added = [k for k in defaults if k not in old_env and k not in overrides]
     return {**defaults, **old_env, **overrides}, added
 
@@ -137,24 +139,24 @@ def _switch(aws: Aws, name: str, to_config: str, reporter: Reporter, *, scaling_
     """update_endpoint to TO_CONFIG and wait, the auto scaling of variant SCALING_FROM suspended
     for the update and restored on SCALING_TO once the new config is in service (on SCALING_FROM
     if the update does not take). STARTED gets True appended once update_endpoint was called."""
-    saved = endpoint._suspend_scaling(aws, name, scaling_from, reporter)
+    saved = scaling.suspend(aws, name, scaling_from, reporter)
     try:
         aws.sagemaker.update_endpoint(EndpointName=name, EndpointConfigName=to_config)
         if started is not None:
             started.append(True)
         reporter.info(f"updating endpoint {name} to {to_config} (the current fleet serves until the new one is InService)")
-        desc = endpoint.wait_for_endpoint(aws, name, reporter, timeout=timeout, poll=poll)
+        desc = waiting.wait_for_endpoint(aws, name, reporter, timeout=timeout, poll=poll)
         if desc["EndpointConfigName"] != to_config:
             reason = desc.get("FailureReason", "SageMaker rolled back to the previous configuration")
             raise DeployError(f"update of {name} did not take: {reason}")
     except BaseException:
         with interrupts.shielded(reporter.info):
             try:
-                endpoint._restore_scaling(aws, saved, reporter)
+                scaling.restore(aws, saved, reporter)
             except botocore.exceptions.ClientError as err:
                 reporter.info(f"could not restore auto scaling: {error_message(err)}; run `deploy autoscale` again")
         raise
-    endpoint._restore_scaling(aws, _moved(saved, name, scaling_to), reporter)
+    scaling.restore(aws, _moved(saved, name, scaling_to), reporter)
     return desc
 
 
@@ -235,7 +237,7 @@ def _undo(aws: Aws, name: str, old_config: str, created: Created, reporter: Repo
             left = [f"endpoint config {c}" for c in [created.endpoint_config] if c] + \
                 [f"model {m}" for m in [created.model] if m]
         else:
-            left = endpoint.rollback(aws, created, reporter)
+            left = cleanup.rollback(aws, created, reporter)
     if problems or left:
         return DeployError(f"{what} {why}; these need a look: {'; '.join(problems + left)}")
     reporter.info(f"endpoint {name} is as before ({old_config}); nothing from this run is left")
@@ -279,7 +281,7 @@ def migrate(aws: Aws, spec: MigrateSpec, reporter: Reporter) -> dict:
                           "Graviton: ml.c7g.xlarge, ml.m7g.large, ml.c6g.2xlarge, ...)")
 
     # read the endpoint; nothing is created before every check passed
-    current = endpoint.describe(aws, spec.name)
+    current = resources.describe(aws, spec.name)
     ep, config = current["endpoint"], current["config"]
     if ep["EndpointStatus"] != "InService":
         raise DeployError(f"endpoint {spec.name} is {ep['EndpointStatus']}: migrate needs it InService")
@@ -329,8 +331,8 @@ def migrate(aws: Aws, spec: MigrateSpec, reporter: Reporter) -> dict:
     live = {v["VariantName"]: v for v in ep.get("ProductionVariants") or []}
     count = spec.instance_count or live.get(x86_name, {}).get("CurrentInstanceCount") \
         or old_variant["InitialInstanceCount"]
-    stamp = endpoint.timestamp()
-    new_name = endpoint.resource_name(f"{spec.name}-graviton", stamp)
+    stamp = resources.timestamp()
+    new_name = resources.resource_name(f"{spec.name}-graviton", stamp)
     created = Created()
     updated: list = []
     try:
@@ -403,7 +405,7 @@ def _require(aws: Aws, name: str, reporter: Reporter, timeout: float, poll: floa
     desc = _settle(aws, name, reporter, timeout, poll)
     if desc["EndpointStatus"] in _TRANSIENT:
         raise DeployError(f"endpoint {name} is still {desc['EndpointStatus']} after {timeout:.0f} s")
-    current = endpoint.describe(aws, name)
+    current = resources.describe(aws, name)
     mig = read_migration(aws, name, current)
     if mig is None:
         raise DeployError(f"endpoint {name} has no migration in progress (its config "
@@ -437,7 +439,7 @@ def promote(aws: Aws, name: str, reporter: Reporter, *, timeout: float = 1800.0,
         aws.sagemaker.delete_tags(ResourceArn=mig.config["EndpointConfigArn"], TagKeys=list(MIGRATION_TAGS))
         reporter.info(f"{mig.variant} already takes all traffic on {config_name}; migration record removed")
     else:
-        final = endpoint.resource_name(f"{name}-graviton", endpoint.timestamp())
+        final = resources.resource_name(f"{name}-graviton", resources.timestamp())
         variant = {k: v for k, v in graviton.items() if k in VARIANT_KEYS or k == "ModelName"}
         variant["InitialVariantWeight"] = 1.0
         cfg = {"EndpointConfigName": final, "ProductionVariants": [variant], "Tags": [TAG]}
@@ -494,7 +496,7 @@ def cmd_migrate(args, console) -> int:
     from . import output
     spec = MigrateSpec(name=args.endpoint, image=args.image, instance_type=args.instance_type,
                        instance_count=args.instance_count, mode=args.mode, weight=args.weight,
-                       env=endpoint.parse_env(args.env), role=args.role, arch_check=not args.skip_arch_check,
+                       env=checks.parse_env(args.env), role=args.role, arch_check=not args.skip_arch_check,
                        timeout=args.timeout, poll=args.poll, on_interrupt=args.on_interrupt)
     result = migrate(_aws(args), spec, console)
 

@@ -50,9 +50,10 @@ from typing import Callable
 import botocore.exceptions
 import requests
 
-from . import archive, checks, endpoint, instance, interrupts, output
+from . import archive, checks, cleanup, endpoint, instance, interrupts, output, resources, staging, waiting
 from .aws import Aws, error_code, error_message
 from .errors import DeployError, UsageError
+from .invoke import softmax_response
 
 MODE = "MultiModel"
 TARGET_HEADER = "X-Amzn-SageMaker-Target-Model"
@@ -114,7 +115,7 @@ def endpoint_prefix(aws: Aws, name: str) -> tuple[str, str]:
     """(the S3 prefix, the model name) of multi-model endpoint NAME: the ModelDataUrl of its
     MultiModel container. DeployError when the endpoint is not a multi-model one."""
     checks.check_name(name, "endpoint")
-    d = endpoint.describe(aws, name)
+    d = resources.describe(aws, name)
     if d["config"] is None:
         raise DeployError(f"endpoint {name} runs on an endpoint config that is gone (deleted outside deploy)")
     plain = []
@@ -155,11 +156,11 @@ def _split_prefix(prefix: str) -> tuple[str, str]:
 def create(aws: Aws, spec: endpoint.CreateSpec, reporter) -> dict:
     """deploy create with a Mode: MultiModel model; the steps, checks and rule of endpoint.create."""
     prefix = check_prefix(spec.model_data)
-    stamp = endpoint.timestamp()
+    stamp = resources.timestamp()
     unknown_type = endpoint.check_create_locally(spec, aws.region, defer_unknown=True)
     role = checks.check_role(spec.role)
-    endpoint_name = spec.name or endpoint.resource_name("tf-graviton", stamp)
-    model_name = endpoint.resource_name(endpoint_name if spec.name else "tf-graviton", stamp)
+    endpoint_name = spec.name or resources.resource_name("tf-graviton", stamp)
+    model_name = resources.resource_name(endpoint_name if spec.name else "tf-graviton", stamp)
     # read-only calls: nothing is created before they pass
     if unknown_type is not None:
         instance.confirm_with_service(aws, unknown_type, reporter)
@@ -167,21 +168,21 @@ def create(aws: Aws, spec: endpoint.CreateSpec, reporter) -> dict:
         endpoint.check_architecture(aws, spec.image, spec.instance_type, reporter)
     else:
         reporter.info("architecture check skipped (--skip-arch-check)")
-    existing = endpoint.describe_endpoint_or_none(aws, endpoint_name)
+    existing = waiting.describe_endpoint_or_none(aws, endpoint_name)
     if existing is not None:
         raise DeployError(f"endpoint {endpoint_name} already exists ({existing['EndpointStatus']}): use "
                           f"`deploy delete {endpoint_name}` first, or another --name")
     archives = list_archives(aws, prefix)
     reporter.info(f"model prefix {prefix}: {len(archives)} archive(s) there now"
                   + ("" if archives else " (add some with `deploy models add`)"))
-    env = {**endpoint.default_env(aws.region, False), "SAGEMAKER_MULTI_MODEL": "true", **spec.env}
-    created = endpoint.Created()
+    env = {**resources.default_env(aws.region, False), "SAGEMAKER_MULTI_MODEL": "true", **spec.env}
+    created = cleanup.Created()
     try:
         created.model = model_name
         aws.sagemaker.create_model(
             ModelName=model_name,
             PrimaryContainer={"Image": spec.image, "ModelDataUrl": prefix, "Mode": MODE, "Environment": env},
-            ExecutionRoleArn=role, Tags=[endpoint.TAG])
+            ExecutionRoleArn=role, Tags=[resources.TAG])
         reporter.info(f"created model {model_name} (Mode MultiModel, {prefix})")
         created.endpoint_config = model_name
         aws.sagemaker.create_endpoint_config(
@@ -189,15 +190,15 @@ def create(aws: Aws, spec: endpoint.CreateSpec, reporter) -> dict:
             ProductionVariants=[{"VariantName": spec.variant, "ModelName": model_name,
                                  "InstanceType": spec.instance_type,
                                  "InitialInstanceCount": spec.instance_count, "InitialVariantWeight": 1.0}],
-            Tags=[endpoint.TAG])
+            Tags=[resources.TAG])
         reporter.info(f"created endpoint config {model_name} ({spec.instance_count} x {spec.instance_type})")
         created.endpoint = endpoint_name
         aws.sagemaker.create_endpoint(EndpointName=endpoint_name, EndpointConfigName=model_name,
-                                      Tags=[endpoint.TAG])
+                                      Tags=[resources.TAG])
         reporter.info(f"creating endpoint {endpoint_name}")
         desc = None
         if spec.wait:
-            desc = endpoint.wait_for_endpoint(aws, endpoint_name, reporter, timeout=spec.timeout, poll=spec.poll)
+            desc = waiting.wait_for_endpoint(aws, endpoint_name, reporter, timeout=spec.timeout, poll=spec.poll)
         return {"endpoint": endpoint_name, "endpoint_config": model_name, "model": model_name,
                 "mode": MODE, "model_data": prefix, "archives": len(archives),
                 "status": desc["EndpointStatus"] if desc else "Creating", "region": aws.region}
@@ -248,7 +249,7 @@ def add(aws: Aws, name: str, source: str, target: str | None, overwrite: bool, r
             aws.s3.upload_file(str(tarball), bucket, key)
         except BaseException:       # a signal or failure mid-upload: no half multipart upload left billing
             with interrupts.shielded(reporter.info):
-                endpoint._abort_uploads(aws, bucket, key)
+                staging.abort_uploads(aws, bucket, key)
             raise
     reporter.info(f"uploaded {target} ({size / 1e6:.1f} MB) -> {uri}" + (" (replaced)" if exists else ""))
     return {"endpoint": name, "target_model": target, "uri": uri, "bytes": size, "model": checked.model,
@@ -524,7 +525,7 @@ def make_handler(proxy: Proxy):
                 return self._error(exc)
             except requests.RequestException as exc:
                 return self._error(ProxyError(424, "ModelError", f"the container did not answer: {exc}"))
-            extra = {"x-Amzn-Invoked-Production-Variant": endpoint.VARIANT}
+            extra = {"x-Amzn-Invoked-Production-Variant": resources.VARIANT}
             if r.headers.get(ATTRIBUTES_HEADER):
                 extra[ATTRIBUTES_HEADER] = r.headers[ATTRIBUTES_HEADER]
             self._send(200, r.content, r.headers.get("Content-Type", "application/json"), extra)
@@ -585,7 +586,7 @@ def run_local(spec: LocalMultiSpec, info: Callable[[str], None],
         if plat is None and image_plat.split("/")[-1] != local.host_arch():
             plat = image_plat
             info(f"{spec.image} is {image_plat}: running it under emulation (--platform {plat})")
-        env = {**endpoint.default_env(spec.region or "", False), "SAGEMAKER_MULTI_MODEL": "true", **spec.env}
+        env = {**resources.default_env(spec.region or "", False), "SAGEMAKER_MULTI_MODEL": "true", **spec.env}
         if not spec.region and "SAGEMAKER_REGION" not in spec.env:
             env.pop("SAGEMAKER_REGION")
         name = f"deploy-local-{secrets.token_hex(4)}"
@@ -709,7 +710,7 @@ def cmd_local(args, console) -> int:
         raise UsageError("--multi-model serves until Ctrl-C: invoke it with "
                          "`deploy invoke local --local URL --target-model NAME.tar.gz ...`")
     spec = LocalMultiSpec(image=args.image, archives=Path(args.multi_model), port=args.port, host_ip=args.host_ip,
-                          env=endpoint.parse_env(args.env), region=region, platform=args.platform,
+                          env=checks.parse_env(args.env), region=region, platform=args.platform,
                           ping_timeout=args.ping_timeout, stream_logs=not args.no_logs, memory=args.memory)
     return run_local(spec, console.info)
 
@@ -744,7 +745,7 @@ def add_parsers(sub, common) -> None:
         body = cli._read_body(args)
         out, content_type = invoke(aws, args, body, cli._content_type(args))
         if args.output in ("json", "text"):
-            answer = endpoint.softmax_response(out) if args.softmax else cli._decoded(out, content_type)
+            answer = softmax_response(out) if args.softmax else cli._decoded(out, content_type)
             output.emit({"endpoint": args.endpoint, "target_model": args.target_model,
                          "content_type": content_type, "body": answer}, args.output)
             return 0

@@ -27,7 +27,7 @@ import json
 import os
 import sys
 from pathlib import PurePath
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 FORMATS = ("table", "json", "text")
 DEFAULT_FORMAT = "table"
@@ -147,8 +147,17 @@ def closed_pipe() -> int:
 
 # --- progress on stderr ------------------------------------------------------------------------
 
+class Reporter(Protocol):
+    """Where the AWS-facing modules (endpoint, waiting, staging, ...) send their messages and
+    progress: they never print themselves. Console is the command line's."""
+
+    def info(self, message: str) -> None: ...
+    def progress(self, what: str, status: str, elapsed: float) -> None: ...
+    def progress_done(self) -> None: ...
+
+
 class Console:
-    """The Reporter for endpoint.py: messages and a live progress line on stderr.
+    """The Reporter of the command line: messages and a live progress line on stderr.
 
     On a terminal the progress line rewrites itself (`digits: Creating (3m12s)`); on a pipe or file
     there is one line per status change; with quiet=True nothing but errors (printed by main()).

@@ -32,9 +32,10 @@ from urllib.parse import quote
 
 import botocore.exceptions
 
-from . import archive, endpoint, instance, interrupts, output, registry
+from . import archive, checks, endpoint, instance, interrupts, output, registry, resources, staging
 from .aws import Aws, error_message
-from .endpoint import Created, Reporter
+from .cleanup import Created
+from .output import Reporter
 from .errors import DeployError
 
 from .errors import UsageError   # exit 2: refused before any network call
@@ -92,7 +93,7 @@ def check_spec(spec: TransformSpec) -> None:
         raise UsageError("--strategy MultiRecord needs --split-type Line (a whole file is one record)")
     instance.instance_arch(spec.instance_type)
     if spec.name:
-        endpoint.check_name(spec.name)
+        checks.check_name(spec.name)
 
 
 def log_location(region: str, job: str) -> str:
@@ -115,7 +116,7 @@ def job_request(spec: TransformSpec, job: str, model: str) -> dict:
         "TransformOutput": {"S3OutputPath": spec.output,
                             "AssembleWith": "Line" if spec.split_type == "Line" else "None"},
         "TransformResources": {"InstanceType": spec.instance_type, "InstanceCount": spec.instance_count},
-        "Tags": [endpoint.TAG],
+        "Tags": [resources.TAG],
     }
     # one output line per record needs an answer in lines: ask for the input's own type unless told
     request["TransformOutput"]["Accept"] = spec.accept or spec.content_type
@@ -213,15 +214,15 @@ def _stage(aws: Aws, model_data: str, local: tuple[Path, bool] | None, bucket: s
            reporter: Reporter, created: Created) -> tuple[str, bool]:
     """(s3 uri, has user code): the s3:// archive as it is, or the local one uploaded."""
     if local is None:
-        bucket_name, key = endpoint.split_s3(model_data)
+        bucket_name, key = staging.split_s3(model_data)
         try:
             aws.s3.head_object(Bucket=bucket_name, Key=key)
         except botocore.exceptions.ClientError as exc:
             raise DeployError(f"model data {model_data} is not readable: {error_message(exc)}") from exc
-        return model_data, endpoint.s3_has_user_code(aws, model_data)
+        return model_data, staging.s3_has_user_code(aws, model_data)
     tarball, has_code = local
     bucket = bucket or aws.default_bucket()
-    endpoint.ensure_bucket(aws, bucket, reporter)
+    staging.ensure_bucket(aws, bucket, reporter)
     key = f"{prefix}/model.tar.gz"
     aws.s3.upload_file(str(tarball), bucket, key)
     created.s3_object = (bucket, key)
@@ -264,18 +265,18 @@ def run_remote(aws: Aws, spec: TransformSpec, reporter: Reporter) -> dict:
 
 
 def _run_job(aws: Aws, spec: TransformSpec, local: tuple[Path, bool] | None, reporter: Reporter) -> dict:
-    stamp = endpoint.timestamp()
-    job = spec.name or endpoint.resource_name("tf-graviton-transform", stamp)
-    model = endpoint.resource_name(job if spec.name else "tf-graviton-transform", stamp)
+    stamp = resources.timestamp()
+    job = spec.name or resources.resource_name("tf-graviton-transform", stamp)
+    model = resources.resource_name(job if spec.name else "tf-graviton-transform", stamp)
     created = Created()
     job_created = False
     try:
         model_url, has_code = _stage(aws, spec.model_data, local, spec.bucket, model, reporter, created)
-        env = {**endpoint.default_env(aws.region, has_code), **spec.env}
+        env = {**resources.default_env(aws.region, has_code), **spec.env}
         aws.sagemaker.create_model(
             ModelName=model,
             PrimaryContainer={"Image": spec.image, "ModelDataUrl": model_url, "Environment": env},
-            ExecutionRoleArn=spec.role, Tags=[endpoint.TAG])
+            ExecutionRoleArn=spec.role, Tags=[resources.TAG])
         created.model = model
         reporter.info(f"created model {model}")
         aws.sagemaker.create_transform_job(**job_request(spec, job, model))
@@ -415,7 +416,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def cmd_transform(args, console) -> int:
-    env = endpoint.parse_env(args.env)
+    env = checks.parse_env(args.env)
     if args.local:
         return _cmd_local(args, console, env)
     spec = TransformSpec(

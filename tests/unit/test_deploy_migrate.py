@@ -280,10 +280,10 @@ def test_interrupted_while_updating(capsys, x86_endpoint, ecr_images, monkeypatc
     """SIGTERM arriving while SageMaker updates: rolled back (default), or left for `deploy rollback`."""
     import signal
 
-    from sagemaker_tf_deploy import endpoint, interrupts
+    from sagemaker_tf_deploy import interrupts, waiting
 
     before = state()
-    real_wait = endpoint.wait_for_endpoint
+    real_wait = waiting.wait_for_endpoint
     calls = []
 
     def wait(*args, **kwargs):
@@ -291,7 +291,7 @@ def test_interrupted_while_updating(capsys, x86_endpoint, ecr_images, monkeypatc
         if len(calls) == 1:
             raise interrupts.Interrupted(signal.SIGTERM)
         return real_wait(*args, **kwargs)
-    monkeypatch.setattr(endpoint, "wait_for_endpoint", wait)
+    monkeypatch.setattr(waiting, "wait_for_endpoint", wait)
     code, out, err = run(capsys, "migrate", "digits", "--image", ecr_images["multi"], "--mode", "canary",
                          "--on-interrupt", on_interrupt)
     assert code == 143, err

@@ -1,0 +1,94 @@
+"""What deploy makes on SageMaker and how it reads it back: names (BASE-TIMESTAMP, cut to 63
+characters, and the pattern that recognises them), the created-by tag, the variant name, the
+environment every model gets, and describe() of an endpoint with its config and models.
+
+Reason to change: a new naming or tagging rule, a new default variable, a new field to read.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+
+import botocore.exceptions
+
+from . import waiting
+from .aws import Aws, not_found
+from .errors import DeployError
+
+
+VARIANT = "AllTraffic"
+
+
+TAG = {"Key": "created-by", "Value": "sagemaker-tf-graviton-deploy"}
+
+
+SUBMIT_DIRECTORY = "/opt/ml/model/code"
+
+
+def timestamp(now: _dt.datetime | None = None) -> str:
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    return now.strftime("%Y%m%d-%H%M%S-") + f"{now.microsecond // 1000:03d}"
+
+
+def resource_name(base: str, stamp: str) -> str:
+    """BASE-STAMP cut to SageMaker's 63 characters."""
+    base = re.sub(r"[^a-zA-Z0-9-]+", "-", base).strip("-") or "model"
+    return f"{base[:62 - len(stamp)].rstrip('-')}-{stamp}"
+
+
+def default_env(region: str, has_code: bool) -> dict[str, str]:
+    """The environment every model gets unless --env overrides it.
+
+    SAGEMAKER_PROGRAM / SAGEMAKER_SUBMIT_DIRECTORY only when the archive carries
+    code/inference.py: pointing the server at a folder that is not there would fail its start.
+    """
+    env = {
+        "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
+        "SAGEMAKER_REGION": region,
+        "TF_ENABLE_ONEDNN_OPTS": "1",
+        "DNNL_DEFAULT_FPMATH_MODE": "BF16",
+    }
+    if has_code:
+        env = {"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": SUBMIT_DIRECTORY, **env}
+    return env
+
+
+def owned_pattern(endpoint: str) -> re.Pattern:
+    """Names this tool gives the models, endpoint configs and S3 prefixes of ENDPOINT:
+    resource_name(ENDPOINT, TIMESTAMP), and the endpoint's own name (an unnamed create)."""
+    probe = resource_name(endpoint, "0" * 8 + "-" + "0" * 6 + "-" + "0" * 3)
+    prefix = probe[: -len("00000000-000000-000")]
+    return re.compile(rf"^(?:{re.escape(prefix)}\d{{8}}-\d{{6}}-\d{{3}}|{re.escape(endpoint)})$")
+
+
+def describe(aws: Aws, name: str, *, strict: bool = False) -> dict:
+    """Endpoint, its config and its models in one dict; works on any endpoint.
+
+    A config or model that is gone (deleted outside this tool) is None instead of an error; with
+    STRICT a missing config is a DeployError (update needs it). No endpoint: DeployError.
+    """
+    endpoint = waiting.describe_endpoint_or_none(aws, name)
+    if endpoint is None:
+        raise DeployError(f"no endpoint named {name} in {aws.region}")
+    config = None
+    config_name = endpoint.get("EndpointConfigName")
+    if config_name:
+        try:
+            config = aws.sagemaker.describe_endpoint_config(EndpointConfigName=config_name)
+        except botocore.exceptions.ClientError as exc:
+            if not not_found(exc):
+                raise
+            if strict:
+                raise DeployError(f"endpoint {name} runs on endpoint config {config_name}, which is gone "
+                                  f"(deleted outside deploy): `deploy update` cannot copy it; `deploy delete "
+                                  f"{name}` still works, and `deploy create` makes a new one") from exc
+    models = {}
+    for variant in (config or {}).get("ProductionVariants", []):
+        try:
+            models[variant["ModelName"]] = aws.sagemaker.describe_model(ModelName=variant["ModelName"])
+        except botocore.exceptions.ClientError as exc:
+            if not not_found(exc):
+                raise
+            models[variant["ModelName"]] = None
+    return {"endpoint": endpoint, "config": config, "models": models}
