@@ -78,7 +78,7 @@ def codec_bench(models, reps) -> list:
 
         def simd(body):
             doc = simdjson.Parser().parse(body)
-            return serve_codecs._numeric_array(doc)[0].astype(np.float32)
+            return serve_codecs.json_codec._numeric_array(doc)[0].astype(np.float32)
         decoders.append(("pysimdjson as_buffer (serve.codecs fast path core)", simd))
         decoders.append(("serve.codecs.decode (full, with validation)",
                          lambda body: serve_codecs.decode(body, "application/json").inputs))

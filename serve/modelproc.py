@@ -27,6 +27,9 @@ from typing import Any
 import numpy as np
 
 from . import channel, handlers, usercode
+from .usercode.tfs import TfsHandler
+from .usercode.toolkit import ToolkitHandler
+from .usercode.watchdog import Watchdog
 from .batching import Batcher
 from .errors import ServeError, describe_failure
 from model_archive.layout import find_models
@@ -94,14 +97,9 @@ def load_model_dir(model_dir: Path, code: usercode.CodeLocation | None, settings
     process (multi-model mode, where HTTP workers hand every invoke over whole)."""
     step = "reading the user code"
     try:
-        style = usercode.style_of_script(code.script) if code else "default"
-        module = None
-        if style in ("toolkit", None) or (style == "tfs" and scripts_here):
+        if code:
             step = f"importing {code.script.name}"
-            module = usercode.import_script(code, module_name)
-            style = usercode.style_of_names(dir(module))
-            if style is None:
-                raise usercode.no_known_functions(code.script)
+        style, module = usercode.load_script(code, scripts_here, module_name)
         servables = None
         if module is not None and hasattr(module, "model_fn"):
             step = f"{code.script.name}: model_fn({model_dir})"
@@ -124,12 +122,12 @@ def load_model_dir(model_dir: Path, code: usercode.CodeLocation | None, settings
         step = f"checking {code.script.name}" if code else "building the handler"
         default = None if servables is None else handlers.DefaultHandler(
             servables.map(lambda s: s.model), local_infer(servables), settings.model_server_timeout)
-        watchdog = lambda: handlers.Watchdog(settings.model_server_timeout, settings.model_server_threads)  # noqa: E731
+        watchdog = lambda: Watchdog(settings.model_server_timeout, settings.model_server_threads)  # noqa: E731
         handler = None
         if style == "toolkit":
-            handler = handlers.ToolkitHandler(module, model, default, watchdog())
+            handler = ToolkitHandler(module, model, default, watchdog())
         elif style == "tfs" and scripts_here:
-            handler = handlers.TfsHandler(module, default, settings.bind_to_port, watchdog())
+            handler = TfsHandler(module, default, settings.bind_to_port, watchdog())
         elif scripts_here:
             handler = default
         return ModelSet(servables, style, handler)

@@ -22,6 +22,8 @@ from .modelclient import ModelClient, catalog
 from .readiness import Readiness
 from .settings import Settings
 from .usercode import CodeLocation, import_script
+from .usercode.tfs import TfsHandler
+from .usercode.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ class WorkerState:
         self.handler: handlers.Handler | None = None
         self.default: handlers.DefaultHandler | None = None
         self.client: ModelClient | None = None
-        self.watchdog: handlers.Watchdog | None = None   # an AWS-container script's, run here
+        self.watchdog: Watchdog | None = None   # an AWS-container script's, run here
         self.settled = threading.Event()  # set once setting up ended, either way
 
     @property
@@ -80,8 +82,8 @@ def _set_up(state: WorkerState, settings: Settings, code: CodeLocation | None, r
         if style == "tfs":
             step = f"importing {code.script.name}"
             module = import_script(code)
-            state.watchdog = handlers.Watchdog(settings.model_server_timeout, settings.model_server_threads)
-            handler = handlers.TfsHandler(module, default, settings.bind_to_port, state.watchdog)
+            state.watchdog = Watchdog(settings.model_server_timeout, settings.model_server_threads)
+            handler = TfsHandler(module, default, settings.bind_to_port, state.watchdog)
         elif style == "toolkit":
             handler = _RemoteScript(client, settings.model_server_timeout + 1)
         elif style == "multi-model":

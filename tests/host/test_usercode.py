@@ -1,4 +1,4 @@
-"""serve/usercode.py: unpacking SAGEMAKER_SUBMIT_DIRECTORY safely, and leaving the model folder as it was."""
+"""serve/usercode/source.py: unpacking SAGEMAKER_SUBMIT_DIRECTORY safely, and leaving the model folder as it was."""
 from __future__ import annotations
 
 import hashlib
@@ -32,7 +32,7 @@ def private_tmpdir(tmp_path, monkeypatch) -> Path:
 def test_unsafe_submit_directory_is_a_setup_error_naming_the_member(tmp_path, private_tmpdir):
     tgz = CASES["dotdot"].craft(tmp_path / "sourcedir.tar.gz", private_tmpdir)
     with pytest.raises(UserCodeSetupError) as exc:
-        usercode._extract(tgz)
+        usercode.source._extract(tgz)
     assert str(exc.value) == (f"cannot unpack SAGEMAKER_SUBMIT_DIRECTORY {tgz}: "
                               "unsafe archive member '1/../../evil.py': path contains '..'")
     assert sorted(p.name for p in private_tmpdir.iterdir()) == ["victim.txt"]   # no staging folder left
@@ -46,18 +46,18 @@ def test_submit_directory_unpacks_into_a_new_private_folder(tmp_path, private_tm
     tgz = tmp_path / "sourcedir.tar.gz"
     with tarfile.open(tgz, "w:gz") as tar:
         tar.add(src, arcname=".")
-    target = usercode._extract(tgz)
+    target = usercode.source._extract(tgz)
     assert target.parent == private_tmpdir
     assert (target / "inference.py").read_text() == (src / "inference.py").read_text()
     assert (target / "lib" / "helper.py").is_file()
     assert not stat.S_IMODE(target.stat().st_mode) & 0o022      # nobody else may write into it
     # a folder planted where a digest-named cache would be is never used: every unpack is new
-    again = usercode._extract(tgz)
+    again = usercode.source._extract(tgz)
     assert again != target and again.parent == private_tmpdir
 
 
 def test_submit_directory_unpack_has_a_size_cap(tmp_path, private_tmpdir, monkeypatch):
-    monkeypatch.setattr(usercode, "MAX_CODE_ARCHIVE_BYTES", 1 << 20)
+    monkeypatch.setattr(usercode.source, "MAX_CODE_ARCHIVE_BYTES", 1 << 20)
     src = tmp_path / "src"
     src.mkdir()
     (src / "inference.py").write_text("def input_fn(body, content_type):\n    return body\n")
@@ -67,7 +67,7 @@ def test_submit_directory_unpack_has_a_size_cap(tmp_path, private_tmpdir, monkey
         tar.add(src, arcname=".")
     assert tgz.stat().st_size < 100_000
     with pytest.raises(usercode.UserCodeSetupError) as err:
-        usercode._extract(tgz)
+        usercode.source._extract(tgz)
     assert "2 MiB, more than the 1 MiB allowed" in str(err.value)
     assert list(private_tmpdir.iterdir()) == []              # nothing left behind
 

@@ -43,7 +43,7 @@ def test_for_caller_cuts_a_chained_python_traceback():
                "KeyError: 'x'\n\n"
                "During handling of the above exception, another exception occurred:\n\n"
                "Traceback (most recent call last):\n"
-               '  File "/usr/lib/python3.11/site-packages/serve/handlers.py", line 120, in _user_call\n'
+               '  File "/usr/lib/python3.11/site-packages/serve/usercode/calls.py", line 120, in user_call\n'
                "KeyError: 'x'")
     assert SecretFilter().for_caller(message) == "input_fn raised KeyError: 'x'"
 

@@ -1,0 +1,27 @@
+"""What a request body decodes to, and how that request's reply is encoded."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Union
+
+import numpy as np
+
+Inputs = Union[np.ndarray, dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Decoded:
+    inputs: Inputs | None          # one unnamed array, or arrays by input name (None for examples)
+    signature_name: str | None
+    columnar: bool                 # TF Serving's {"inputs": ...}: answer {"outputs": ...}
+    examples: list | None = None   # TF Serving's classify/regress {"examples": [...]}
+    context: dict | None = None    # ... and its optional "context" features shared by every example
+
+    def reply(self, outputs: Mapping[str, np.ndarray], accept: str, method: str = "predict") -> tuple[bytes, str]:
+        """The answer to this request: TF Serving's {"results"} for classify and regress, else
+        ACCEPT's encoding ({"outputs"} for a columnar {"inputs"} request, {"predictions"} otherwise)."""
+        from . import encode, encode_results  # the encoders build on this module; bound at call time
+
+        if method != "predict":
+            return encode_results(method, outputs)
+        return encode(outputs, accept, columnar=self.columnar)
