@@ -1,4 +1,6 @@
-"""The adaptive batcher around a real SavedModel: same answers as unbatched calls, each to its caller."""
+"""The adaptive batcher: same answers as unbatched calls, each to its caller. The model is
+tests/unit/stubs.py's NumPy stand-in for multi_io_model_dir (the real SavedModel is batched
+through the model process in tests/host/test_modelproc.py)."""
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -7,12 +9,11 @@ import numpy as np
 import pytest
 
 from serve.batching import Batcher
-from model_archive.layout import find_model
-from serve.model import load_model
+from tests.unit import stubs
 
 
 class Recorder:
-    """The real signature call, noting the shape of every batch it was given."""
+    """The signature call, noting the shape of every batch it was given."""
 
     def __init__(self, model, delay=0.0):
         self.model = model
@@ -31,8 +32,8 @@ class Recorder:
 
 
 @pytest.fixture(scope="module")
-def model(multi_io_model_dir):
-    return load_model(find_model(multi_io_model_dir.model_dir))
+def model():
+    return stubs.multi_io()
 
 
 def make(model, delay=0.0, max_batch=32, wait=0.002):
