@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.fixtures.moto_migrate",
     "tests.fixtures.moto_mme",
     "tests.fixtures.report",
+    "tests.fixtures.example",
 ]

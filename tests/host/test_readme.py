@@ -7,8 +7,7 @@ is run:
 - `curl ...`: against the real server (`serve` on the host, tests/fixtures/server.py) of the example
   digits model, with `localhost:8080` replaced by that server's address; the answer must be the one
   the README shows. The model is the one `make example` built (examples/digits/model), or, on a
-  clean clone, trained once per session by examples/digits/train.py (about a minute) into a
-  temporary folder.
+  clean clone, trained once per session into a temporary folder (tests/fixtures/example.py).
 - `pip install ./deploy`: in a fresh venv in a temporary folder; then `deploy --help` works and
   no TensorFlow, NumPy, Flask or gunicorn was installed.
 - `deploy ...`: that fresh venv's `deploy`, against moto (tests/fixtures/moto.py), with the
@@ -35,7 +34,6 @@ from tests.fixtures.server import REPO, start_host_server
 
 README = REPO / "README.md"
 HTTP_MD = REPO / "docs" / "http.md"
-EXAMPLE = REPO / "examples" / "digits"
 README_ADDRESS = "localhost:8080"
 
 
@@ -86,32 +84,10 @@ def test_every_readme_command_has_a_test():
 # --- curl against the example model ------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def example_root(tmp_path_factory) -> Path:
-    """A folder holding examples/digits/{model,model.tar.gz,request.json}: the repository itself
-    once `make example` has run, else a temporary one trained once here."""
-    if (EXAMPLE / "model" / "1" / "saved_model.pb").is_file() and (EXAMPLE / "model.tar.gz").is_file():
-        return REPO
-    root = tmp_path_factory.mktemp("example")
-    out = root / "examples" / "digits"
-    out.mkdir(parents=True)
-    subprocess.run([sys.executable, str(EXAMPLE / "train.py"), "--out", str(out)], check=True,
-                   capture_output=True, timeout=900)
-    return root
-
-
 @pytest.fixture(scope="module")
 def digits_server(example_root):
     with start_host_server(example_root / "examples" / "digits" / "model") as server:
         yield server
-
-
-@pytest.fixture
-def workdir(tmp_path, example_root) -> Path:
-    """The repository's root as the commands see it (examples/ there), in a scratch folder, so
-    files the commands write (out.npy) do not land in the repository."""
-    (tmp_path / "examples").symlink_to(example_root / "examples")
-    return tmp_path
 
 
 def bash(command: str, cwd: Path, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
