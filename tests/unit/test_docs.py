@@ -127,3 +127,9 @@ def test_paths_named_in_the_docs_exist(doc):
         if not _exists(path) and not _ignored(path):
             missing.append(path)
     assert not missing, f"{doc.relative_to(REPO)} names files that do not exist: {sorted(set(missing))}"
+
+
+def test_readme_fits_on_a_screen_or_two():
+    """Issue 13: a README of at most ~12 KB; the rest belongs in docs/ by topic."""
+    size = len((REPO / "README.md").read_bytes())
+    assert size <= 12_288, f"README.md is {size} bytes (limit 12,288): move detail into docs/"
