@@ -27,12 +27,12 @@ RUN --mount=type=secret,id=pip_ca,required=false \
 
 COPY container/entrypoint.sh /opt/container/entrypoint.sh
 
-# Graviton defaults; a CreateModel Environment (or docker run -e) overrides them.
+# oneDNN (TF_ENABLE_ONEDNN_OPTS=1) and BF16 fast math (DNNL_DEFAULT_FPMATH_MODE=BF16 where the CPU
+# has bf16 matrix units: Graviton3+, x86 AMX) are decided at start in one place, serve/tuning.py,
+# and shown on the start line; a CreateModel Environment (or docker run -e) overrides them.
 ENV VIRTUAL_ENV=/opt/venv \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    TF_ENABLE_ONEDNN_OPTS=1 \
-    DNNL_DEFAULT_FPMATH_MODE=BF16
+    PYTHONUNBUFFERED=1
 
 LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true \
       com.amazonaws.sagemaker.capabilities.multi-models=true \
