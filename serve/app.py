@@ -11,10 +11,12 @@ import re
 
 import orjson
 from flask import Flask, Response, request
+from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from . import codecs
-from .errors import BadRequest, IncompleteBody, ModelNotReady, NotFound, PayloadTooLarge, ServeError
+from .errors import (BadRequest, IncompleteBody, MalformedBody, ModelNotReady, NotFound, PayloadTooLarge, ServeError,
+                     TooMuchMemory)
 from .handlers import Invocation, Target
 from .readiness import Readiness
 from .redact import SecretFilter
@@ -61,10 +63,14 @@ def create_app(settings: Settings, state: WorkerState, tuning: Tuning, secrets: 
     def read_body() -> bytes:
         try:
             return _read_body()
-        except (TimeoutError, ClientDisconnected):  # the socket's read deadline (ServeWorker.handle_request)
-            raise IncompleteBody(f"the request body stopped arriving before its Content-Length was reached "
+        except (TimeoutError, ClientDisconnected, NoMoreData):  # the socket's read deadline (ServeWorker.handle_request)
+            end = "its Content-Length was reached" if request.content_length is not None else "its last chunk"
+            raise IncompleteBody(f"the request body stopped arriving before {end} "
                                  f"(the client closed, or paused for {settings.model_server_body_timeout} s: "
                                  f"SAGEMAKER_MODEL_SERVER_BODY_TIMEOUT); send the whole body") from None
+        except ParseException as exc:  # gunicorn's chunked reader: a bad chunk-size line, terminator, extension
+            raise MalformedBody(f"the chunked request body is malformed: {exc} (each chunk is its size in hex, "
+                                f"CRLF, that many bytes, CRLF; the last is 0 CRLF CRLF)") from None
 
     def _read_body() -> bytes:
         declared = request.content_length
@@ -230,6 +236,11 @@ def create_app(settings: Settings, state: WorkerState, tuning: Tuning, secrets: 
         elif exc.code == 405:
             message = f"{request.method} is not allowed on {request.path}"
         return _error(exc.code or 500, message, echoes_request=exc.code in (404, 405))
+
+    @app.errorhandler(MemoryError)
+    def out_of_memory(exc: MemoryError):
+        log.warning("%s %s -> 413: %s: %s", request.method, request.path, type(exc).__name__, exc)
+        return serve_error(TooMuchMemory.of(exc))
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):

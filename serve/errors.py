@@ -47,6 +47,27 @@ class IncompleteBody(BadRequest):
     close_at_once = True
 
 
+class MalformedBody(BadRequest):
+    """A chunked body whose framing is broken (a chunk-size line that is not hex, a missing CRLF):
+    where the next request would start is unknown, so the connection closes after the answer."""
+    close_connection = True
+
+
+class TooMuchMemory(ServeError):
+    """Decoding the body, or building its arrays, needed more memory than could be allocated.
+
+    A 413 (the request is larger than the server is able to process), not a 500: the same request
+    fails the same way every time, and the caller fixes it by sending fewer or smaller instances;
+    the process goes on serving."""
+    status = 413
+
+    @classmethod
+    def of(cls, exc: MemoryError) -> "TooMuchMemory":
+        # NumPy's own message names the shape and dtype it could not allocate
+        return cls(f"the request decodes to more memory than this server can allocate "
+                   f"({exc or type(exc).__name__}); send fewer or smaller instances")
+
+
 class UnsupportedContentType(ServeError):
     status = 415
 

@@ -31,7 +31,7 @@ from .usercode.tfs import TfsHandler
 from .usercode.toolkit import ToolkitHandler
 from .usercode.watchdog import Watchdog
 from .batching import Batcher
-from .errors import ServeError, describe_failure
+from .errors import ServeError, TooMuchMemory, describe_failure
 from model_archive.layout import find_models
 from .model import Model, Repository, configure_threads, load_model
 from .readiness import failed_path, hung_path, ready_path, socket_path
@@ -174,6 +174,10 @@ class Server:
                     reply, answer = self._dispatch(op, request, attached, answer)
                 except ServeError as exc:
                     reply = ("error", exc.status, exc.message, exc.plain)
+                except MemoryError as exc:  # decoding or building a request's arrays: the request's size
+                    log.warning("model process: %s: %s: %s", op, type(exc).__name__, exc)
+                    refused = TooMuchMemory.of(exc)
+                    reply = ("error", refused.status, refused.message, False)
                 except Exception as exc:
                     log.exception("model process: %s failed", op)
                     reply = ("error", 500, f"internal error in the model process: {type(exc).__name__}: {exc}", False)

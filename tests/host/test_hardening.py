@@ -25,7 +25,8 @@ def post(url, body, content_type="application/json", timeout=60, **headers):
 
 @pytest.fixture(scope="module")
 def timing_model_dir(tmp_path_factory):
-    """serving_default: x int64 (None,) -> y = x (exactly); busy: s float32 (None,) -> spins s[0] seconds."""
+    """serving_default: x int64 (None,) -> y = x (exactly); busy: s float32 (None,) -> spins s[0] seconds;
+    pick: i int64 (None,) -> v = [10, 20, 30][i] (an index out of range is TensorFlow's InvalidArgumentError)."""
     import tensorflow as tf
 
     class Timing(tf.Module):
@@ -40,9 +41,14 @@ def timing_model_dir(tmp_path_factory):
                                   lambda i: i + 1, [tf.constant(0, tf.int64)])[0]
             return {"spins": tf.fill(tf.shape(s), spins)}
 
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="i")])
+        def pick(self, i):
+            return {"v": tf.gather(tf.constant([10, 20, 30], tf.int64), i)}
+
     module = Timing()
     root = tmp_path_factory.mktemp("timing") / "model"
-    tf.saved_model.save(module, str(root / "1"), signatures={"serving_default": module.same, "busy": module.busy})
+    tf.saved_model.save(module, str(root / "1"), signatures={"serving_default": module.same, "busy": module.busy,
+                                                             "pick": module.pick})
     return root
 
 
@@ -364,3 +370,74 @@ def test_lingering_closes_do_not_hold_the_accepting_thread(mlp_model_dir):
     report("hardening", f"/ping beside 6 closing connections whose clients keep them open: slowest of 10 "
                         f"in {max(took) * 1000:.0f} ms")
     assert max(took) < 1
+
+
+# -- bad input is a 4xx -------------------------------------------------------------------------------
+
+def _chunked(url: str, chunks: bytes) -> bytes:
+    """POST a chunked body whose framing is CHUNKS; the whole answer, up to the server's close."""
+    parsed = urlparse(url)
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=30) as sock:
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n" + chunks)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+@pytest.mark.parametrize("chunks, named", [
+    (b"zz\r\n{}\r\n0\r\n\r\n", b"chunk size"),                              # not hex
+    (b"15\r\n{\"instances\": [1, 2]}\r\n-1\r\n", b"chunk size"),               # a later one
+    (b"5\r\n[1,2]XX0\r\n\r\n", b"terminator"),                                 # no CRLF after the data
+    (b"5;a=\x01\r\n[1,2]\r\n0\r\n\r\n", b"extension"),
+])
+def test_malformed_chunked_body_is_a_400_naming_it(timing_server, chunks, named):
+    answer = _chunked(timing_server.url, chunks)           # recv to the end: the server closes after it
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"Connection: close" in head, answer[:300]
+    error = json.loads(body)["error"].encode()
+    assert b"chunked request body is malformed" in error and named in error.lower(), error
+    assert post(timing_server.url, '{"instances": [1, 2]}').json()["predictions"] == [1, 2]
+
+
+# A JSON body of 5 MB whose strings NumPy would store at the width of the longest: 1,000,001 x 1,000,000
+# UCS-4 characters, 3.6 TiB, so np.asarray raises MemoryError whatever the machine has.
+STRING_BOMB = json.dumps({"instances": ["a" * 1_000_000] + [""] * 1_000_000}).encode()
+
+
+def test_numpy_memory_error_while_decoding_is_413_and_the_worker_stays(timing_server):
+    from tests.fixtures.server import worker_pids
+
+    before = worker_pids(timing_server.master_pid())
+    r = post(timing_server.url, STRING_BOMB)
+    assert r.status_code == 413 and "more memory than this server can allocate" in r.json()["error"], r.text
+    assert post(timing_server.url, '{"instances": [1, 2]}').json()["predictions"] == [1, 2]
+    assert worker_pids(timing_server.master_pid()) == before
+
+
+PREDICT_ONLY_TOOLKIT = """
+def predict_fn(data, model):
+    return {"n": [len(data)]}
+"""
+
+
+def test_numpy_memory_error_in_the_model_process_is_413(mlp_model_dir, tmp_path):
+    """A toolkit script without input_fn: the body is decoded in the model process."""
+    from tests.fixtures.server import model_pids
+
+    model_dir = mlp_model_dir.with_code(tmp_path / "model", PREDICT_ONLY_TOOLKIT)
+    with start_host_server(model_dir) as server:
+        before = model_pids(server.master_pid())
+        r = post(server.url, STRING_BOMB)
+        assert r.status_code == 413 and "more memory than this server can allocate" in r.json()["error"], r.text
+        assert post(server.url, '{"instances": [[1, 2, 3, 4]]}').json()["predictions"] == [1]
+        assert model_pids(server.master_pid()) == before
+
+
+def test_tensorflow_invalid_argument_from_the_input_is_400(timing_server):
+    r = post(timing_server.url, '{"signature_name": "pick", "instances": [1, 7]}')
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert "'pick'" in error and "indices" in error and "Traceback" not in error, error
+    assert post(timing_server.url, '{"signature_name": "pick", "instances": [2, 0]}').json()["predictions"] == [30, 10]
