@@ -72,20 +72,44 @@ def check_create_locally(spec: CreateSpec, region: str, defer_unknown: bool = Fa
     return unknown
 
 
-def create(aws: Aws, spec: CreateSpec, reporter: Reporter) -> dict:
+class SingleModel:
+    """What create puts behind the endpoint: one model archive (a local one is checked, packaged
+    if a folder, and uploaded) in the model's PrimaryContainer. multimodel.MultiModel is the other
+    kind; create() runs the same steps for both and asks the model for its three parts."""
+
+    exists_hint = "use `deploy update {name}` or `deploy delete {name}`"
+
+    def check_locally(self, spec: CreateSpec, workdir: Path, reporter: Reporter) -> None:
+        """The checks that need no network."""
+        self.local = staging.prepare_model_data(spec.model_data, workdir, reporter)
+
+    def check_remotely(self, aws: Aws, spec: CreateSpec, reporter: Reporter) -> None:
+        """Read-only calls, after the endpoint name was found free."""
+
+    def container(self, aws: Aws, spec: CreateSpec, model_name: str, reporter: Reporter,
+                  created: cleanup.Created) -> tuple[dict, str, dict]:
+        """(PrimaryContainer, what "created model NAME" adds, what the result adds); may upload."""
+        url, has_code = staging.stage_model_data(aws, self.local, spec.bucket, model_name, reporter, created)
+        env = {**resources.default_env(aws.region, has_code), **spec.env}
+        return {"Image": spec.image, "ModelDataUrl": url, "Environment": env}, "", {"model_data": url}
+
+
+def create(aws: Aws, spec: CreateSpec, reporter: Reporter, model: SingleModel | None = None) -> dict:
     """Model, endpoint config and endpoint, under the interruption rule (interrupts.py).
 
     Local checks first (no network), then the architecture and name checks (read-only calls),
     then the run: any failure before create_endpoint deletes what this run made; after it, a
-    failure still does, while a signal or timeout does what spec.on_interrupt says.
+    failure still does, while a signal or timeout does what spec.on_interrupt says. MODEL is
+    what goes behind the endpoint (SingleModel unless given).
     """
+    model = model or SingleModel()
     stamp = resources.timestamp()
     unknown_type = check_create_locally(spec, aws.region, defer_unknown=True)
     role = checks.check_role(spec.role)
     endpoint_name = spec.name or resources.resource_name("tf-graviton", stamp)
     model_name = resources.resource_name(endpoint_name if spec.name else "tf-graviton", stamp)
     with tempfile.TemporaryDirectory(prefix="deploy-") as tmp:
-        model = staging.prepare_model_data(spec.model_data, Path(tmp), reporter)
+        model.check_locally(spec, Path(tmp), reporter)
         # read-only calls: nothing is created before they pass
         if unknown_type is not None:
             instance.confirm_with_service(aws, unknown_type, reporter)
@@ -95,20 +119,16 @@ def create(aws: Aws, spec: CreateSpec, reporter: Reporter) -> dict:
             reporter.info("architecture check skipped (--skip-arch-check)")
         existing = waiting.describe_endpoint_or_none(aws, endpoint_name)
         if existing is not None:
-            raise DeployError(f"endpoint {endpoint_name} already exists ({existing['EndpointStatus']}): use "
-                              f"`deploy update {endpoint_name}` or `deploy delete {endpoint_name}`")
+            raise DeployError(f"endpoint {endpoint_name} already exists ({existing['EndpointStatus']}): "
+                              + model.exists_hint.format(name=endpoint_name))
+        model.check_remotely(aws, spec, reporter)
         created = cleanup.Created()
         try:
-            model_url, has_code = staging.stage_model_data(aws, model, spec.bucket, model_name, reporter, created)
-            env = {**resources.default_env(aws.region, has_code), **spec.env}
+            container, label, result = model.container(aws, spec, model_name, reporter, created)
             created.model = model_name
-            aws.sagemaker.create_model(
-                ModelName=model_name,
-                PrimaryContainer={"Image": spec.image, "ModelDataUrl": model_url, "Environment": env},
-                ExecutionRoleArn=role,
-                Tags=[resources.TAG],
-            )
-            reporter.info(f"created model {model_name}")
+            aws.sagemaker.create_model(ModelName=model_name, PrimaryContainer=container, ExecutionRoleArn=role,
+                                       Tags=[resources.TAG])
+            reporter.info(f"created model {model_name}{label}")
             created.endpoint_config = model_name
             aws.sagemaker.create_endpoint_config(
                 EndpointConfigName=model_name,
@@ -128,9 +148,8 @@ def create(aws: Aws, spec: CreateSpec, reporter: Reporter) -> dict:
             desc = None
             if spec.wait:
                 desc = waiting.wait_for_endpoint(aws, endpoint_name, reporter, timeout=spec.timeout, poll=spec.poll)
-            return {"endpoint": endpoint_name, "endpoint_config": model_name, "model": model_name,
-                    "model_data": model_url, "status": desc["EndpointStatus"] if desc else "Creating",
-                    "region": aws.region}
+            return {"endpoint": endpoint_name, "endpoint_config": model_name, "model": model_name, **result,
+                    "status": desc["EndpointStatus"] if desc else "Creating", "region": aws.region}
         except BaseException as exc:
             with interrupts.shielded(reporter.info) as shield:    # from the first line of the cleanup on
                 _stop_create(aws, spec, created, exc, reporter, shield)

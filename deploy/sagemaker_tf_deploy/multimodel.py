@@ -50,7 +50,7 @@ from typing import Callable
 import botocore.exceptions
 import requests
 
-from . import archive, checks, cleanup, endpoint, instance, interrupts, output, resources, staging, waiting
+from . import archive, checks, endpoint, interrupts, output, resources, staging
 from .aws import Aws, error_code, error_message
 from .errors import DeployError, UsageError
 from .invoke import softmax_response
@@ -153,59 +153,34 @@ def _split_prefix(prefix: str) -> tuple[str, str]:
 
 # --- create --multi-model ----------------------------------------------------------------------
 
+class MultiModel(endpoint.SingleModel):
+    """A Mode: MultiModel model for endpoint.create: ModelDataUrl is the S3 prefix (nothing is
+    uploaded), SAGEMAKER_MULTI_MODEL=true; the prefix is checked when this is made (first)."""
+
+    exists_hint = "use `deploy delete {name}` first, or another --name"
+
+    def __init__(self, spec: endpoint.CreateSpec):
+        self.prefix = check_prefix(spec.model_data)
+        self.archives: list = []
+
+    def check_locally(self, spec, workdir, reporter) -> None:
+        pass
+
+    def check_remotely(self, aws: Aws, spec, reporter) -> None:
+        self.archives = list_archives(aws, self.prefix)
+        reporter.info(f"model prefix {self.prefix}: {len(self.archives)} archive(s) there now"
+                      + ("" if self.archives else " (add some with `deploy models add`)"))
+
+    def container(self, aws: Aws, spec, model_name, reporter, created) -> tuple[dict, str, dict]:
+        env = {**resources.default_env(aws.region, False), "SAGEMAKER_MULTI_MODEL": "true", **spec.env}
+        return ({"Image": spec.image, "ModelDataUrl": self.prefix, "Mode": MODE, "Environment": env},
+                f" (Mode MultiModel, {self.prefix})",
+                {"mode": MODE, "model_data": self.prefix, "archives": len(self.archives)})
+
+
 def create(aws: Aws, spec: endpoint.CreateSpec, reporter) -> dict:
-    """deploy create with a Mode: MultiModel model; the steps, checks and rule of endpoint.create."""
-    prefix = check_prefix(spec.model_data)
-    stamp = resources.timestamp()
-    unknown_type = endpoint.check_create_locally(spec, aws.region, defer_unknown=True)
-    role = checks.check_role(spec.role)
-    endpoint_name = spec.name or resources.resource_name("tf-graviton", stamp)
-    model_name = resources.resource_name(endpoint_name if spec.name else "tf-graviton", stamp)
-    # read-only calls: nothing is created before they pass
-    if unknown_type is not None:
-        instance.confirm_with_service(aws, unknown_type, reporter)
-    if spec.arch_check:
-        endpoint.check_architecture(aws, spec.image, spec.instance_type, reporter)
-    else:
-        reporter.info("architecture check skipped (--skip-arch-check)")
-    existing = waiting.describe_endpoint_or_none(aws, endpoint_name)
-    if existing is not None:
-        raise DeployError(f"endpoint {endpoint_name} already exists ({existing['EndpointStatus']}): use "
-                          f"`deploy delete {endpoint_name}` first, or another --name")
-    archives = list_archives(aws, prefix)
-    reporter.info(f"model prefix {prefix}: {len(archives)} archive(s) there now"
-                  + ("" if archives else " (add some with `deploy models add`)"))
-    env = {**resources.default_env(aws.region, False), "SAGEMAKER_MULTI_MODEL": "true", **spec.env}
-    created = cleanup.Created()
-    try:
-        created.model = model_name
-        aws.sagemaker.create_model(
-            ModelName=model_name,
-            PrimaryContainer={"Image": spec.image, "ModelDataUrl": prefix, "Mode": MODE, "Environment": env},
-            ExecutionRoleArn=role, Tags=[resources.TAG])
-        reporter.info(f"created model {model_name} (Mode MultiModel, {prefix})")
-        created.endpoint_config = model_name
-        aws.sagemaker.create_endpoint_config(
-            EndpointConfigName=model_name,
-            ProductionVariants=[{"VariantName": spec.variant, "ModelName": model_name,
-                                 "InstanceType": spec.instance_type,
-                                 "InitialInstanceCount": spec.instance_count, "InitialVariantWeight": 1.0}],
-            Tags=[resources.TAG])
-        reporter.info(f"created endpoint config {model_name} ({spec.instance_count} x {spec.instance_type})")
-        created.endpoint = endpoint_name
-        aws.sagemaker.create_endpoint(EndpointName=endpoint_name, EndpointConfigName=model_name,
-                                      Tags=[resources.TAG])
-        reporter.info(f"creating endpoint {endpoint_name}")
-        desc = None
-        if spec.wait:
-            desc = waiting.wait_for_endpoint(aws, endpoint_name, reporter, timeout=spec.timeout, poll=spec.poll)
-        return {"endpoint": endpoint_name, "endpoint_config": model_name, "model": model_name,
-                "mode": MODE, "model_data": prefix, "archives": len(archives),
-                "status": desc["EndpointStatus"] if desc else "Creating", "region": aws.region}
-    except BaseException as exc:
-        with interrupts.shielded(reporter.info) as shield:
-            endpoint._stop_create(aws, spec, created, exc, reporter, shield)
-        raise AssertionError("unreachable")  # pragma: no cover
+    """deploy create with a Mode: MultiModel model: endpoint.create's steps, checks and rule."""
+    return endpoint.create(aws, spec, reporter, MultiModel(spec))
 
 
 # --- models add / list -------------------------------------------------------------------------

@@ -212,23 +212,10 @@ def _local_archive(model_data: str, workdir: Path, reporter: Reporter) -> tuple[
 
 def _stage(aws: Aws, model_data: str, local: tuple[Path, bool] | None, bucket: str | None, prefix: str,
            reporter: Reporter, created: Created) -> tuple[str, bool]:
-    """(s3 uri, has user code): the s3:// archive as it is, or the local one uploaded."""
-    if local is None:
-        bucket_name, key = staging.split_s3(model_data)
-        try:
-            aws.s3.head_object(Bucket=bucket_name, Key=key)
-        except botocore.exceptions.ClientError as exc:
-            raise DeployError(f"model data {model_data} is not readable: {error_message(exc)}") from exc
-        return model_data, staging.s3_has_user_code(aws, model_data)
-    tarball, has_code = local
-    bucket = bucket or aws.default_bucket()
-    staging.ensure_bucket(aws, bucket, reporter)
-    key = f"{prefix}/model.tar.gz"
-    aws.s3.upload_file(str(tarball), bucket, key)
-    created.s3_object = (bucket, key)
-    uri = f"s3://{bucket}/{key}"
-    reporter.info(f"uploaded {tarball.name} ({tarball.stat().st_size / 1e6:.1f} MB) -> {uri}")
-    return uri, has_code
+    """(s3 uri, has user code): the s3:// archive as it is, or the local one uploaded (as create does)."""
+    model = staging.LocalModel(uri=model_data) if local is None else \
+        staging.LocalModel(tarball=local[0], has_code=local[1])
+    return staging.stage_model_data(aws, model, bucket, prefix, reporter, created)
 
 
 def check_input(aws: Aws, uri: str) -> int:

@@ -21,7 +21,7 @@ import boto3
 import pytest
 
 from tests.fixtures.moto import endpoint_state, gate_operation, hold_endpoint, release_endpoint
-from tests.unit.test_deploy_endpoint import model_tgz, state  # noqa: F401  (fixture and helper)
+from tests.unit.test_deploy_endpoint import state
 
 pytestmark = pytest.mark.deploy
 

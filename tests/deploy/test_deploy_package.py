@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -130,15 +129,8 @@ def test_compare_runs_without_numpy(venv, tmp_path):
     assert out["max_abs_diff"] == pytest.approx(0.4)
 
 
-def test_create_and_delete_against_moto(venv, aws_env, ecr_images, tmp_path):
-    model = tmp_path / "model"
-    (model / "1" / "variables").mkdir(parents=True)
-    (model / "1" / "saved_model.pb").write_bytes(b"\x08\x01fake")
-    (model / "1" / "variables" / "variables.index").write_bytes(b"idx")
-    tgz = tmp_path / "model.tar.gz"
-    with tarfile.open(tgz, "w:gz") as tar:
-        tar.add(model / "1", "1")
-    proc = run(venv, "deploy", "create", "--image", ecr_images["multi"], "--model-data", str(tgz),
+def test_create_and_delete_against_moto(venv, aws_env, ecr_images, model_tgz):
+    proc = run(venv, "deploy", "create", "--image", ecr_images["multi"], "--model-data", str(model_tgz),
                "--role", aws_env["role"], "--name", "fresh", "--poll", "0.05")
     assert proc.returncode == 0, proc.stderr
     assert "endpoint fresh is InService" in proc.stdout

@@ -30,19 +30,6 @@ def run(capsys, *argv):
 
 
 @pytest.fixture
-def model_tgz(tmp_path):
-    """A small archive in the server's layout (content is not a real SavedModel: moto never loads it)."""
-    src = tmp_path / "model"
-    (src / "1" / "variables").mkdir(parents=True)
-    (src / "1" / "saved_model.pb").write_bytes(b"\x08\x01fake")
-    (src / "1" / "variables" / "variables.index").write_bytes(b"idx")
-    out = tmp_path / "model.tar.gz"
-    with tarfile.open(out, "w:gz") as tar:
-        tar.add(src / "1", "1")
-    return out
-
-
-@pytest.fixture
 def model_tgz_with_code(tmp_path, model_tgz):
     code = tmp_path / "code"
     code.mkdir()
