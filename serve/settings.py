@@ -37,8 +37,8 @@ class Settings(BaseSettings):
                                         "vCPUs up to 4, then vCPUs / 2 (at most 64)")
     model_server_threads: int = Field(
         64, ge=2, le=1024,
-        description="HTTP threads per worker; requests mostly wait on the batcher, so this only "
-                    "bounds how many can be in flight before /ping would queue",
+        description="HTTP request threads per worker; requests mostly wait on the batcher, so this "
+                    "bounds how many can be in flight per worker (/ping has threads of its own)",
     )
     model_server_timeout: int = Field(60, ge=1, le=3600, description="seconds any one request may take, end "
                                                                        "to end; past it the caller gets a 504")
