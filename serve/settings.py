@@ -167,10 +167,10 @@ AWS_CONTAINER_ALIASES = {
 }
 # That container's names that mean nothing here, and why (named once in the start-up log).
 AWS_CONTAINER_UNUSED = {
-    "SAGEMAKER_TFS_NUM_BATCH_THREADS": "each worker runs one batch at a time; batches run in parallel "
-                                       "across workers (SAGEMAKER_MODEL_SERVER_WORKERS)",
+    "SAGEMAKER_TFS_NUM_BATCH_THREADS": "each model process runs one batch at a time per model; batches run in "
+                                       "parallel across model processes (SAGEMAKER_TFS_INSTANCE_COUNT)",
     "SAGEMAKER_SAFE_PORT_RANGE": "no internal ports are opened; only SAGEMAKER_BIND_TO_PORT",
-    "SAGEMAKER_GUNICORN_WORKER_CLASS": "the worker class is fixed (gthread, see README)",
+    "SAGEMAKER_GUNICORN_WORKER_CLASS": "the worker class is fixed (gthread, see docs/architecture.md)",
     "SAGEMAKER_TFS_VERSION": "TensorFlow's version is the image's",
 }
 # Set by SageMaker itself for purposes outside the server; not worth a log line.
@@ -216,7 +216,7 @@ def _aws_values(overrides: dict) -> dict[str, str]:
             name = present[0]
             overrides[field] = os.environ[name]
             if field == "model_server_threads" and os.environ[name].strip() == "1":
-                overrides[field] = 2  # /ping keeps a thread of its own; that container's default is 1
+                overrides[field] = 2  # one request decodes while another waits on the model process; AWS's default is 1
         used[field] = name
     return used
 
