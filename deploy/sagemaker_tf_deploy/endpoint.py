@@ -233,6 +233,53 @@ def check_update_locally(spec: UpdateSpec, region: str):
     return unknown
 
 
+def _updatable(aws: Aws, spec: UpdateSpec) -> tuple[dict, dict, dict]:
+    """(config, its one variant, that variant's model) of an endpoint update can work on: InService,
+    one variant, its model still there with a single container (DeployError otherwise)."""
+    current = resources.describe(aws, spec.name, strict=True)
+    endpoint, config = current["endpoint"], current["config"]
+    if endpoint["EndpointStatus"] != "InService":
+        raise DeployError(f"endpoint {spec.name} is {endpoint['EndpointStatus']}; it must be InService to "
+                          f"update (`deploy wait {spec.name}` waits for it)")
+    if len(config["ProductionVariants"]) != 1:
+        raise DeployError(f"endpoint {spec.name} has {len(config['ProductionVariants'])} variants; "
+                          "update handles single-variant endpoints")
+    old_variant = config["ProductionVariants"][0]
+    old_model = current["models"][old_variant["ModelName"]]
+    if old_model is None or "PrimaryContainer" not in old_model:
+        raise DeployError(f"model {old_variant['ModelName']} of {spec.name} is gone or has no single "
+                          f"container (deleted outside deploy?): `deploy update` needs it to copy from; "
+                          f"`deploy delete {spec.name}` still works")
+    return config, old_variant, old_model
+
+
+def _new_container(aws: Aws, spec: UpdateSpec, container: dict, image: str, model: staging.LocalModel | None,
+                   new_name: str, reporter: Reporter, created: cleanup.Created) -> dict:
+    """The old container with the new image, the new model data (uploaded; SAGEMAKER_PROGRAM and
+    SAGEMAKER_SUBMIT_DIRECTORY follow whether it has code, unless the user set them) and --env."""
+    env = dict(container.get("Environment") or {})
+    model_url = container.get("ModelDataUrl")
+    if model is not None:
+        model_url, has_code = staging.stage_model_data(aws, model, spec.bucket, new_name, reporter, created)
+        for key in ("SAGEMAKER_PROGRAM", "SAGEMAKER_SUBMIT_DIRECTORY"):
+            if env.get(key) == resources.default_env(aws.region, True)[key]:
+                env.pop(key)
+        env = {**resources.default_env(aws.region, has_code), **env}
+    env.update(spec.env)
+    new_container = {"Image": image, "Environment": env}
+    if model_url:
+        new_container["ModelDataUrl"] = model_url
+    return new_container
+
+
+def _new_variant(old_variant: dict, new_name: str, instance_type: str, instance_count: int | None) -> dict:
+    variant = {k: v for k, v in old_variant.items() if k in resources.VARIANT_KEYS}
+    variant.update(ModelName=new_name, InstanceType=instance_type)
+    if instance_count:
+        variant["InitialInstanceCount"] = instance_count
+    return variant
+
+
 def update(aws: Aws, spec: UpdateSpec, reporter: Reporter) -> dict:
     """New model + endpoint config, update_endpoint (blue/green), then remove the old ones.
 
@@ -247,54 +294,23 @@ def update(aws: Aws, spec: UpdateSpec, reporter: Reporter) -> dict:
         model = staging.prepare_model_data(spec.model_data, Path(tmp), reporter) if spec.model_data else None
         if unknown_type is not None:
             instance.confirm_with_service(aws, unknown_type, reporter)
-        current = resources.describe(aws, spec.name, strict=True)
-        endpoint, config = current["endpoint"], current["config"]
-        if endpoint["EndpointStatus"] != "InService":
-            raise DeployError(f"endpoint {spec.name} is {endpoint['EndpointStatus']}; it must be InService to "
-                              f"update (`deploy wait {spec.name}` waits for it)")
-        if len(config["ProductionVariants"]) != 1:
-            raise DeployError(f"endpoint {spec.name} has {len(config['ProductionVariants'])} variants; "
-                              "update handles single-variant endpoints")
-        old_variant = config["ProductionVariants"][0]
-        old_model = current["models"][old_variant["ModelName"]]
-        if old_model is None or "PrimaryContainer" not in old_model:
-            raise DeployError(f"model {old_variant['ModelName']} of {spec.name} is gone or has no single "
-                              f"container (deleted outside deploy?): `deploy update` needs it to copy from; "
-                              f"`deploy delete {spec.name}` still works")
+        config, old_variant, old_model = _updatable(aws, spec)
         container = old_model["PrimaryContainer"]
         image = spec.image or container["Image"]
         instance_type = spec.instance_type or old_variant["InstanceType"]
         if spec.arch_check and (spec.image or spec.instance_type):
             check_architecture(aws, image, instance_type, reporter)
         old_config_name = config["EndpointConfigName"]
-        stamp = resources.timestamp()
-        new_name = resources.resource_name(spec.name, stamp)
+        new_name = resources.resource_name(spec.name, resources.timestamp())
         created = cleanup.Created()
         state = {"sent": False, "scaling": None}
         try:
-            env = dict(container.get("Environment") or {})
-            model_url = container.get("ModelDataUrl")
-            if model is not None:
-                model_url, has_code = staging.stage_model_data(aws, model, spec.bucket, new_name, reporter, created)
-                for key in ("SAGEMAKER_PROGRAM", "SAGEMAKER_SUBMIT_DIRECTORY"):
-                    if env.get(key) == resources.default_env(aws.region, True)[key]:
-                        env.pop(key)
-                env = {**resources.default_env(aws.region, has_code), **env}
-            env.update(spec.env)
-            new_container = {"Image": image, "Environment": env}
-            if model_url:
-                new_container["ModelDataUrl"] = model_url
+            new_container = _new_container(aws, spec, container, image, model, new_name, reporter, created)
             created.model = new_name
             aws.sagemaker.create_model(ModelName=new_name, PrimaryContainer=new_container,
                                        ExecutionRoleArn=spec.role or old_model["ExecutionRoleArn"], Tags=[resources.TAG])
             reporter.info(f"created model {new_name}")
-            variant = {k: v for k, v in old_variant.items()
-                       if k in ("VariantName", "InitialVariantWeight", "InitialInstanceCount", "InstanceType",
-                                "AcceleratorType", "ModelDataDownloadTimeoutInSeconds",
-                                "ContainerStartupHealthCheckTimeoutInSeconds", "VolumeSizeInGB")}
-            variant.update(ModelName=new_name, InstanceType=instance_type)
-            if spec.instance_count:
-                variant["InitialInstanceCount"] = spec.instance_count
+            variant = _new_variant(old_variant, new_name, instance_type, spec.instance_count)
             created.endpoint_config = new_name
             aws.sagemaker.create_endpoint_config(EndpointConfigName=new_name, ProductionVariants=[variant],
                                                  Tags=[resources.TAG])
@@ -314,22 +330,26 @@ def update(aws: Aws, spec: UpdateSpec, reporter: Reporter) -> dict:
             with interrupts.shielded(reporter.info) as shield:    # from the first line of the cleanup on
                 _stop_update(aws, spec, created, state, old_config_name, new_name, exc, reporter, shield)
             raise AssertionError("unreachable")  # pragma: no cover
-
-    # the endpoint is InService on the new config: the old ones can go
-    old_data = container.get("ModelDataUrl")
-    for label, call in ((f"endpoint config {old_config_name}",
-                         lambda: aws.sagemaker.delete_endpoint_config(EndpointConfigName=old_config_name)),
-                        (f"model {old_variant['ModelName']}",
-                         lambda: aws.sagemaker.delete_model(ModelName=old_variant["ModelName"]))):
-        cleanup.gone_or(label, call, reporter, prefix="deleted old")
-    kept_archive = None
-    if old_data and old_data != new_container.get("ModelDataUrl"):
-        kept_archive = old_data
-        reporter.info(f"old model data stays in {old_data} (S3 storage only; `deploy delete {spec.name} "
-                      "--purge-s3` removes the archives deploy uploaded for this endpoint)")
+    kept_archive = _remove_old(aws, spec.name, old_config_name, old_variant["ModelName"],
+                               container.get("ModelDataUrl"), new_container.get("ModelDataUrl"), reporter)
     return {"endpoint": spec.name, "endpoint_config": new_name, "model": new_name, "image": image,
             "instance_type": instance_type, "status": desc["EndpointStatus"],
             "previous_endpoint_config": old_config_name, "kept_s3_archive": kept_archive}
+
+
+def _remove_old(aws: Aws, name: str, old_config: str, old_model: str, old_data: str | None,
+                new_data: str | None, reporter: Reporter) -> str | None:
+    """Once the endpoint is InService on the new config: the old config and model go; the old model
+    data stays in S3 (returned when it is not the new one)."""
+    for label, call in ((f"endpoint config {old_config}",
+                         lambda: aws.sagemaker.delete_endpoint_config(EndpointConfigName=old_config)),
+                        (f"model {old_model}", lambda: aws.sagemaker.delete_model(ModelName=old_model))):
+        cleanup.gone_or(label, call, reporter, prefix="deleted old")
+    if old_data and old_data != new_data:
+        reporter.info(f"old model data stays in {old_data} (S3 storage only; `deploy delete {name} "
+                      "--purge-s3` removes the archives deploy uploaded for this endpoint)")
+        return old_data
+    return None
 
 
 def _stop_update(aws: Aws, spec: UpdateSpec, created: cleanup.Created, state: dict, old_config: str, new_config: str,

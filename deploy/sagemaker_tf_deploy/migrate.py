@@ -44,9 +44,6 @@ K_FROM, K_MODEL, K_VARIANT, K_X86, K_MODE = (PREFIX + k for k in
                                              ("from-config", "model", "variant", "x86-variant", "mode"))
 MIGRATION_TAGS = (K_FROM, K_MODEL, K_VARIANT, K_X86, K_MODE)
 GRAVITON_VARIANT = "Graviton"
-VARIANT_KEYS = ("VariantName", "InitialVariantWeight", "InitialInstanceCount", "InstanceType",
-                "AcceleratorType", "ModelDataDownloadTimeoutInSeconds",
-                "ContainerStartupHealthCheckTimeoutInSeconds", "VolumeSizeInGB")
 CONFIG_KEYS = ("DataCaptureConfig", "KmsKeyId", "AsyncInferenceConfig")
 _TRANSIENT = {"Creating", "Updating", "SystemUpdating", "RollingBack", "UpdateRollbackFailed"}
 
@@ -352,7 +349,7 @@ def migrate(aws: Aws, spec: MigrateSpec, reporter: Reporter) -> dict:
                       f"{container.get('ModelDataUrl', '(from ModelDataSource)')}"
                       + (f"; added {', '.join(f'{k}={env[k]}' for k in added)}" if added else "") + ")")
 
-        x86 = {k: v for k, v in old_variant.items() if k in VARIANT_KEYS or k == "ModelName"}
+        x86 = {k: v for k, v in old_variant.items() if k in resources.VARIANT_KEYS or k == "ModelName"}
         graviton = {"VariantName": variant_name, "ModelName": new_name, "InstanceType": spec.instance_type,
                     "InitialInstanceCount": count}
         for key in ("ModelDataDownloadTimeoutInSeconds", "ContainerStartupHealthCheckTimeoutInSeconds",
@@ -440,7 +437,7 @@ def promote(aws: Aws, name: str, reporter: Reporter, *, timeout: float = 1800.0,
         reporter.info(f"{mig.variant} already takes all traffic on {config_name}; migration record removed")
     else:
         final = resources.resource_name(f"{name}-graviton", resources.timestamp())
-        variant = {k: v for k, v in graviton.items() if k in VARIANT_KEYS or k == "ModelName"}
+        variant = {k: v for k, v in graviton.items() if k in resources.VARIANT_KEYS or k == "ModelName"}
         variant["InitialVariantWeight"] = 1.0
         cfg = {"EndpointConfigName": final, "ProductionVariants": [variant], "Tags": [TAG]}
         for key in CONFIG_KEYS:

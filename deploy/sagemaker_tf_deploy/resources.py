@@ -18,12 +18,12 @@ from .errors import DeployError
 
 
 VARIANT = "AllTraffic"
-
-
 TAG = {"Key": "created-by", "Value": "sagemaker-tf-graviton-deploy"}
-
-
 SUBMIT_DIRECTORY = "/opt/ml/model/code"
+# what a production variant carries over when update or migrate copies it to a new config
+VARIANT_KEYS = ("VariantName", "InitialVariantWeight", "InitialInstanceCount", "InstanceType", "AcceleratorType",
+                "ModelDataDownloadTimeoutInSeconds", "ContainerStartupHealthCheckTimeoutInSeconds",
+                "VolumeSizeInGB")
 
 
 def timestamp(now: _dt.datetime | None = None) -> str:

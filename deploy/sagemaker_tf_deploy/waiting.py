@@ -19,8 +19,6 @@ from .output import Reporter
 
 
 TRANSIENT = frozenset({"Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting"})
-
-
 BUSY = frozenset({"Creating", "Updating", "SystemUpdating", "RollingBack"})   # SageMaker refuses changes
 
 
