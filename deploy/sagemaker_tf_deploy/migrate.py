@@ -112,8 +112,10 @@ def read_migration(aws: Aws, name: str, current: dict | None = None) -> Migratio
 
 def graviton_env(region: str, old_env: dict[str, str], overrides: dict[str, str]) -> tuple[dict, list[str]]:
     """The user's environment kept as it is (SAGEMAKER_PROGRAM, SAGEMAKER_SUBMIT_DIRECTORY,
-    SAGEMAKER_TFS_*, their own oneDNN settings, ...), this project's defaults (oneDNN, BF16 fast
-    math, region, log level) added where the user set nothing, then --env. Returns (env, added)."""
+    SAGEMAKER_TFS_*, their own oneDNN settings, ...), this project's defaults (oneDNN, region, log
+    level) added where the user set nothing, then --env. Returns (env, added). BF16 fast math is
+    not among the defaults: the server turns it on where the CPU has bf16 units and the model sets
+    no DNNL_DEFAULT_FPMATH_MODE."""
     defaults = resources.default_env(region, False)
     added = [k for k in defaults if k not in old_env and k not in overrides]
     return {**defaults, **old_env, **overrides}, added
@@ -319,8 +321,9 @@ def migrate(aws: Aws, spec: MigrateSpec, reporter: Reporter) -> dict:
         reporter.info("architecture check skipped (--skip-arch-check)")
 
     env, added = graviton_env(aws.region, dict(container.get("Environment") or {}), spec.env)
-    if env.get("DNNL_DEFAULT_FPMATH_MODE", "").upper() not in ("BF16", "ANY") and "DNNL_DEFAULT_FPMATH_MODE" not in added:
-        reporter.info(f"note: DNNL_DEFAULT_FPMATH_MODE={env['DNNL_DEFAULT_FPMATH_MODE']} kept from the x86 model: "
+    fpmath = env.get("DNNL_DEFAULT_FPMATH_MODE")    # unset: the server's default, BF16 on Graviton3+
+    if fpmath is not None and fpmath.upper() not in ("BF16", "ANY") and "DNNL_DEFAULT_FPMATH_MODE" not in added:
+        reporter.info(f"note: DNNL_DEFAULT_FPMATH_MODE={fpmath} kept from the x86 model: "
                       "the Graviton variant will not use bf16 fast math (--env DNNL_DEFAULT_FPMATH_MODE=BF16 "
                       "changes that; `deploy local --fpmath-check` shows what it does to your outputs)")
     x86_name = old_variant["VariantName"]

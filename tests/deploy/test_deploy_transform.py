@@ -142,7 +142,8 @@ def test_model_env_carries_env_flags(capsys, transform_moto, ecr_images, model_t
     assert sent["primary_container"]["Image"] == ecr_images["multi"]
     assert sent["primary_container"]["ModelDataUrl"].endswith(f"{name}/model.tar.gz")
     env = sent["primary_container"]["Environment"]
-    assert env["SAGEMAKER_TFS_MAX_BATCH_SIZE"] == "256" and env["DNNL_DEFAULT_FPMATH_MODE"] == "BF16"
+    assert env["SAGEMAKER_TFS_MAX_BATCH_SIZE"] == "256" and env["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    assert "DNNL_DEFAULT_FPMATH_MODE" not in env     # the server decides BF16 from the CPU
     assert sent["execution_role_arn"] == transform_moto["role"]
 
 
