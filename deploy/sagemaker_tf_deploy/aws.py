@@ -13,10 +13,35 @@ import os
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.loaders
+import botocore.session
 
 from .errors import DeployError
 
 RETRIES = {"max_attempts": 8, "mode": "standard"}
+_LOADERS: dict[str | None, botocore.loaders.Loader] = {}     # data_path -> loader, for this process
+
+
+def _session(profile: str | None, region: str | None) -> boto3.Session:
+    """A boto3 session whose botocore data loader is shared with this process's earlier sessions.
+
+    The loader holds the parsed service models; parsing them (SageMaker's is megabytes of JSON) is
+    most of what a new client costs. A command makes one session, so this changes nothing for it;
+    a process that runs many commands (the tests call main() hundreds of times) parses each model
+    once instead of once per command. The loader only reads botocore's and boto3's data files.
+    """
+    core = botocore.session.Session()
+
+    def loader() -> botocore.loaders.Loader:
+        path = core.get_config_variable("data_path")     # read once the profile is set
+        if path not in _LOADERS:
+            _LOADERS[path] = botocore.loaders.create_loader(path)
+        return _LOADERS[path]
+    core.lazy_register_component("data_loader", loader)
+    session = boto3.Session(botocore_session=core, profile_name=profile, region_name=region)
+    shared = core.get_component("data_loader")
+    shared.search_paths[:] = list(dict.fromkeys(shared.search_paths))   # boto3 appends its own path each time
+    return session
 
 
 class Aws:
@@ -28,7 +53,7 @@ class Aws:
         # (botocore itself reads only the last two)
         region = region or os.environ.get("AWS_REGION") or None
         try:
-            self.session = boto3.Session(profile_name=profile, region_name=region)
+            self.session = _session(profile, region)
         except botocore.exceptions.ProfileNotFound as exc:
             raise DeployError(str(exc)) from exc
         self.region = self.session.region_name

@@ -17,10 +17,9 @@ import threading
 import time
 from pathlib import Path
 
-import boto3
 import pytest
 
-from tests.fixtures.moto import endpoint_state, gate_operation, hold_endpoint, release_endpoint
+from tests.fixtures.moto import client, endpoint_state, gate_operation, hold_endpoint, release_endpoint
 from tests.unit.test_deploy_endpoint import state
 
 pytestmark = pytest.mark.deploy
@@ -91,7 +90,7 @@ def create_args(aws_env, image, model, name, *extra):
 
 
 def sm():
-    return boto3.client("sagemaker")
+    return client("sagemaker")
 
 
 # --- create ------------------------------------------------------------------------------------

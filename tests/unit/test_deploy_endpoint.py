@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import tarfile
 
-import boto3
 import pytest
 import requests
 
 from sagemaker_tf_deploy.cli import main
-from tests.fixtures.moto import fail_operation, script_endpoint_status
+from tests.fixtures.moto import client, fail_operation, script_endpoint_status
 
 pytestmark = pytest.mark.deploy
 
@@ -43,12 +42,12 @@ def model_tgz_with_code(tmp_path, model_tgz):
 
 
 def sm():
-    return boto3.client("sagemaker")
+    return client("sagemaker")
 
 
 def state():
     """Everything SageMaker-side and S3-side that could be billing or lying around."""
-    s3 = boto3.client("s3")
+    s3 = client("s3")
     objects = []
     for b in s3.list_buckets()["Buckets"]:
         objects += [f"s3://{b['Name']}/{o['Key']}" for o in s3.list_objects_v2(Bucket=b["Name"]).get("Contents", [])]
@@ -88,7 +87,7 @@ def test_create_sends_what_sagemaker_needs(capsys, aws_env, ecr_images, model_tg
         "TF_ENABLE_ONEDNN_OPTS": "1",
     }   # no DNNL_DEFAULT_FPMATH_MODE: the server decides BF16 from the CPU
     # the uploaded object is the archive, byte for byte
-    body = boto3.client("s3").get_object(Bucket=bucket, Key=f"{variant['ModelName']}/model.tar.gz")["Body"].read()
+    body = client("s3").get_object(Bucket=bucket, Key=f"{variant['ModelName']}/model.tar.gz")["Body"].read()
     assert body == model_tgz.read_bytes()
     assert "ml.c7g.xlarge is arm64: ok" in err
 
@@ -116,7 +115,7 @@ def test_architecture_mismatch_is_refused_before_anything_is_created(
     assert code == 1
     assert f"has architectures [{image}]" in err and instance_type in err
     assert state() == {"endpoints": [], "configs": [], "models": [], "objects": []}
-    assert boto3.client("s3").list_buckets()["Buckets"] == []
+    assert client("s3").list_buckets()["Buckets"] == []
 
 
 def test_missing_image_is_refused(capsys, aws_env, ecr_images, model_tgz):
@@ -149,7 +148,7 @@ def test_failed_endpoint_prints_failure_reason_and_rolls_back(capsys, aws_env, e
 
 
 def test_existing_s3_model_is_not_uploaded_nor_deleted_on_rollback(capsys, aws_env, ecr_images, model_tgz_with_code):
-    s3 = boto3.client("s3")
+    s3 = client("s3")
     s3.create_bucket(Bucket="my-models", CreateBucketConfiguration={"LocationConstraint": aws_env["region"]})
     s3.upload_file(str(model_tgz_with_code), "my-models", "v1/model.tar.gz")
     with fail_operation("create_endpoint"):
@@ -212,7 +211,7 @@ def test_autoscale_status_list_delete(capsys, aws_env, ecr_images, model_tgz):
     assert create(capsys, aws_env, ecr_images["multi"], model_tgz, "--name", "scaled")[0] == 0
     code, out, err = run(capsys, "autoscale", "scaled", "--min", "1", "--max", "4", "--target-invocations", "750")
     assert code == 0, err
-    aas = boto3.client("application-autoscaling")
+    aas = client("application-autoscaling")
     (target,) = aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
     assert target["ResourceId"] == "endpoint/scaled/variant/AllTraffic"
     assert target["ScalableDimension"] == "sagemaker:variant:DesiredInstanceCount"

@@ -13,11 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import boto3
 import pytest
 
 from sagemaker_tf_deploy.cli import main
-from tests.fixtures.moto import fail_operation, script_endpoint_status
+from tests.fixtures.moto import client, fail_operation, script_endpoint_status
 
 pytestmark = pytest.mark.deploy
 
@@ -33,11 +32,11 @@ CAPTURE = {"EnableCapture": True, "InitialSamplingPercentage": 100,
 
 
 def sm():
-    return boto3.client("sagemaker")
+    return client("sagemaker")
 
 
 def aas():
-    return boto3.client("application-autoscaling")
+    return client("application-autoscaling")
 
 
 def run(capsys, *argv):
@@ -72,7 +71,7 @@ def state():
 @pytest.fixture
 def x86_endpoint(migrate_aws):
     """The endpoint 'digits': 2 x ml.c6i.xlarge, AWS's TF container, auto scaling 2..6."""
-    s3 = boto3.client("s3")
+    s3 = client("s3")
     s3.create_bucket(Bucket="my-models", CreateBucketConfiguration={"LocationConstraint": migrate_aws["region"]})
     s3.put_object(Bucket="my-models", Key="digits/model.tar.gz", Body=b"not read by moto")
     sm().create_model(ModelName="digits-x86", ExecutionRoleArn=migrate_aws["role"],
