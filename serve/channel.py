@@ -81,15 +81,28 @@ KEEP = 4 << 20   # a link keeps a segment this large between messages; beyond, o
 
 
 def fitting(segment: "Segment | None", need: int, prefix: str) -> "Segment":
-    """SEGMENT when NEED fits it and it is not oversized for NEED, else a new one (the old one
-    unlinked): small messages reuse one segment with room to grow, a large one gets its own, and
-    the next small message gives that memory back instead of pinning it in /dev/shm per link."""
-    if segment is not None and need <= segment.size and (segment.size <= KEEP or segment.size <= 2 * need):
+    """SEGMENT when NEED fits it and it is one a link keeps (at most KEEP), else a new one (the old
+    one unlinked): small messages reuse one segment with room to grow, and each large one gets its
+    own, used once. The reader gives a large request segment's memory back as soon as it has
+    answered (``done_with``), so the next message on that link must not write into it."""
+    if segment is not None and need <= segment.size <= KEEP:
         return segment
     if segment is not None:
         segment.unlink()
         segment.close()
     return Segment.new(prefix, need * 2 if need * 2 <= KEEP else need)
+
+
+def done_with(segment: "Segment") -> None:
+    """The reader's last use of a large segment: its pages go back to the system now (punched out of
+    the file, for the writer's mapping too), even while a stray view still points into it (a batch the
+    batcher's thread still holds, say: it reads zeros from then on), and it is unmapped once no view
+    is left. The writer never writes into it again (``fitting``)."""
+    try:
+        segment.map.madvise(mmap.MADV_REMOVE)
+    except (AttributeError, OSError, ValueError):  # no MADV_REMOVE here, or a file system without holes
+        pass
+    segment.close()
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from .batching import Batcher
 from .errors import ServeError, TooMuchMemory, describe_failure
 from model_archive.layout import find_models
 from .model import Model, Repository, configure_threads, load_model
+from .memory import Trimmer
 from .readiness import failed_path, hung_path, ready_path, socket_path
 from .redact import SecretFilter
 from .settings import load_settings, secret_values
@@ -152,6 +153,7 @@ class Server:
         self.timeout = timeout
         self._infer = local_infer(service.servables) if service.servables is not None else None
         self.listener = Listener(str(address), family="AF_UNIX")
+        self.trimmer = Trimmer()
 
     def serve_forever(self) -> None:
         while True:
@@ -181,10 +183,14 @@ class Server:
                 except Exception as exc:
                     log.exception("model process: %s failed", op)
                     reply = ("error", 500, f"internal error in the model process: {type(exc).__name__}: {exc}", False)
+                for path in [p for p, segment in attached.items() if segment.size > channel.KEEP]:
+                    channel.done_with(attached.pop(path))  # a large request's segment is never sent again
                 try:
                     conn.send(reply)
                 except (OSError, ValueError):  # the worker gave up (timeout) or went away
                     return
+                finally:
+                    self.trimmer.after_request()  # the request's arrays are gone; the answer is in its segment
         finally:
             conn.close()
             if answer is not None:

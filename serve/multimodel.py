@@ -15,7 +15,6 @@ system (malloc_trim).
 """
 from __future__ import annotations
 
-import ctypes
 import gc
 import logging
 import os
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from . import usercode
 from .errors import BadRequest, NotFound, ServeError
+from .memory import malloc_trim
 from .handlers import DefaultHandler, Invocation, Result, Target
 from model_archive.layout import ModelNotFound, find_models
 
@@ -104,13 +104,6 @@ def _disk_bytes(path: Path) -> int:
 def _kind(path: Path) -> str:
     locations = [loc for versions in find_models(path).values() for loc in versions]
     return locations[0].kind if locations else "unknown"
-
-
-def _trim() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 class MultiModelService:
@@ -207,7 +200,7 @@ class MultiModelService:
         before = _rss()
         del loaded
         gc.collect()
-        _trim()
+        malloc_trim()
         freed = before - _rss()
         log.info("unloaded model '%s': resident -%d KiB", name, max(0, freed) >> 10)
         return {"modelName": name, "freed_bytes": max(0, freed)}

@@ -35,6 +35,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.workers.gthread import ThreadWorker
 
+from .memory import Trimmer
 from .readiness import Readiness, failed_path, hung_path, ready_path
 from .redact import SecretFilter
 from .settings import Settings
@@ -118,6 +119,8 @@ class ServeWorker(ThreadWorker):
     - No "100 Continue" for a body whose Content-Length is over the limit: the answer is a 413.
     - A body that pauses for SAGEMAKER_MODEL_SERVER_BODY_TIMEOUT seconds is answered 408 and closed,
       so stalled uploads cannot hold a request thread for long.
+    - After a request that left the worker much larger than before, freed memory goes back to the
+      system (``serve.memory``).
     - /ping has threads of its own (PING_THREADS), which requests cannot fill: the accepting
       thread looks at the bytes that arrived (MSG_PEEK) before it hands a connection to a pool,
       and a whole ``GET /ping`` head goes to the ping threads, everything else to the request
@@ -129,6 +132,7 @@ class ServeWorker(ThreadWorker):
     def init_process(self) -> None:
         util.write_error = _write_json_error
         self.ping_pool = futures.ThreadPoolExecutor(max_workers=PING_THREADS, thread_name_prefix="ping")
+        self.trimmer = Trimmer()
         super().init_process()
 
     # -- which pool: /ping's or the requests' ------------------------------------------------------
@@ -214,6 +218,7 @@ class ServeWorker(ThreadWorker):
                 conn.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        self.trimmer.after_request()  # the answer is out and the request's arrays are gone
         return keepalive
 
     def set_accept_enabled(self, enabled: bool) -> None:
