@@ -468,7 +468,8 @@ def _status_bytes(pid: int, field: str) -> int:
     raise AssertionError(field)
 
 
-def test_a_255_mib_npz_of_zeros_is_bounded_and_given_back(sums_model_dir):
+@pytest.mark.parametrize("target", PROCESS_TARGETS)
+def test_a_255_mib_npz_of_zeros_is_bounded_and_given_back(request, target, sums_model_dir):
     """bench.memory's worst kind: a few hundred KB that expand to 255 MiB. Peak at most 4x the array in
     the HTTP worker (measured 3.0x: the expanded bytes, the array, its copy in the channel) and 1.5x in
     the model process (1.0x); after 20 small requests at most 64 MiB still held by either (measured
@@ -479,7 +480,7 @@ def test_a_255_mib_npz_of_zeros_is_bounded_and_given_back(sums_model_dir):
     buf = io.BytesIO()
     np.savez_compressed(buf, x=x)
     body, small = buf.getvalue(), '{"instances": [[1, 2, 3, 4]]}'
-    with start_host_server(sums_model_dir) as server:
+    with start_target(request, target, sums_model_dir) as server:
         (worker,), (model,) = worker_pids(server.master_pid()), model_pids(server.master_pid())
         for _ in range(20):
             assert post(server.url, small).status_code == 200
@@ -496,7 +497,7 @@ def test_a_255_mib_npz_of_zeros_is_bounded_and_given_back(sums_model_dir):
         time.sleep(0.5)
         held = {pid: _status_bytes(pid, "VmRSS") - base[pid] for pid in (worker, model)}
     MiB = 1 << 20
-    report("hardening", f"255 MiB .npz of zeros ({len(body) >> 10} KiB body): peak +{peak[worker] / MiB:.0f} MiB "
+    report("hardening", f"{target}: 255 MiB .npz of zeros ({len(body) >> 10} KiB body): peak +{peak[worker] / MiB:.0f} MiB "
                         f"(HTTP worker), +{peak[model] / MiB:.0f} MiB (model process); held after 20 small "
                         f"requests +{held[worker] / MiB:.0f} / +{held[model] / MiB:.0f} MiB")
     assert peak[worker] <= 4 * x.nbytes and peak[model] <= 1.5 * x.nbytes, peak
