@@ -8,7 +8,7 @@ shrinks from the top. Measured (``python -m bench.memory``): an HTTP worker that
 .npz still held 505 MiB after 50 small requests.
 
 ``Trimmer.after_request`` runs after every request in the HTTP workers and in the model processes:
-it reads the process's resident size (one read of /proc/self/statm, a few microseconds) and, when that
+it reads the process's resident size (one pread of /proc/self/statm, about 3 µs) and, when that
 is more than ``TRIM_ABOVE`` over what it was after the last trim, calls ``malloc_trim(0)``, which hands
 the free pages of every arena back. Small requests never pay for a trim; a large one pays once (a few
 milliseconds for hundreds of MiB).
@@ -37,11 +37,17 @@ def malloc_trim() -> bool:
         return False
 
 
+_statm = {}   # pid -> an open /proc/self/statm (opened in that process: /proc/self is resolved at open)
+
+
 def resident() -> int:
     """This process's resident set size in bytes (0 where /proc is not there)."""
+    pid = os.getpid()
     try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE
+        fd = _statm.get(pid)
+        if fd is None:
+            fd = _statm[pid] = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+        return int(os.pread(fd, 128, 0).split()[1]) * _PAGE
     except (OSError, ValueError, IndexError):
         return 0
 
