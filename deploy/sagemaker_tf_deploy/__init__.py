@@ -9,7 +9,8 @@ Modules, each with one reason to change:
 - endpoint.py  create / update / delete / list: the order of the steps and the interruption
                rule (what a stop or a failure undoes); the steps are the next five modules
 - resources.py names (BASE-TIMESTAMP), the created-by tag, the environment every model gets
-               (default_env, also used by local, transform, migrate, multimodel), describe()
+               (default_env, also used by local, transform, migrate, multimodel), describe(),
+               and what deploy made for an endpoint (owned_leftovers/owned_archives, for delete)
 - staging.py   model data to S3: local checks, packaging a folder, bucket, upload, abort
 - waiting.py   SageMaker's endpoint statuses: wait until settled, delete when SageMaker allows;
                the poll interval is always the caller's (--poll; small in the tests)

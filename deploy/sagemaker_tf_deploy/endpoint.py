@@ -18,7 +18,7 @@ from pathlib import Path
 import botocore.exceptions
 
 from . import checks, cleanup, instance, interrupts, registry, resources, scaling, staging, waiting
-from .aws import Aws, error_code, error_message
+from .aws import Aws, error_message
 from .errors import DeployError, UsageError
 from .output import Reporter
 
@@ -429,70 +429,6 @@ def _stop_update(aws: Aws, spec: UpdateSpec, created: cleanup.Created, state: di
     finish(f"update {what}; kept everything, {name} is {status} on {live or '?'}")
 
 
-def _tagged_ours(aws: Aws, arn: str | None) -> bool:
-    if not arn:
-        return False
-    try:
-        tags = aws.sagemaker.list_tags(ResourceArn=arn).get("Tags") or []
-    except botocore.exceptions.ClientError:
-        return False
-    return any(t.get("Key") == resources.TAG["Key"] and t.get("Value") == resources.TAG["Value"] for t in tags)
-
-
-def _other_endpoints(aws: Aws, name: str, stem: str) -> set[str]:
-    """Names of other endpoints that look like NAME-TIMESTAMP: an unnamed `create` gives the endpoint,
-    its config, its model and its S3 prefix the same name, so `deploy delete tf-graviton` must not
-    take those for leftovers of an endpoint called tf-graviton."""
-    names = set()
-    for page in aws.sagemaker.get_paginator("list_endpoints").paginate(NameContains=stem.rstrip("-") or name):
-        names.update(e["EndpointName"] for e in page["Endpoints"])
-    names.discard(name)
-    return names
-
-
-def owned_leftovers(aws: Aws, name: str, skip: set[str] = frozenset()) -> dict[str, list[str]]:
-    """Endpoint configs and models this tool made for endpoint NAME (its naming pattern and its
-    created-by tag), e.g. the unused ones an interrupted `update --on-interrupt keep` left."""
-    pattern = resources.owned_pattern(name)
-    contains = resources.resource_name(name, "0" * 8 + "-" + "0" * 6 + "-" + "0" * 3)[:-len("00000000-000000-000")]
-    skip = set(skip) | _other_endpoints(aws, name, contains)
-    out = {"configs": [], "models": []}
-    for kind, op, key, arn_key, field_name in (
-            ("configs", "list_endpoint_configs", "EndpointConfigs", "EndpointConfigArn", "EndpointConfigName"),
-            ("models", "list_models", "Models", "ModelArn", "ModelName")):
-        for needle in sorted({contains.rstrip("-") or name, name}):
-            for page in aws.sagemaker.get_paginator(op).paginate(NameContains=needle):
-                for item in page[key]:
-                    n = item[field_name]
-                    if n in skip or n in out[kind] or not pattern.match(n):
-                        continue
-                    if _tagged_ours(aws, item.get(arn_key)):
-                        out[kind].append(n)
-    return out
-
-
-def owned_archives(aws: Aws, name: str, buckets: set[str]) -> list[str]:
-    """s3://BUCKET/NAME-TIMESTAMP/model.tar.gz objects deploy uploaded for endpoint NAME."""
-    pattern = resources.owned_pattern(name)
-    stem = resources.resource_name(name, "0" * 8 + "-" + "0" * 6 + "-" + "0" * 3)[:-len("00000000-000000-000")]
-    found = []
-    others = _other_endpoints(aws, name, stem)
-    for bucket in sorted(buckets):
-        try:
-            for prefix in sorted({stem, f"{name}/"}):       # listing only what could be ours
-                for page in aws.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-                    for obj in page.get("Contents") or []:
-                        top, _, rest = obj["Key"].partition("/")
-                        uri = f"s3://{bucket}/{obj['Key']}"
-                        if rest == "model.tar.gz" and pattern.match(top) and top not in others \
-                                and uri not in found:
-                            found.append(uri)
-        except botocore.exceptions.ClientError as exc:
-            if error_code(exc) not in ("NoSuchBucket", "404", "AccessDenied", "403"):
-                raise
-    return found
-
-
 def delete(aws: Aws, name: str, reporter: Reporter, *, wait: bool = True, timeout: float = 1800.0,
            poll: float = 15.0, if_exists: bool = False, purge_s3: bool = False) -> dict:
     """Endpoint, its config and models, auto scaling target, and the unused configs/models this tool
@@ -533,7 +469,7 @@ def delete(aws: Aws, name: str, reporter: Reporter, *, wait: bool = True, timeou
             if cleanup.gone_or(f"model {model_name}", lambda m=model_name: aws.sagemaker.delete_model(ModelName=m),
                         reporter, prefix="deleted"):
                 deleted.append(f"model {model_name}")
-    leftovers = owned_leftovers(aws, name)
+    leftovers = resources.owned_leftovers(aws, name)
     for config in leftovers["configs"]:
         if cleanup.gone_or(f"endpoint config {config}",
                     lambda c=config: aws.sagemaker.delete_endpoint_config(EndpointConfigName=c),
@@ -552,7 +488,7 @@ def delete(aws: Aws, name: str, reporter: Reporter, *, wait: bool = True, timeou
         buckets.add(aws.default_bucket())
     except (DeployError, botocore.exceptions.ClientError):
         pass
-    archives = owned_archives(aws, name, buckets)
+    archives = resources.owned_archives(aws, name, buckets)
     purged = []
     if archives and purge_s3:
         for uri in archives:

@@ -1,6 +1,8 @@
 """What deploy makes on SageMaker and how it reads it back: names (BASE-TIMESTAMP, cut to 63
 characters, and the pattern that recognises them), the created-by tag, the variant name, the
-environment every model gets, and describe() of an endpoint with its config and models.
+environment every model gets, describe() of an endpoint with its config and models, and the
+configs, models and archives deploy made for an endpoint (owned_leftovers, owned_archives: its
+naming pattern and its tag), which `deploy delete` removes.
 
 Reason to change: a new naming or tagging rule, a new default variable, a new field to read.
 """
@@ -13,7 +15,7 @@ import re
 import botocore.exceptions
 
 from . import waiting
-from .aws import Aws, not_found
+from .aws import Aws, error_code, not_found
 from .errors import DeployError
 
 
@@ -56,11 +58,15 @@ def default_env(region: str, has_code: bool) -> dict[str, str]:
     return env
 
 
+def name_stem(endpoint: str) -> str:
+    """What resource_name(ENDPOINT, any timestamp) starts with ("digits-")."""
+    return resource_name(endpoint, "0" * 8 + "-" + "0" * 6 + "-" + "0" * 3)[:-len("00000000-000000-000")]
+
+
 def owned_pattern(endpoint: str) -> re.Pattern:
     """Names this tool gives the models, endpoint configs and S3 prefixes of ENDPOINT:
     resource_name(ENDPOINT, TIMESTAMP), and the endpoint's own name (an unnamed create)."""
-    probe = resource_name(endpoint, "0" * 8 + "-" + "0" * 6 + "-" + "0" * 3)
-    prefix = probe[: -len("00000000-000000-000")]
+    prefix = name_stem(endpoint)
     return re.compile(rf"^(?:{re.escape(prefix)}\d{{8}}-\d{{6}}-\d{{3}}|{re.escape(endpoint)})$")
 
 
@@ -94,3 +100,69 @@ def describe(aws: Aws, name: str, *, strict: bool = False) -> dict:
                 raise
             models[variant["ModelName"]] = None
     return {"endpoint": endpoint, "config": config, "models": models}
+
+
+# --- what deploy made for an endpoint: its naming pattern and its created-by tag -------------
+
+def _tagged_ours(aws: Aws, arn: str | None) -> bool:
+    if not arn:
+        return False
+    try:
+        tags = aws.sagemaker.list_tags(ResourceArn=arn).get("Tags") or []
+    except botocore.exceptions.ClientError:
+        return False
+    return any(t.get("Key") == TAG["Key"] and t.get("Value") == TAG["Value"] for t in tags)
+
+
+def _other_endpoints(aws: Aws, name: str, stem: str) -> set[str]:
+    """Names of other endpoints that look like NAME-TIMESTAMP: an unnamed `create` gives the endpoint,
+    its config, its model and its S3 prefix the same name, so `deploy delete tf-graviton` must not
+    take those for leftovers of an endpoint called tf-graviton."""
+    names = set()
+    for page in aws.sagemaker.get_paginator("list_endpoints").paginate(NameContains=stem.rstrip("-") or name):
+        names.update(e["EndpointName"] for e in page["Endpoints"])
+    names.discard(name)
+    return names
+
+
+def owned_leftovers(aws: Aws, name: str, skip: set[str] = frozenset()) -> dict[str, list[str]]:
+    """Endpoint configs and models this tool made for endpoint NAME (its naming pattern and its
+    created-by tag), e.g. the unused ones an interrupted `update --on-interrupt keep` left."""
+    pattern = owned_pattern(name)
+    contains = name_stem(name)
+    skip = set(skip) | _other_endpoints(aws, name, contains)
+    out = {"configs": [], "models": []}
+    for kind, op, key, arn_key, field_name in (
+            ("configs", "list_endpoint_configs", "EndpointConfigs", "EndpointConfigArn", "EndpointConfigName"),
+            ("models", "list_models", "Models", "ModelArn", "ModelName")):
+        for needle in sorted({contains.rstrip("-") or name, name}):
+            for page in aws.sagemaker.get_paginator(op).paginate(NameContains=needle):
+                for item in page[key]:
+                    n = item[field_name]
+                    if n in skip or n in out[kind] or not pattern.match(n):
+                        continue
+                    if _tagged_ours(aws, item.get(arn_key)):
+                        out[kind].append(n)
+    return out
+
+
+def owned_archives(aws: Aws, name: str, buckets: set[str]) -> list[str]:
+    """s3://BUCKET/NAME-TIMESTAMP/model.tar.gz objects deploy uploaded for endpoint NAME."""
+    pattern = owned_pattern(name)
+    stem = name_stem(name)
+    found = []
+    others = _other_endpoints(aws, name, stem)
+    for bucket in sorted(buckets):
+        try:
+            for prefix in sorted({stem, f"{name}/"}):       # listing only what could be ours
+                for page in aws.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                    for obj in page.get("Contents") or []:
+                        top, _, rest = obj["Key"].partition("/")
+                        uri = f"s3://{bucket}/{obj['Key']}"
+                        if rest == "model.tar.gz" and pattern.match(top) and top not in others \
+                                and uri not in found:
+                            found.append(uri)
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) not in ("NoSuchBucket", "404", "AccessDenied", "403"):
+                raise
+    return found
