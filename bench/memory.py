@@ -209,8 +209,11 @@ NOTES = """## What the figures say
   (Python's floats and the parsers' buffers; with the 6 MiB body cap that is under 80 MiB). The model
   process adds about 1.1x (TensorFlow's input tensor). `tests/host/test_hardening.py::
   test_a_255_mib_npz_of_zeros_is_bounded_and_given_back` asserts 4x / 1.5x for the worst kind.
-- **Memory given back** (`serve/memory.py`, `serve/channel.py`): after a request that left a process more
-  than 32 MiB larger than after its last trim, `malloc_trim(0)`; and the model process punches a large
+- **Memory given back** (`serve/memory.py`, `serve/channel.py`): after a request that leaves a process more
+  than 32 MiB larger than after its last trim with no request in flight, `malloc_trim(0)` (at once when
+  it was the last one in flight, at most once a second while requests overlap: a size taken mid-flight
+  would count the others' memory and hide what they free later; that rule took the held memory after
+  8 .npy at once from +89 to +64 MiB); and the model process punches a large
   (> 4 MiB) request segment out of /dev/shm as soon as it has answered, because the batcher's thread
   keeps its last batch (a view of that segment) until its next one. 255 MiB .npz: held after 50 small
   requests went from +505 MiB (worker) and +261 MiB (model process) to +1 and +6.
@@ -228,6 +231,8 @@ NOTES = """## What the figures say
     the largest body it parsed (19 MiB for a 5.5 MiB body, measured in-process): with 8 large JSON
     requests at once, +239 MiB stays held; with 64 threads it could be 1.2 GiB per worker. Dropping the
     thread's parser after a body over ~1 MiB would bound it.
+  - *Held after concurrent .npy*: +64 MiB in the worker after 8 at once, with no free pages left for
+    `malloc_trim` (5.5 MiB regions in the threads' arenas, so live or unreleasable; not found yet).
   - *Concurrency*: the bound is per request; a worker runs up to SAGEMAKER_MODEL_SERVER_THREADS (64) at
     once, so 8 deflated 255 MiB .npz at once peaked at +5.8 GiB in the worker. A per-worker budget of
     expanded bytes would bound that; it is not built.

@@ -172,6 +172,7 @@ class Server:
                     op, request = conn.recv()
                 except (EOFError, OSError):
                     return
+                self.trimmer.begin()
                 try:
                     reply, answer = self._dispatch(op, request, attached, answer)
                 except ServeError as exc:
@@ -190,7 +191,7 @@ class Server:
                 except (OSError, ValueError):  # the worker gave up (timeout) or went away
                     return
                 finally:
-                    self.trimmer.after_request()  # the request's arrays are gone; the answer is in its segment
+                    self.trimmer.end()  # the request's arrays are gone; the answer is in its segment
         finally:
             conn.close()
             if answer is not None:

@@ -203,6 +203,14 @@ class ServeWorker(ThreadWorker):
             os._exit(ServeArbiter.WORKER_BOOT_ERROR)  # nothing was served yet; the master halts the server
 
     def handle_request(self, req, conn):
+        self.trimmer.begin()
+        try:
+            return self._handle_request(req, conn)
+        finally:
+            _current.req = None
+            self.trimmer.end()  # the answer is out and the request's arrays are gone
+
+    def _handle_request(self, req, conn):
         _current.req, _current.at_once = req, False
         # a body that stops arriving: each read waits at most this long (app.read_body answers 408)
         conn.sock.settimeout(self.app.body_timeout)
@@ -218,7 +226,6 @@ class ServeWorker(ThreadWorker):
                 conn.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        self.trimmer.after_request()  # the answer is out and the request's arrays are gone
         return keepalive
 
     def set_accept_enabled(self, enabled: bool) -> None:

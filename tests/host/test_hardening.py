@@ -504,18 +504,20 @@ def test_a_255_mib_npz_of_zeros_is_bounded_and_given_back(request, target, sums_
     assert held[worker] <= 64 * MiB and held[model] <= 64 * MiB, held
 
 
-def test_trimmer_trims_only_past_its_threshold(monkeypatch):
+def test_trimmer_trims_past_its_threshold_measured_when_quiet(monkeypatch):
     from serve import memory
 
-    sizes, trims = iter([100, 110, 200, 120, 90, 130]), []
-    monkeypatch.setattr(memory, "resident", lambda: next(sizes))
+    sizes, trims = [100], []
+    monkeypatch.setattr(memory, "resident", lambda: sizes[0])
     monkeypatch.setattr(memory, "malloc_trim", lambda: trims.append(1) or True)
-    t = memory.Trimmer(above=50)                             # baseline 100
-    t.after_request()                                        # 110: within 50 of it
+    t = memory.Trimmer(above=50, busy_interval=60)           # baseline 100
+    t.begin(); sizes[0] = 140; t.end()                       # within 50 of it
     assert not trims
-    t.after_request()                                        # 200: trims, baseline becomes 120
-    assert trims and t.baseline == 120
-    t.after_request()                                        # 90: no trim, baseline follows it down
-    assert t.baseline == 90 and len(trims) == 1
-    t.after_request()                                        # 130: within 50 of 90
-    assert len(trims) == 1
+    t.begin(); t.begin(); sizes[0] = 300; t.end()            # one still in flight: trims (the first in a while)
+    assert len(trims) == 1 and t.baseline == 100             # ... but takes no baseline while busy
+    sizes[0] = 290; t.end()                                  # the last one ends: quiet, so it trims at once
+    assert len(trims) == 2 and t.baseline == 290             # and what is left is the new baseline
+    t.begin(); sizes[0] = 320; t.end()
+    assert len(trims) == 2
+    t.begin(); t.begin(); sizes[0] = 400; t.end()            # busy again: within busy_interval of a trim
+    assert len(trims) == 2
