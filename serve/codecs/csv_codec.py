@@ -8,7 +8,7 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import BadRequest, NotAcceptable
-from .decoded import Decoded
+from .decoded import Decoded, text_array
 from .media import JSON
 
 def decode_csv(body: bytes) -> Decoded:
@@ -28,7 +28,7 @@ def _csv_strings(body: bytes, number_error: ValueError) -> np.ndarray:
     if not rows or len({len(r) for r in rows}) != 1:
         raise BadRequest(f"CSV must hold one instance per row, every row with the same number of "
                          f"columns, no header ({number_error})")
-    return np.array(rows, dtype=str)
+    return text_array(rows, "CSV")
 
 
 def encode_csv(outputs: Mapping[str, np.ndarray], columnar: bool = False) -> bytes:

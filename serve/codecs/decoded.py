@@ -6,6 +6,8 @@ from typing import Mapping, Union
 
 import numpy as np
 
+from ..errors import BadRequest
+
 Inputs = Union[np.ndarray, dict[str, np.ndarray]]
 
 
@@ -25,3 +27,17 @@ class Decoded:
         if method != "predict":
             return encode_results(method, outputs)
         return encode(outputs, accept, columnar=self.columnar)
+
+
+def text_array(value, what: str) -> np.ndarray:
+    """Strings (and {"b64"} bytes) as an object array. NumPy's own str dtype is fixed-width: it would store every
+    string at the longest one's width, so one long string among many empty ones would take
+    gigabytes from a body of kilobytes."""
+    try:
+        array = np.array(value, dtype=object)
+    except ValueError as exc:  # ragged nesting
+        raise BadRequest(f"{what}: every instance must have the same shape ({exc})") from None
+    if not all(isinstance(v, (str, bytes)) for v in array.flat):
+        raise BadRequest(f"{what}: every instance must have the same shape and hold numbers or strings, "
+                         f"not both")
+    return array

@@ -17,12 +17,20 @@ import orjson
 import simdjson
 
 from ..errors import BadRequest
-from .decoded import Decoded, Inputs
+from .decoded import Decoded, Inputs, text_array
 from .media import JSON
 
 # -- decoding ---------------------------------------------------------------------------------------
 
+def _first_leaf(value):
+    while isinstance(value, list) and value:
+        value = value[0]
+    return value
+
+
 def _array(value, what: str) -> np.ndarray:
+    if isinstance(_first_leaf(value), (str, bytes)):
+        return text_array(value, what)
     try:
         array = np.asarray(value)
     except ValueError as exc:  # ragged nesting

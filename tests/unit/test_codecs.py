@@ -257,3 +257,29 @@ def test_fast_path_takes_plain_number_bodies():
         assert fast is not None
         arr = fast.inputs["image"] if isinstance(fast.inputs, dict) else fast.inputs
         np.testing.assert_array_equal(arr, x)
+
+
+# -- strings: memory in proportion to the body -------------------------------------------------------
+
+@pytest.mark.parametrize("content_type, body", [
+    ("application/json", json.dumps({"instances": ["x" * 250_000] + [""] * 1000}).encode()),
+    ("text/csv", b"x" * 100_000 + b",a\n" + b"b,c\n" * 3000),   # csv's field limit is 128 KiB
+])
+def test_one_long_string_among_many_short_ones_costs_what_the_body_does(content_type, body):
+    """NumPy's fixed-width str dtype would store every string at the longest one's width (about 1 GB
+    for each of these bodies); as objects they cost a small multiple of the body."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        decoded = codecs.decode(body, content_type)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert decoded.inputs.dtype == object and decoded.inputs.flat[0].startswith("x" * 100_000)
+    assert peak < 50 * len(body), f"decoding a {len(body)} byte body peaked at {peak} bytes"
+
+
+def test_strings_mixed_with_numbers_are_refused():
+    with pytest.raises(BadRequest, match="numbers or strings, not both"):
+        codecs.decode(b'{"instances": ["a", 1]}', "application/json")
