@@ -246,6 +246,7 @@ class Batcher:
                 if batch:
                     self._execute(batch)
             finally:
+                batch = None  # not kept while waiting for the next: its arrays may be large
                 self._idle()
 
     def _execute(self, batch: list[_Item]) -> None:

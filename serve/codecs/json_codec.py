@@ -99,8 +99,16 @@ def _numeric_array(node) -> tuple[np.ndarray, int] | None:
 
 _parsers = threading.local()
 
+# A parser keeps buffers of about 3.5x the largest document it parsed, for as long as it lives.
+KEEP_PARSER_MAX_BYTES = 1 << 20
+
+
 def _parse(body: bytes):
-    """simdjson with one reusable parser per thread (a new parser costs more than a small body)."""
+    """simdjson with one reusable parser per thread (a new parser costs more than a small body);
+    a large body gets a parser of its own, freed with its document, so that no thread keeps
+    megabytes of buffers for the largest body it ever saw."""
+    if len(body) > KEEP_PARSER_MAX_BYTES:
+        return simdjson.Parser().parse(body)
     parser = getattr(_parsers, "parser", None)
     if parser is None:
         parser = _parsers.parser = simdjson.Parser()

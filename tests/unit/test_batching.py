@@ -203,3 +203,25 @@ def test_a_timed_out_large_request_stops_calling_the_model(model):
     calls = len(rec.calls)
     time.sleep(0.3)
     assert len(rec.calls) == calls < 40, "parts of a cancelled request kept running"
+
+
+def test_the_model_thread_keeps_no_finished_batch(model):
+    """A finished batch's arrays (a view of the request's shared-memory segment, in the model
+    process) are not held while the model thread waits for the next one."""
+    import gc
+    import weakref
+
+    rec, batcher = make(model, delay=0.2)
+    first = threading.Thread(target=lambda: batcher.wait(batcher.submit("sum_only", {"x": np.ones((1, 3), np.float32)}), 10))
+    first.start()
+    time.sleep(0.05)                       # the first runs inline; the second queues for the model thread
+    x = np.ones((1, 3), np.float32)
+    gone = weakref.ref(x)
+    out = batcher.wait(batcher.submit("sum_only", {"x": x}), 10)
+    first.join()
+    assert rec.threads[-1] == "batcher"    # the premise: it ran on the model thread
+    del x
+    time.sleep(0.05)
+    gc.collect()
+    assert gone() is None, "the model thread still holds the last batch's inputs"
+    np.testing.assert_array_equal(out["s"], [3.0])

@@ -283,3 +283,27 @@ def test_one_long_string_among_many_short_ones_costs_what_the_body_does(content_
 def test_strings_mixed_with_numbers_are_refused():
     with pytest.raises(BadRequest, match="numbers or strings, not both"):
         codecs.decode(b'{"instances": ["a", 1]}', "application/json")
+
+
+def test_a_large_json_body_does_not_go_through_the_kept_parser(monkeypatch):
+    """A simdjson parser keeps buffers of about 3.5x the largest document it parsed for as long as
+    it lives: the parser each thread keeps is for small bodies, a large one gets its own."""
+    import simdjson
+
+    class Spy:
+        def __init__(self):
+            self.real, self.sizes = simdjson.Parser(), []
+
+        def parse(self, body):
+            self.sizes.append(len(body))
+            return self.real.parse(body)
+
+    spy = Spy()
+    monkeypatch.setattr(codecs.json_codec._parsers, "parser", spy, raising=False)
+    small = json.dumps({"instances": [[1.0, 2.0, 3.0, 4.0]] * 1000}).encode()
+    large = json.dumps({"instances": np.arange(600_000, dtype=np.float64).reshape(-1, 4).tolist()}).encode()
+    assert codecs.FAST_JSON_MIN_BYTES <= len(small) < codecs.json_codec.KEEP_PARSER_MAX_BYTES < len(large)
+    for body in (small, large):
+        decoded = codecs.decode(body, "application/json")
+        assert decoded.inputs.shape[1] == 4
+    assert spy.sizes == [len(small)]
