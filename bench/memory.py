@@ -221,16 +221,14 @@ NOTES = """## What the figures say
   halves its peak, but leaves JSON's held memory (+22 MiB) and the model process's segment (+260), and
   makes every allocation over 128 KiB a system call; the trim costs only the requests that grew the
   process, so it is what the server does.
-- **Not bounded by the server's own code** (they live in `serve/codecs/`):
-  - *JSON with long strings*: NumPy's fixed-width str dtype stores every string at the longest one's
-    width, so 0.24 MiB of JSON decodes to 955 MiB (K is 1.0 of that, but the decoded size is ~4,000x the
-    body). One that cannot be allocated is now a 413 (`MemoryError`), but one that fits in RAM is filled
-    and can take the worker to the OOM killer. Decoding strings to object arrays (or refusing a str array
-    over a budget, as .npz has) would bound it.
-  - *Per thread, not per request*: a simdjson parser is kept per thread and keeps buffers of about 3.5x
-    the largest body it parsed (19 MiB for a 5.5 MiB body, measured in-process): with 8 large JSON
-    requests at once, +239 MiB stays held; with 64 threads it could be 1.2 GiB per worker. Dropping the
-    thread's parser after a body over ~1 MiB would bound it.
+- **JSON strings and the JSON parser** (fixed after the tables above were first taken; see the
+  *after: strings as objects* tables): NumPy's fixed-width str dtype stored every string at the longest
+  one's width, so 0.24 MiB of JSON (one long string, many empty ones) decoded to 955 MiB (the *decoded*
+  column still shows that size, computed the old way): strings now decode to object arrays, and that
+  body peaks at +3 MiB. And the simdjson parser each thread keeps held about 3.5x the largest body it
+  parsed; a body over 1 MiB now gets a parser of its own, freed with it: held after one 5.5 MiB JSON
+  body +60 -> +6 MiB, after 8 at once +230 -> +93 MiB.
+- **Not bounded yet:**
   - *Held after concurrent .npy*: +64 MiB in the worker after 8 at once, with no free pages left for
     `malloc_trim` (5.5 MiB regions in the threads' arenas, so live or unreleasable; not found yet).
   - *Concurrency*: the bound is per request; a worker runs up to SAGEMAKER_MODEL_SERVER_THREADS (64) at
