@@ -35,12 +35,6 @@ class NotFound(ServeError):
     status = 404
 
 
-class BodyTimeout(ServeError):
-    """The client stopped sending its body."""
-    status = 408
-    close_connection = True
-
-
 class IncompleteBody(BadRequest):
     """Fewer bytes than Content-Length announced (the client closed, or stalled past the deadline)."""
     close_connection = True

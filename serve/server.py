@@ -117,7 +117,7 @@ class ServeWorker(ThreadWorker):
       the requests already accepted finish.
     - Requests gunicorn itself cannot parse are answered in JSON.
     - No "100 Continue" for a body whose Content-Length is over the limit: the answer is a 413.
-    - A body that pauses for SAGEMAKER_MODEL_SERVER_BODY_TIMEOUT seconds is answered 408 and closed,
+    - A body that pauses for SAGEMAKER_MODEL_SERVER_BODY_TIMEOUT seconds is answered 400 (the short-body error) and closed,
       so stalled uploads cannot hold a request thread for long.
     - After a request that left the worker much larger than before, freed memory goes back to the
       system (``serve.memory``).
@@ -212,7 +212,7 @@ class ServeWorker(ThreadWorker):
 
     def _handle_request(self, req, conn):
         _current.req, _current.at_once = req, False
-        # a body that stops arriving: each read waits at most this long (app.read_body answers 408)
+        # a body that stops arriving: each read waits at most this long (app.read_body answers the short-body 400)
         conn.sock.settimeout(self.app.body_timeout)
         # gunicorn answers "Expect: 100-continue" before the app runs; for a body the app will refuse
         # with 413 (its Content-Length is over the limit) that would only invite the client to send it
