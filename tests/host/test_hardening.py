@@ -202,10 +202,12 @@ def input_handler(data, context):
 """
 
 
-def test_user_code_hung_on_every_thread_turns_ping_503(mlp_model_dir, tmp_path):
+@pytest.mark.parametrize("target", PROCESS_TARGETS)
+def test_user_code_hung_on_every_thread_turns_ping_503(request, target, mlp_model_dir, tmp_path):
     model_dir = mlp_model_dir.with_code(tmp_path / "model", HANGING)
-    env = {"SAGEMAKER_MODEL_SERVER_TIMEOUT": "2", "SAGEMAKER_MODEL_SERVER_THREADS": "2"}
-    with start_host_server(model_dir, env) as server:
+    env = {"SAGEMAKER_MODEL_SERVER_TIMEOUT": "2", "SAGEMAKER_MODEL_SERVER_THREADS": "2",
+           "SAGEMAKER_MODEL_SERVER_WORKERS": "1"}
+    with start_target(request, target, model_dir, env) as server:
         assert requests.get(f"{server.url}/ping", timeout=5).status_code == 200
         for _ in range(2):
             assert post(server.url, '{"instances": [[1, 2, 3, 4]]}').status_code == 504
