@@ -19,14 +19,13 @@ import pytest
 
 from tests.fixtures.docker import docker
 from tests.fixtures.server import REPO, free_port
-from tests.host.test_readme import at, bash, readme_commands, shown_answer
+from tests.host.test_readme import at, bash, make_dry_run, readme_commands, shown_answer
 
 pytestmark = pytest.mark.container
 
 
 def docker_run_line(image: str, port: int, model_dir) -> list[str]:
-    proc = subprocess.run(["make", "-n", "run", f"IMAGE={image}", f"PORT={port}"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = make_dry_run("run", f"IMAGE={image}", f"PORT={port}")
     assert proc.returncode == 0, proc.stderr
     (line,) = [l for l in proc.stdout.splitlines() if l.startswith("docker run ")]
     argv = shlex.split(line)

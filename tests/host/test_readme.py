@@ -90,6 +90,14 @@ def digits_server(example_root):
         yield server
 
 
+def make_dry_run(*args: str) -> subprocess.CompletedProcess:
+    """`make -n ARGS` as a user would type it: not as a sub-make of the `make test` running these tests,
+    whose MAKEFLAGS would pass its own variables down and add "Entering directory" lines."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")}
+    return subprocess.run(["make", "--no-print-directory", "-n", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
 def bash(command: str, cwd: Path, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     env = dict(os.environ if env is None else env)
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"  # python3 with NumPy
@@ -246,7 +254,7 @@ def test_make_commands_do_what_the_readme_says(command):
     assert len(targets) == 1, command
     (target,) = targets
     assert target in MAKE_SHOWS, f"README runs `make {target}`: say in MAKE_SHOWS what `make -n` must show"
-    proc = subprocess.run(["make", "-n", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = make_dry_run(*args)
     assert proc.returncode == 0, proc.stderr
     for pattern in MAKE_SHOWS[target]:
         assert re.search(pattern, proc.stdout), f"`make -n {' '.join(args)}` does not show {pattern!r}:\n{proc.stdout}"
