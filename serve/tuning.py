@@ -100,13 +100,35 @@ def _has_bf16_units(arch: str, cpuinfo: str) -> bool:
     return "amx_bf16" in flags  # avx512_bf16 alone has no matrix unit; oneDNN keeps fp32 kernels
 
 
+AT_HWCAP2 = 26
+HWCAP2_BF16 = 1 << 14   # arm64: the BFDOT/BFMMLA instructions (Linux arch/arm64/include/uapi/asm/hwcap.h)
+
+
+def _arm64_hwcap_bf16() -> bool | None:
+    """The kernel's own answer on arm64 (getauxval), or None where it cannot be asked. It is also
+    the right answer under qemu-user, where /proc/cpuinfo is the x86 host's but the auxiliary
+    vector is the emulated CPU's."""
+    try:
+        import ctypes
+
+        getauxval = ctypes.CDLL(None).getauxval
+        getauxval.restype = ctypes.c_ulong
+        getauxval.argtypes = [ctypes.c_ulong]
+        return bool(getauxval(AT_HWCAP2) & HWCAP2_BF16)
+    except (OSError, AttributeError):
+        return None
+
+
 def detect_cpu() -> Cpu:
     arch = _arch()
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        cpuinfo = ""
-    return Cpu(arch=arch, vcpus=usable_vcpus(), bf16=_has_bf16_units(arch, cpuinfo))
+    bf16 = _arm64_hwcap_bf16() if arch == "arm64" else None
+    if bf16 is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+        bf16 = _has_bf16_units(arch, cpuinfo)
+    return Cpu(arch=arch, vcpus=usable_vcpus(), bf16=bf16)
 
 
 def default_workers(vcpus: int) -> int:

@@ -133,15 +133,21 @@ def test_server_survives_bad_requests(url, sample):
 
 def test_bf16_fast_math_follows_the_cpu(contract_server):
     """serve/tuning.py alone decides DNNL_DEFAULT_FPMATH_MODE (the images no longer bake it in):
-    BF16 where the CPU has bf16 matrix units (qemu's arm64 CPU has them, like Graviton3+; so do
-    AMX x86 hosts), unset otherwise, and a value the user set wins (the host server runs STRICT)."""
+    BF16 where the CPU has bf16 matrix units (qemu's arm64 CPU has them, like Graviton3+, as its
+    auxiliary vector says; so do AMX x86 hosts), unset otherwise, and a value the user set wins (the host server runs STRICT)."""
     import re
 
     if getattr(contract_server, "platform", None) is None:
         expected = "STRICT"        # tests/fixtures/server.py sets it: the user's value wins
     else:
-        flags = contract_server.exec("grep", "-m1", "-E", "^(flags|Features)", "/proc/cpuinfo").stdout.split()
-        has_units = "amx_bf16" in flags if "flags" in flags else "bf16" in flags
+        if contract_server.platform == "linux/arm64":
+            # the dynamic loader's view of the CPU (under qemu-user /proc/cpuinfo is the x86 host's)
+            auxv = contract_server.exec("env", "LD_SHOW_AUXV=1", "/bin/true").stdout
+            hwcap2 = int(re.search(r"AT_HWCAP2:\s*(0x[0-9a-f]+)", auxv).group(1), 16)
+            has_units = bool(hwcap2 & (1 << 14))                    # HWCAP2_BF16
+        else:
+            flags = contract_server.exec("grep", "-m1", "^flags", "/proc/cpuinfo").stdout.split()
+            has_units = "amx_bf16" in flags
         expected = "BF16" if has_units else "unset (fp32)"
     line = next(ln for ln in contract_server.logs().splitlines() if "DNNL_DEFAULT_FPMATH_MODE=" in ln)
     assert re.search(r"DNNL_DEFAULT_FPMATH_MODE=([^,]+)", line).group(1).strip() == expected, line

@@ -155,3 +155,18 @@ def test_a_body_over_the_limit_is_a_413_naming_the_setting(monkeypatch):
 def test_multi_model_routes_are_refused_on_a_single_model_server(client):
     r = client.get("/models")
     assert r.status_code == 404 and "SAGEMAKER_MULTI_MODEL=true" in r.get_json()["error"]
+
+
+def test_a_numpy_memory_error_is_a_413_and_the_worker_goes_on(monkeypatch, client):
+    """A body that decodes to more than can be allocated is the caller's to shrink: 413, not 500."""
+    import serve.handlers
+
+    def too_big(body, content_type):
+        return np.empty(2 ** 62, np.uint8)   # NumPy's own MemoryError, naming the shape and dtype
+
+    monkeypatch.setattr(serve.handlers.codecs, "decode", too_big)
+    r = invoke(client, json.dumps({"instances": X.tolist()}))
+    assert r.status_code == 413, r.get_data(as_text=True)
+    assert "more memory than this server can allocate" in r.get_json()["error"] and "uint8" in r.get_json()["error"]
+    monkeypatch.undo()
+    assert invoke(client, json.dumps({"instances": X.tolist()})).status_code == 200

@@ -108,3 +108,23 @@ def test_apply_environment_exports_before_tensorflow(monkeypatch):
 
 def test_usable_vcpus_respects_affinity():
     assert 1 <= tuning.usable_vcpus() <= len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("hwcap, cpuinfo, expected", [
+    (True, "flags : fpu sse2 avx512_bf16 amx_bf16\n", True),    # qemu-user: the x86 host's cpuinfo, the guest's auxv
+    (False, "Features : fp asimd bf16\n", False),               # the kernel's vector wins
+    (None, "Features : fp asimd bf16\n", True),                 # no getauxval: /proc/cpuinfo
+    (None, "flags : fpu amx_bf16\n", False),
+])
+def test_arm64_asks_the_auxiliary_vector_first(monkeypatch, tmp_path, hwcap, cpuinfo, expected):
+    monkeypatch.setattr(tuning, "_arch", lambda: "arm64")
+    monkeypatch.setattr(tuning, "_arm64_hwcap_bf16", lambda: hwcap)
+    real_path = tuning.Path
+    fake = tmp_path / "cpuinfo"
+    fake.write_text(cpuinfo)
+    monkeypatch.setattr(tuning, "Path", lambda p: fake if p == "/proc/cpuinfo" else real_path(p))
+    assert tuning.detect_cpu().bf16 is expected
+
+
+def test_getauxval_answers_on_this_machine():
+    assert tuning._arm64_hwcap_bf16() in (True, False)   # the call itself works (its bit means BF16 on arm64 only)
