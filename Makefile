@@ -72,7 +72,7 @@ run: build example  ## serve the example model from the image on port $(PORT), a
 bench: venv  ## throughput/latency against the peer servers; writes bench/results/
 	$(PY) -m bench.run
 
-docs: venv  ## regenerate docs/configuration.md from serve/settings.py
+docs: venv  ## regenerate docs/configuration.md from serve/contract/settings.py
 	$(PY) docs/generate_configuration.py
 
 clean:

@@ -209,7 +209,7 @@ NOTES = """## What the figures say
   (Python's floats and the parsers' buffers; with the 6 MiB body cap that is under 80 MiB). The model
   process adds about 1.1x (TensorFlow's input tensor). `tests/host/test_hardening.py::
   test_a_255_mib_npz_of_zeros_is_bounded_and_given_back` asserts 4x / 1.5x for the worst kind.
-- **Memory given back** (`serve/memory.py`, `serve/channel.py`): after a request that leaves a process more
+- **Memory given back** (`serve/contract/memory.py`, `serve/contract/channel.py`): after a request that leaves a process more
   than 32 MiB larger than after its last trim with no request in flight, `malloc_trim(0)` (at once when
   it was the last one in flight, at most once a second while requests overlap: a size taken mid-flight
   would count the others' memory and hide what they free later; that rule took the held memory after

@@ -24,7 +24,7 @@ reasoned model of the layout rule at 4 to 192 vCPUs). Load averages are recorded
 3. throughput: bench.run's own run_http/run_inprocess (wrk, one example per request as JSON) for
    the CNN and the MLP at 1 and 32 connections: this project (default, and STRICT fp32), BYOC with
    2 workers, TF in-process.
-4. ipc: serve.channel place/views and a multiprocessing.connection round trip against an echo
+4. ipc: serve.contract.channel place/views and a multiprocessing.connection round trip against an echo
    process (no TensorFlow); and against the live model process: ModelClient.infer (channel +
    batcher + model call) vs the HTTP request end to end vs the model call in-process.
 5. profile: CPU ms per request of each process (psutil, all threads) at 1 and 32 connections, for
@@ -69,7 +69,7 @@ def load1():
 # ------------------------------------------------------------------ processes and memory
 
 def roles(server, kind: str) -> dict[str, list[int]]:
-    """pids by role: master, model (serve.modelproc), http (gunicorn workers)."""
+    """pids by role: master, model (serve.model_process.main), http (gunicorn workers)."""
     out = {"master": [], "model": [], "http": []}
     for pid in server.pids():
         try:
@@ -78,7 +78,7 @@ def roles(server, kind: str) -> dict[str, list[int]]:
             continue
         if pid == server.proc.pid:
             out["master"].append(pid)
-        elif "serve.modelproc" in cmd:
+        elif "serve.model_process.main" in cmd:
             out["model"].append(pid)
         else:
             out["http"].append(pid)
@@ -295,7 +295,7 @@ def section_startup(a, res):
 def model_process_p50(server, x: np.ndarray, n: int) -> float:
     """p50 ms of ModelClient.infer from this process straight to the server's model process: the
     channel, the model process's dispatch and batcher, and the model call; no HTTP, no codec."""
-    from serve.modelclient import ModelClient, catalog
+    from serve.http_worker.modelclient import ModelClient, catalog
 
     mp_pid = roles(server, "ours")["model"][0]
     client = ModelClient(Path(psutil.Process(mp_pid).cmdline()[-1]), 1)
@@ -406,7 +406,7 @@ def section_throughput(a, res):
 def _echo_server(address: str) -> None:
     from multiprocessing.connection import Listener
 
-    from serve import channel
+    from serve.contract import channel
 
     listener = Listener(address, family="AF_UNIX")
     conn = listener.accept()
@@ -445,7 +445,7 @@ def ipc_micro(a) -> dict:
     import multiprocessing as mp
     from multiprocessing.connection import Client
 
-    from serve import channel
+    from serve.contract import channel
 
     address = str(TMP / f"bench-echo-{os.getpid()}.sock")
     Path(address).unlink(missing_ok=True)
@@ -494,7 +494,7 @@ def ipc_micro(a) -> dict:
 
 def ipc_live(a, res) -> dict:
     """Against a live MLP server: HTTP end to end vs ModelClient.infer vs in-process model call."""
-    from serve.modelclient import ModelClient, catalog
+    from serve.http_worker.modelclient import ModelClient, catalog
 
     out = {}
     server, startup = start_ours("mlp", {})
@@ -570,17 +570,17 @@ WAITING = re.compile(r"^(wait|_wait_for_tstate_lock|select|poll|_poll|_recv|recv
                      r"_exit_with_parent)$")
 
 BUCKETS = (  # innermost frame that matches decides (file fragment, function regex or None, bucket)
-    ("serve/channel.py", None, "channel (shared memory)"),
+    ("serve/contract/channel.py", None, "channel (shared memory)"),
     ("multiprocessing/connection.py", None, "socket round trip (multiprocessing.connection)"),
-    ("serve/modelclient.py", None, "modelclient"),
-    ("serve/codecs.py", r"^(encode|_encode|_json_ready|_text|_rows|_only|_binary)", "encode"),
-    ("serve/codecs.py", None, "decode"),
-    ("serve/batching.py", None, "batcher"),
+    ("serve/http_worker/modelclient.py", None, "modelclient"),
+    ("serve/contract/codecs.py", r"^(encode|_encode|_json_ready|_text|_rows|_only|_binary)", "encode"),
+    ("serve/contract/codecs.py", None, "decode"),
+    ("serve/model_process/batching.py", None, "batcher"),
     ("tensorflow/", None, "TensorFlow call"),
-    ("serve/model.py", None, "model.py (feed, call)"),
-    ("serve/handlers.py", None, "handlers"),
-    ("serve/modelproc.py", None, "modelproc dispatch"),
-    ("serve/app.py", None, "Flask route (serve/app.py)"),
+    ("serve/model_process/model.py", None, "model.py (feed, call)"),
+    ("serve/contract/handlers.py", None, "handlers"),
+    ("serve/model_process/main.py", None, "modelproc dispatch"),
+    ("serve/http_worker/app.py", None, "Flask route (serve/http_worker/app.py)"),
     ("flask/", None, "Flask/werkzeug"),
     ("werkzeug/", None, "Flask/werkzeug"),
     ("gunicorn/", None, "gunicorn (HTTP parse, sockets, threads)"),
@@ -884,11 +884,11 @@ def targets_md(res) -> list[str]:
 
 
 def layout_model_md(res) -> list[str]:
-    """The layout rule of serve/tuning.py at 4 to 192 vCPUs: a reasoned model from this run's figures."""
+    """The layout rule of serve/contract/tuning.py at 4 to 192 vCPUs: a reasoned model from this run's figures."""
     pr, mem = res.get("profile"), res.get("memory")
     if not pr or not mem:
         return []
-    from serve.tuning import default_model_processes, default_workers
+    from serve.contract.tuning import default_model_processes, default_workers
     ours = {r["workers"]: r for r in mem["ours"] if r.get("status") == "ok"}
     big = ours.get(max(ours)) if ours else None
     two = mem.get("ours_two_model_processes")
@@ -899,7 +899,7 @@ def layout_model_md(res) -> list[str]:
          "process's Python threads, which includes what TensorFlow runs on the calling thread without the GIL) and "
          "from py-spy --gil (wall time in which a thread holds the GIL: it also counts a holder that the loaded "
          "2-core machine has preempted, so it can exceed the CPU estimate). Per layout (HTTP workers W, model processes M from "
-         "serve/tuning.py, V vCPUs): CPU bound V/(h+p), HTTP-GIL bound W/gh, model-process-GIL bound M/gm; the smallest "
+         "serve/contract/tuning.py, V vCPUs): CPU bound V/(h+p), HTTP-GIL bound W/gh, model-process-GIL bound M/gm; the smallest "
          "binds. Assumes the per-request costs stay what they are at 2 vCPUs (batches there are already full at 32 "
          "connections; larger machines batch at least as well, so p is if anything lower) and that the client and "
          "the network keep up. Memory: master + W × HTTP worker PSS (at the largest W measured) + M × model process "
@@ -1167,7 +1167,7 @@ def main(argv=None):
                     "ensure_models(TMP, ['cifar_cnn', 'mlp'])"], cwd=REPO, check=True)
     write_bodies(TMP, ["cifar_cnn", "mlp"])
     ensure_venv("byoc", S.PEERS / "byoc" / "requirements.txt")
-    from serve.tuning import detect_cpu
+    from serve.contract.tuning import detect_cpu
     cpu = detect_cpu()
     res = {"meta": {"command": "python -m bench.modelproc " + " ".join(argv if argv is not None else sys.argv[1:]),
                     "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu": R.machine_info()["cpu"],

@@ -53,7 +53,7 @@ def _start(base: Path, env: dict) -> tuple[subprocess.Popen, str, Path]:
 def _model_pid(proc: subprocess.Popen) -> int:
     for line in subprocess.run(["ps", "-o", "pid=,ppid=,args=", "-e"], capture_output=True, text=True).stdout.splitlines():
         pid, ppid, args = line.split(None, 2)
-        if int(ppid) == proc.pid and "serve.modelproc" in args:
+        if int(ppid) == proc.pid and "serve.model_process.main" in args:
             return int(pid)
     raise RuntimeError("no model process")
 

@@ -29,7 +29,7 @@ def ours_default_workers(ours_env: dict) -> int:
     if ours_env.get("SAGEMAKER_MODEL_SERVER_WORKERS"):
         return int(ours_env["SAGEMAKER_MODEL_SERVER_WORKERS"])
     try:
-        from serve.tuning import default_workers, usable_vcpus
+        from serve.contract.tuning import default_workers, usable_vcpus
         return default_workers(usable_vcpus())
     except Exception:
         return os.cpu_count() or 1

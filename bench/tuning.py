@@ -74,13 +74,13 @@ def codec_bench(models, reps) -> list:
     ]
     try:
         import simdjson
-        from serve import codecs as serve_codecs
+        from serve.contract import codecs as serve_codecs
 
         def simd(body):
             doc = simdjson.Parser().parse(body)
             return serve_codecs.json_codec._numeric_array(doc)[0].astype(np.float32)
-        decoders.append(("pysimdjson as_buffer (serve.codecs fast path core)", simd))
-        decoders.append(("serve.codecs.decode (full, with validation)",
+        decoders.append(("pysimdjson as_buffer (serve.contract.codecs fast path core)", simd))
+        decoders.append(("serve.contract.codecs.decode (full, with validation)",
                          lambda body: serve_codecs.decode(body, "application/json").inputs))
     except ImportError:
         pass

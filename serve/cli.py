@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 import sys
 
-from . import __version__
+from serve import __version__
 from model_archive.layout import ModelNotFound, find_models
-from .redact import SecretFilter, mask_standard_streams
-from .settings import SettingsError, env_name, load_settings, secret_values, unused_variables
-from .tuning import apply_environment, detect_cpu, plan
-from .usercode import UserCodeSetupError, install_requirements, locate, universal_code
+from serve.contract.redact import SecretFilter, mask_standard_streams
+from serve.contract.settings import SettingsError, env_name, load_settings, secret_values, unused_variables
+from serve.contract.tuning import apply_environment, detect_cpu, plan
+from serve.usercode import UserCodeSetupError, install_requirements, locate, universal_code
 
 log = logging.getLogger("serve")
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
              settings.model_server_timeout, model, code.script if code else "none",
              f", AWS container settings applied: {aliases}" if aliases else "")
 
-    from .server import ServeApplication
+    from serve.server import ServeApplication
 
     ServeApplication(settings, tuning, code, secrets).run()
     return 0

@@ -2,7 +2,7 @@
 
     serve (gunicorn master)
       ├─ HTTP worker x N   gthread + Flask: decode, TF-container handlers, encode; no TensorFlow
-      └─ model process x M serve.modelproc: TensorFlow, every model once, the batcher for all workers
+      └─ model process x M serve.model_process.main: TensorFlow, every model once, the batcher for all workers
 
 The master starts the model processes before it forks the workers, watches them from its
 main loop (``ServeArbiter.manage_workers``, about once a second and on every SIGCHLD) and
@@ -35,12 +35,12 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.workers.gthread import ThreadWorker
 
-from .memory import Trimmer
-from .readiness import Readiness, failed_path, hung_path, ready_path
-from .redact import SecretFilter
-from .settings import Settings
-from .tuning import Tuning
-from .usercode import CodeLocation
+from serve.contract.memory import Trimmer
+from serve.contract.readiness import Readiness, failed_path, hung_path, ready_path
+from serve.contract.redact import SecretFilter
+from serve.contract.settings import Settings
+from serve.contract.tuning import Tuning
+from serve.usercode import CodeLocation
 
 GRACEFUL_TIMEOUT = 25
 _current = threading.local()   # the gunicorn request a worker thread is handling
@@ -120,7 +120,7 @@ class ServeWorker(ThreadWorker):
     - A body that pauses for SAGEMAKER_MODEL_SERVER_BODY_TIMEOUT seconds is answered 400 (the short-body error) and closed,
       so stalled uploads cannot hold a request thread for long.
     - After a request that left the worker much larger than before, freed memory goes back to the
-      system (``serve.memory``).
+      system (``serve.contract.memory``).
     - /ping has threads of its own (PING_THREADS), which requests cannot fill: the accepting
       thread looks at the bytes that arrived (MSG_PEEK) before it hands a connection to a pool,
       and a whole ``GET /ping`` head goes to the ping threads, everything else to the request
@@ -251,7 +251,7 @@ class ModelProcesses:
         ready_path(self.run_dir, index).unlink(missing_ok=True)
         hung_path(self.run_dir, index).unlink(missing_ok=True)
         self.procs[index] = subprocess.Popen(
-            [sys.executable, "-m", "serve.modelproc", str(index), str(self.count), str(self.run_dir), *self.code_args])
+            [sys.executable, "-m", "serve.model_process.main", str(index), str(self.count), str(self.run_dir), *self.code_args])
 
     def start_all(self) -> None:
         for index in range(self.count):
@@ -337,8 +337,8 @@ class ServeApplication(BaseApplication):
 
     def load(self):
         # Runs in each worker after the fork (the master stays without NumPy: no BLAS threads across a fork).
-        from . import worker
-        from .app import create_app
+        from serve.http_worker import worker
+        from serve.http_worker.app import create_app
 
         run_dir, count = self.readiness.directory, self._tuning.model_processes
         self.worker_state = worker.start(self._settings, self._code, self.readiness, count,

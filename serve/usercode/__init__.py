@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from .source import (DEFAULT_PROGRAM, MAX_CODE_ARCHIVE_BYTES, TFS_FUNCTIONS, TOOLKIT_FUNCTIONS, CodeLocation,
+from serve.usercode.source import (DEFAULT_PROGRAM, MAX_CODE_ARCHIVE_BYTES, TFS_FUNCTIONS, TOOLKIT_FUNCTIONS, CodeLocation,
                      UserCodeSetupError, import_script, install_requirements, locate, locate_in,
                      no_known_functions, style_of_names, style_of_script, universal_code)
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import orjson
 
-from ..errors import ServeError, UserCodeError
+from serve.contract.errors import ServeError, UserCodeError
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import ModuleType
 
 from model_archive.archives import ArchiveError, safe_extract
-from ..settings import Settings
+from serve.contract.settings import Settings
 
 log = logging.getLogger(__name__)
 

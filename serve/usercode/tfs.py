@@ -7,11 +7,11 @@ import io
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from .. import codecs
-from ..errors import ServeError, UserCodeError
-from ..handlers import DefaultHandler, Invocation, Result, Target, tfs_attributes
-from .calls import Context, to_bytes, user_call
-from .watchdog import Watchdog
+from serve.contract import codecs
+from serve.contract.errors import ServeError, UserCodeError
+from serve.contract.handlers import DefaultHandler, Invocation, Result, Target, tfs_attributes
+from serve.usercode.calls import Context, to_bytes, user_call
+from serve.usercode.watchdog import Watchdog
 
 if TYPE_CHECKING:
     import requests

@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from .. import codecs
-from ..handlers import DefaultHandler, Invocation, Result, Target
-from ..model import Model
-from .calls import Context, as_outputs, takes_context, to_bytes, user_call
-from .source import TOOLKIT_FUNCTIONS
-from .watchdog import Watchdog
+from serve.contract import codecs
+from serve.contract.handlers import DefaultHandler, Invocation, Result, Target
+from serve.model_process.model import Model
+from serve.usercode.calls import Context, as_outputs, takes_context, to_bytes, user_call
+from serve.usercode.source import TOOLKIT_FUNCTIONS
+from serve.usercode.watchdog import Watchdog
 
 
 class ToolkitHandler:

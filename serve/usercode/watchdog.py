@@ -6,8 +6,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
 from typing import Callable
 
-from ..errors import RequestTimeout
-from ..handlers import Result
+from serve.contract.errors import RequestTimeout
+from serve.contract.handlers import Result
 
 log = logging.getLogger(__name__)
 

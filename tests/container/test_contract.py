@@ -132,7 +132,7 @@ def test_server_survives_bad_requests(url, sample):
 
 
 def test_bf16_fast_math_follows_the_cpu(contract_server):
-    """serve/tuning.py alone decides DNNL_DEFAULT_FPMATH_MODE (the images no longer bake it in):
+    """serve/contract/tuning.py alone decides DNNL_DEFAULT_FPMATH_MODE (the images no longer bake it in):
     BF16 where the CPU has bf16 matrix units (qemu's arm64 CPU has them, like Graviton3+, as its
     auxiliary vector says; so do AMX x86 hosts), unset otherwise, and a value the user set wins (the host server runs STRICT)."""
     import re

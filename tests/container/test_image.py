@@ -69,7 +69,7 @@ def test_labels_ports_entrypoint_and_env_defaults(image):
     assert config["Entrypoint"] == ["/opt/container/entrypoint.sh"]
     assert config["Cmd"] == ["serve"]
     env = dict(item.split("=", 1) for item in config["Env"])
-    # decided at start by serve/tuning.py (the one place), not baked into the image
+    # decided at start by serve/contract/tuning.py (the one place), not baked into the image
     assert "DNNL_DEFAULT_FPMATH_MODE" not in env and "TF_ENABLE_ONEDNN_OPTS" not in env
     assert env["PATH"].split(":")[0] == "/opt/venv/bin"
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"

@@ -494,7 +494,7 @@ def test_a_255_mib_npz_of_zeros_is_bounded_and_given_back(request, target, sums_
 
 
 def test_trimmer_trims_past_its_threshold_measured_when_quiet(monkeypatch):
-    from serve import memory
+    from serve.contract import memory
 
     sizes, trims = [100], []
     monkeypatch.setattr(memory, "resident", lambda: sizes[0])

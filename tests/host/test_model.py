@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from serve.errors import BadRequest
+from serve.contract.errors import BadRequest
 from model_archive.layout import find_model
-from serve.model import load_model
+from serve.model_process.model import load_model
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from serve.redact import MASK
+from serve.contract.redact import MASK
 from tests.fixtures.server import REPO, start_host_server
 
 

@@ -14,7 +14,7 @@ import os
 import pytest
 
 from bench.soak import soak
-from serve.settings import Settings
+from serve.contract.settings import Settings
 from tests.fixtures.report import report
 from tests.fixtures.server import start_host_server
 

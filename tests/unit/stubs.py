@@ -1,4 +1,4 @@
-"""Models without TensorFlow for the unit tests: serve.model.Model objects whose signatures are
+"""Models without TensorFlow for the unit tests: serve.model_process.model.Model objects whose signatures are
 NumPy functions, with the names, shapes and dtypes the real test models have (tests/fixtures/models.py)."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from model_archive.layout import ModelLocation
-from serve.errors import BadRequest
-from serve.model import Model, Repository, Signature, TensorInfo
+from serve.contract.errors import BadRequest
+from serve.model_process.model import Model, Repository, Signature, TensorInfo
 
 F32 = np.dtype(np.float32)
 

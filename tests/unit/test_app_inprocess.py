@@ -1,4 +1,4 @@
-"""The HTTP layer in-process: serve.app's routes through Flask's test client, over the real
+"""The HTTP layer in-process: serve.http_worker.app's routes through Flask's test client, over the real
 handlers and codecs, with tests/unit/stubs.py's NumPy model in place of the model process.
 
 What it shows without TensorFlow or a server: routing, formats both ways, Accept, custom
@@ -13,12 +13,12 @@ import json
 import numpy as np
 import pytest
 
-from serve import tuning
-from serve.app import create_app
-from serve.handlers import DefaultHandler
-from serve.redact import SecretFilter
-from serve.settings import Settings
-from serve.worker import WorkerState
+from serve.contract import tuning
+from serve.http_worker.app import create_app
+from serve.contract.handlers import DefaultHandler
+from serve.contract.redact import SecretFilter
+from serve.contract.settings import Settings
+from serve.http_worker.worker import WorkerState
 from tests.unit import stubs
 
 X = np.array([[1.0, 2.0, 3.0], [-1.0, 0.5, 4.0]], np.float32)
@@ -159,12 +159,12 @@ def test_multi_model_routes_are_refused_on_a_single_model_server(client):
 
 def test_a_numpy_memory_error_is_a_413_and_the_worker_goes_on(monkeypatch, client):
     """A body that decodes to more than can be allocated is the caller's to shrink: 413, not 500."""
-    import serve.handlers
+    import serve.contract.handlers
 
     def too_big(body, content_type):
         return np.empty(2 ** 62, np.uint8)   # NumPy's own MemoryError, naming the shape and dtype
 
-    monkeypatch.setattr(serve.handlers.codecs, "decode", too_big)
+    monkeypatch.setattr(serve.contract.handlers.codecs, "decode", too_big)
     r = invoke(client, json.dumps({"instances": X.tolist()}))
     assert r.status_code == 413, r.get_data(as_text=True)
     assert "more memory than this server can allocate" in r.get_json()["error"] and "uint8" in r.get_json()["error"]

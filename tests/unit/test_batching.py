@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from serve.batching import Batcher
+from serve.model_process.batching import Batcher
 from tests.unit import stubs
 
 
@@ -108,7 +108,7 @@ def test_batching_off_means_one_request_per_call(model):
 
 
 def test_timeout_answers_504(model):
-    from serve.errors import RequestTimeout
+    from serve.contract.errors import RequestTimeout
 
     rec, batcher = make(model, delay=1.0)
     busy = threading.Thread(target=lambda: batcher.wait(
@@ -194,7 +194,7 @@ def test_a_bad_record_fails_its_whole_request_and_nothing_else(model):
 
 
 def test_a_timed_out_large_request_stops_calling_the_model(model):
-    from serve.errors import RequestTimeout
+    from serve.contract.errors import RequestTimeout
 
     rec, batcher = make(model, delay=0.05, max_batch=8)
     with pytest.raises(RequestTimeout):

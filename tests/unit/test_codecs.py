@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from serve import codecs
-from serve.errors import BadRequest, NotAcceptable, UnsupportedContentType
+from serve.contract import codecs
+from serve.contract.errors import BadRequest, NotAcceptable, UnsupportedContentType
 
 
 def test_row_format():

@@ -1,5 +1,5 @@
 """The docs match the code: docs/configuration.md is what docs/generate_configuration.py writes from
-serve/settings.py, every setting is in it, and every relative link in README.md and docs/*.md
+serve/contract/settings.py, every setting is in it, and every relative link in README.md and docs/*.md
 points at a file (and heading) that exists."""
 from __future__ import annotations
 
@@ -29,12 +29,12 @@ def test_configuration_md_is_generated_from_the_settings():
 
 
 def test_every_setting_is_documented_with_its_variable_and_description():
-    from serve.settings import AWS_CONTAINER_ALIASES, Settings, env_name
+    from serve.contract.settings import AWS_CONTAINER_ALIASES, Settings, env_name
 
     text = _generator().render()
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| `")}
     for field, info in Settings.model_fields.items():
-        assert info.description, f"serve/settings.py: field {field} has no description="
+        assert info.description, f"serve/contract/settings.py: field {field} has no description="
         row = next((line for cell, line in rows.items() if cell.startswith(f"`{env_name(field)}`")), None)
         assert row is not None, f"{env_name(field)} missing from docs/configuration.md"
         assert info.description in row
@@ -77,7 +77,7 @@ def test_relative_links_resolve(doc, target):
 def test_build_output_is_told_apart():
     assert _ignored("examples/digits/model.tar.gz") and _ignored("examples/digits/model/1/")
     assert _ignored("bench/.venvs/") and _ignored("bench/results/tmp/")
-    assert not _ignored("examples/digits/train.py") and not _ignored("serve/app.py")
+    assert not _ignored("examples/digits/train.py") and not _ignored("serve/http_worker/app.py")
 
 
 def test_links_are_found():
@@ -90,7 +90,7 @@ PATH_IN_TEXT = re.compile(r"`((?:serve|deploy|tests|bench|container|examples|doc
 
 
 def _exists(path: str) -> bool:
-    """A module may be a file or a package: `serve/codecs/` and `serve/codecs.py` name the same code."""
+    """A module may be a file or a package: `serve/contract/codecs/` and `serve/contract/codecs.py` name the same code."""
     stem = path.rstrip("/").removesuffix(".py")
     return any((REPO / p).exists() for p in (path, stem, stem + ".py"))
 

@@ -1,5 +1,5 @@
 """The model process's connection loop in-process: a request that cannot be allocated is a 413
-reply and the connection goes on serving (serve/modelproc.py, Server._connection)."""
+reply and the connection goes on serving (serve/model_process/main.py, Server._connection)."""
 from __future__ import annotations
 
 import threading
@@ -7,7 +7,7 @@ from multiprocessing import Pipe
 
 import numpy as np
 
-from serve.modelproc import ModelService, Server
+from serve.model_process.main import ModelService, Server
 
 
 def test_a_memory_error_answers_413_and_the_connection_goes_on(tmp_path):

@@ -2,7 +2,7 @@
 
 Errors sent to callers carry no traceback, no file-system path and no secret; log lines may
 keep paths and tracebacks (the operator needs them) but never a credential. First
-``serve.redact.SecretFilter`` (``settings.secret_values`` is in test_settings.py), then a real server whose
+``serve.contract.redact.SecretFilter`` (``settings.secret_values`` is in test_settings.py), then a real server whose
 inference.py leaks on purpose, given fake AWS credentials in its environment.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import traceback
 
 import pytest
 
-from serve.redact import MASK, SecretFilter
+from serve.contract.redact import MASK, SecretFilter
 
 # ---------------------------------------------------------------------------------------------
 # SecretFilter.for_caller: tracebacks and paths

@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from serve.settings import Settings, SettingsError, load_settings, secret_values
+from serve.contract.settings import Settings, SettingsError, load_settings, secret_values
 from tests.fixtures.server import SERVE
 
 
@@ -127,7 +127,7 @@ def test_bad_aws_container_value_names_that_variable(clean_aws_env):
 
 
 def test_unused_sagemaker_variables_are_reported_not_refused(clean_aws_env):
-    from serve.settings import unused_variables
+    from serve.contract.settings import unused_variables
 
     clean_aws_env.setenv("SAGEMAKER_TFS_NUM_BATCH_THREADS", "4")
     clean_aws_env.setenv("SAGEMAKER_SOMETHING_ELSE", "x")
@@ -145,7 +145,7 @@ def test_max_enqueued_batches_bounds_the_queue(clean_aws_env):
 
 
 def test_readiness_counts_live_workers_and_latches(tmp_path):
-    from serve.readiness import Readiness
+    from serve.contract.readiness import Readiness
 
     ready = Readiness(tmp_path, expected=2)
     ready.mark_ready()                      # this process
@@ -158,7 +158,7 @@ def test_readiness_counts_live_workers_and_latches(tmp_path):
 
 
 def test_channel_segments_grow_for_large_messages_and_give_the_memory_back(tmp_path):
-    from serve import channel
+    from serve.contract import channel
 
     small = channel.fitting(None, 1000, "test-seg")
     assert channel.fitting(small, 2000, "test-seg") is small            # room to grow, reused

@@ -2,9 +2,9 @@ import os
 
 import pytest
 
-from serve import tuning
-from serve.settings import load_settings
-from serve.tuning import Cpu, plan
+from serve.contract import tuning
+from serve.contract.settings import load_settings
+from serve.contract.tuning import Cpu, plan
 
 GRAVITON3 = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid " \
             "asimdrdm jscvt fcma lrcpc dcpop sha3 sm3 sm4 asimddp sha512 sve asimdfhm dit uscat ilrcpc flagm " \
@@ -46,7 +46,7 @@ def _clean(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-# The layout rule of serve/tuning.py, from ml.c7g.medium (1 vCPU) to ml.c8g.48xlarge (192 vCPUs):
+# The layout rule of serve/contract/tuning.py, from ml.c7g.medium (1 vCPU) to ml.c8g.48xlarge (192 vCPUs):
 # (vCPUs, HTTP workers, model processes, intra-op threads per model process, inter-op threads)
 LAYOUT = [(1, 1, 1, 1, 1), (2, 2, 1, 2, 1), (4, 4, 1, 4, 2), (8, 4, 1, 8, 2), (16, 8, 1, 16, 2),
           (32, 16, 2, 16, 2), (64, 32, 4, 16, 2), (192, 64, 12, 16, 2)]

@@ -23,13 +23,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import usercode
-from .errors import BadRequest, NotFound, ServeError
-from .memory import malloc_trim
-from .handlers import DefaultHandler, Invocation, Result, Target
+from serve import usercode
+from serve.contract.errors import BadRequest, NotFound, ServeError
+from serve.contract.memory import malloc_trim
+from serve.contract.handlers import DefaultHandler, Invocation, Result, Target
 from model_archive.layout import ModelNotFound, find_models
 
-log = logging.getLogger("serve.model")
+log = logging.getLogger("serve.model_process.model")
 
 HEADROOM = 0.9            # of the memory the container may use
 DEFAULT_OVERHEAD = 64 << 20  # per model, until a load of that kind was measured
@@ -144,7 +144,7 @@ class MultiModelService:
         return int(WEIGHT_FACTOR * _disk_bytes(path)) + self.overhead.get(kind, DEFAULT_OVERHEAD)
 
     def load(self, name: str, url: str) -> dict:
-        from .modelproc import StartupFailure, load_model_dir
+        from serve.model_process.main import StartupFailure, load_model_dir
 
         path = Path(url)
         with self.lock:

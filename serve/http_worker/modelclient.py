@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import channel
-from .errors import ModelNotReady, RequestTimeout, ServeError
-from .handlers import Invocation, Result
-from .model import Model, Repository, Signature
-from .readiness import hung_path, ready_path, socket_path
+from serve.contract import channel
+from serve.contract.errors import ModelNotReady, RequestTimeout, ServeError
+from serve.contract.handlers import Invocation, Result
+from serve.model_process.model import Model, Repository, Signature
+from serve.contract.readiness import hung_path, ready_path, socket_path
 
 log = logging.getLogger(__name__)
 

@@ -2,11 +2,11 @@
 HTTP workers, and the user's toolkit-style code (model_fn, input_fn, predict_fn, output_fn,
 transform_fn), which runs here next to the model.
 
-Started by the ``serve`` master (``python -m serve.modelproc INDEX COUNT RUN_DIR [CODE_DIR PROGRAM]``), one per
+Started by the ``serve`` master (``python -m serve.model_process.main INDEX COUNT RUN_DIR [CODE_DIR PROGRAM]``), one per
 ``SAGEMAKER_TFS_INSTANCE_COUNT``, each owning its share of the vCPUs, with the user code the
 master located (``CODE_DIR PROGRAM``, when there is any). It listens on
 ``RUN_DIR/model-INDEX.sock``; each HTTP worker thread connects once and sends descriptors
-(``serve.channel``), one request at a time. Once every model is loaded and warm it writes
+(``serve.contract.channel``), one request at a time. Once every model is loaded and warm it writes
 ``RUN_DIR/model-INDEX.ready``; a start-up failure writes ``model-INDEX.failed`` with the reason
 and exits 3, which ends the server. It exits when the master goes.
 """
@@ -26,21 +26,23 @@ from typing import Any
 
 import numpy as np
 
-from . import channel, handlers, usercode
-from .usercode.tfs import TfsHandler
-from .usercode.toolkit import ToolkitHandler
-from .usercode.watchdog import Watchdog
-from .batching import Batcher
-from .errors import ServeError, TooMuchMemory, describe_failure
-from model_archive.layout import find_models
-from .model import Model, Repository, configure_threads, load_model
-from .memory import Trimmer
-from .readiness import failed_path, hung_path, ready_path, socket_path
-from .redact import SecretFilter
-from .settings import load_settings, secret_values
-from .tuning import apply_environment, detect_cpu, plan
+from serve.contract import channel, handlers
 
-log = logging.getLogger("serve.model")
+from serve import usercode
+from serve.usercode.tfs import TfsHandler
+from serve.usercode.toolkit import ToolkitHandler
+from serve.usercode.watchdog import Watchdog
+from serve.model_process.batching import Batcher
+from serve.contract.errors import ServeError, TooMuchMemory, describe_failure
+from model_archive.layout import find_models
+from serve.model_process.model import Model, Repository, configure_threads, load_model
+from serve.contract.memory import Trimmer
+from serve.contract.readiness import failed_path, hung_path, ready_path, socket_path
+from serve.contract.redact import SecretFilter
+from serve.contract.settings import load_settings, secret_values
+from serve.contract.tuning import apply_environment, detect_cpu, plan
+
+log = logging.getLogger("serve.model_process.model")
 
 
 class ModelService:
@@ -67,7 +69,7 @@ def local_infer(servables: Repository[handlers.Servable]):
     def infer(model: Model, signature: str, inputs, examples, timeout: float, origin: Any = "script"):
         servable = servables.get(model.name, model.version)
         if examples is not None:
-            from .examples import serialize
+            from serve.model_process.examples import serialize
 
             inputs = {servable.model.signatures[signature].example_input: serialize(*examples)}
         return servable.batcher.wait(servable.batcher.submit(signature, inputs, origin=origin), timeout)
@@ -269,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     settings = load_settings()
     secrets = SecretFilter(secret_values())
-    from .cli import configure_logging
+    from serve.cli import configure_logging
 
     configure_logging(settings.container_log_level, secrets)
     tuning = plan(settings, detect_cpu())
@@ -278,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         configure_threads(tuning.intra_op_threads, tuning.inter_op_threads)
         if settings.multi_model:
-            from .multimodel import MultiModelService
+            from serve.model_process.multimodel import MultiModelService
 
             service = MultiModelService(settings, code)
         else:

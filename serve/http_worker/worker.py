@@ -16,14 +16,14 @@ import threading
 import time
 from typing import Callable
 
-from . import handlers
-from .errors import describe_failure
-from .modelclient import ModelClient, catalog
-from .readiness import Readiness
-from .settings import Settings
-from .usercode import CodeLocation, import_script
-from .usercode.tfs import TfsHandler
-from .usercode.watchdog import Watchdog
+from serve.contract import handlers
+from serve.contract.errors import describe_failure
+from serve.http_worker.modelclient import ModelClient, catalog
+from serve.contract.readiness import Readiness
+from serve.contract.settings import Settings
+from serve.usercode import CodeLocation, import_script
+from serve.usercode.tfs import TfsHandler
+from serve.usercode.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 

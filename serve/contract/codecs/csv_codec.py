@@ -7,9 +7,9 @@ from typing import Mapping
 
 import numpy as np
 
-from ..errors import BadRequest, NotAcceptable
-from .decoded import Decoded, text_array
-from .media import JSON
+from serve.contract.errors import BadRequest, NotAcceptable
+from serve.contract.codecs.decoded import Decoded, text_array
+from serve.contract.codecs.media import JSON
 
 def decode_csv(body: bytes) -> Decoded:
     """One instance per line; a single column gives one scalar per line. Text that is not all

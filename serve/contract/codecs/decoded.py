@@ -6,7 +6,7 @@ from typing import Mapping, Union
 
 import numpy as np
 
-from ..errors import BadRequest
+from serve.contract.errors import BadRequest
 
 Inputs = Union[np.ndarray, dict[str, np.ndarray]]
 
@@ -22,7 +22,7 @@ class Decoded:
     def reply(self, outputs: Mapping[str, np.ndarray], accept: str, method: str = "predict") -> tuple[bytes, str]:
         """The answer to this request: TF Serving's {"results"} for classify and regress, else
         ACCEPT's encoding ({"outputs"} for a columnar {"inputs"} request, {"predictions"} otherwise)."""
-        from . import encode, encode_results  # the encoders build on this module; bound at call time
+        from serve.contract.codecs import encode, encode_results  # the encoders build on this module; bound at call time
 
         if method != "predict":
             return encode_results(method, outputs)

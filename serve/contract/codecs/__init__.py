@@ -11,13 +11,13 @@ from typing import Mapping
 
 import numpy as np
 
-from ..errors import BadRequest, NotAcceptable, UnsupportedContentType
-from .csv_codec import decode_csv, encode_csv
-from .decoded import Decoded, Inputs
-from .json_codec import (FAST_JSON_MIN_BYTES, decode_json, decode_jsonlines, encode_error, encode_json,
+from serve.contract.errors import BadRequest, NotAcceptable, UnsupportedContentType
+from serve.contract.codecs.csv_codec import decode_csv, encode_csv
+from serve.contract.codecs.decoded import Decoded, Inputs
+from serve.contract.codecs.json_codec import (FAST_JSON_MIN_BYTES, decode_json, decode_jsonlines, encode_error, encode_json,
                          encode_jsonlines, encode_results)
-from .media import CSV, DECODABLE, ENCODABLE, JSON, JSONLINES, NPY, NPZ, media_type, negotiate
-from .numpy_codec import MAX_NPZ_EXPANDED_BYTES, decode_npy, decode_npz, encode_npy, encode_npz
+from serve.contract.codecs.media import CSV, DECODABLE, ENCODABLE, JSON, JSONLINES, NPY, NPZ, media_type, negotiate
+from serve.contract.codecs.numpy_codec import MAX_NPZ_EXPANDED_BYTES, decode_npy, decode_npz, encode_npy, encode_npz
 
 __all__ = ["CSV", "DECODABLE", "ENCODABLE", "FAST_JSON_MIN_BYTES", "JSON", "JSONLINES", "MAX_NPZ_EXPANDED_BYTES",
            "NPY", "NPZ", "Decoded", "Inputs", "decode", "encode", "encode_error", "encode_results", "media_type",

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BadRequest
+from serve.contract.errors import BadRequest
 
 _INT64 = (-(2 ** 63), 2 ** 63 - 1)
 

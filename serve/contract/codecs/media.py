@@ -2,7 +2,7 @@
 and which answer an Accept header gets."""
 from __future__ import annotations
 
-from ..errors import NotAcceptable
+from serve.contract.errors import NotAcceptable
 
 JSON = "application/json"
 

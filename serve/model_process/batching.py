@@ -31,7 +31,7 @@ from typing import Callable, Hashable
 
 import numpy as np
 
-from .errors import RequestTimeout
+from serve.contract.errors import RequestTimeout
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-from .settings import Settings
+from serve.contract.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ from typing import Mapping
 
 import numpy as np
 
-from ..errors import BadRequest, NotAcceptable
-from .decoded import Decoded
-from .media import JSON, NPY, NPZ
+from serve.contract.errors import BadRequest, NotAcceptable
+from serve.contract.codecs.decoded import Decoded
+from serve.contract.codecs.media import JSON, NPY, NPZ
 
 def _npy_array(data: bytes, what: str) -> np.ndarray:
     """A .npy file as an array; the header must match the bytes that follow it.

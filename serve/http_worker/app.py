@@ -14,16 +14,16 @@ from flask import Flask, Response, request
 from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
-from . import codecs
-from .errors import (BadRequest, IncompleteBody, MalformedBody, ModelNotReady, NotFound, PayloadTooLarge, ServeError,
+from serve.contract import codecs
+from serve.contract.errors import (BadRequest, IncompleteBody, MalformedBody, ModelNotReady, NotFound, PayloadTooLarge, ServeError,
                      TooMuchMemory)
-from .handlers import Invocation, Target
-from .readiness import Readiness
-from .redact import SecretFilter
-from .server import close_this_connection
-from .settings import Settings
-from .tuning import Tuning
-from .worker import WorkerState
+from serve.contract.handlers import Invocation, Target
+from serve.contract.readiness import Readiness
+from serve.contract.redact import SecretFilter
+from serve.server import close_this_connection
+from serve.contract.settings import Settings
+from serve.contract.tuning import Tuning
+from serve.http_worker.worker import WorkerState
 
 log = logging.getLogger(__name__)
 access = logging.getLogger("serve.access")

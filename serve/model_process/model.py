@@ -17,7 +17,7 @@ from typing import Callable, Generic, Mapping, TypeVar
 
 import numpy as np
 
-from .errors import BadRequest, NotFound
+from serve.contract.errors import BadRequest, NotFound
 from model_archive.layout import ModelLocation, ModelNotFound
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 ``infer`` -> encode.
 
 ``DefaultHandler`` is one ``Handler`` (``handle(Invocation) -> Result``). In an HTTP worker its
-``infer`` sends the arrays to the model process (``serve.modelclient``); in the model process it
+``infer`` sends the arrays to the model process (``serve.http_worker.modelclient``); in the model process it
 is the batcher itself. The user's inference.py, in either style, is ``serve.usercode``: its
 handlers have the same interface and fall back to this one.
 """
@@ -17,10 +17,10 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from . import codecs
-from .batching import Batcher
-from .errors import BadRequest, Overloaded
-from .model import METHODS, Model, Repository, Signature
+from serve.contract import codecs
+from serve.model_process.batching import Batcher
+from serve.contract.errors import BadRequest, Overloaded
+from serve.model_process.model import METHODS, Model, Repository, Signature
 
 log = logging.getLogger(__name__)
 

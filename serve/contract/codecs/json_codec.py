@@ -16,9 +16,9 @@ import numpy as np
 import orjson
 import simdjson
 
-from ..errors import BadRequest
-from .decoded import Decoded, Inputs, text_array
-from .media import JSON
+from serve.contract.errors import BadRequest
+from serve.contract.codecs.decoded import Decoded, Inputs, text_array
+from serve.contract.codecs.media import JSON
 
 # -- decoding ---------------------------------------------------------------------------------------
 
