@@ -18,9 +18,8 @@ from typing import Callable, Protocol
 import numpy as np
 
 from serve.contract import codecs
-from serve.model_process.batching import Batcher
 from serve.contract.errors import BadRequest, Overloaded
-from serve.model_process.model import METHODS, Model, Repository, Signature
+from serve.contract.signature import METHODS, Model, Repository, Signature
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +59,6 @@ class Target:
         """X-Amzn-SageMaker-Custom-Attributes' tfs-model-name, tfs-model-version and tfs-method."""
         attrs = tfs_attributes(header)
         return cls.of(attrs.get("tfs-model-name"), attrs.get("tfs-model-version"), attrs.get("tfs-method"))
-
-
-@dataclass(frozen=True)
-class Servable:
-    """One loaded model version and the batcher that owns its calls (in the model process)."""
-    model: Model
-    batcher: Batcher
 
 
 # infer(model, signature name, prepared inputs or None, (examples, context) or None, timeout) -> outputs

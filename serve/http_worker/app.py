@@ -20,7 +20,7 @@ from serve.contract.errors import (BadRequest, IncompleteBody, MalformedBody, Mo
 from serve.contract.handlers import Invocation, Target
 from serve.contract.readiness import Readiness
 from serve.contract.redact import SecretFilter
-from serve.server import close_this_connection
+from serve.http_worker.gunicorn_worker import close_this_connection
 from serve.contract.settings import Settings
 from serve.contract.tuning import Tuning
 from serve.http_worker.worker import WorkerState

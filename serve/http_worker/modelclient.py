@@ -20,7 +20,7 @@ import numpy as np
 from serve.contract import channel
 from serve.contract.errors import ModelNotReady, RequestTimeout, ServeError
 from serve.contract.handlers import Invocation, Result
-from serve.model_process.model import Model, Repository, Signature
+from serve.contract.signature import Model, Repository, Signature
 from serve.contract.readiness import hung_path, ready_path, socket_path
 
 log = logging.getLogger(__name__)

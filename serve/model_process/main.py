@@ -19,23 +19,19 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from multiprocessing.connection import Connection, Listener
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from serve.contract import channel, handlers
 
 from serve import usercode
-from serve.usercode.tfs import TfsHandler
-from serve.usercode.toolkit import ToolkitHandler
-from serve.usercode.watchdog import Watchdog
-from serve.model_process.batching import Batcher
-from serve.contract.errors import ServeError, TooMuchMemory, describe_failure
-from model_archive.layout import find_models
-from serve.model_process.model import Model, Repository, configure_threads, load_model
+from serve.contract.errors import ServeError, TooMuchMemory
+from serve.contract.signature import Repository
+from serve.model_process.loading import Servable, StartupFailure, load_model_dir, local_infer
+from serve.model_process.model import configure_threads
+from serve.model_process.multimodel import MultiModelService
 from serve.contract.memory import Trimmer
 from serve.contract.readiness import failed_path, hung_path, ready_path, socket_path
 from serve.contract.redact import SecretFilter
@@ -48,7 +44,7 @@ log = logging.getLogger("serve.model_process.model")
 class ModelService:
     """What a model process serves: the servables, the toolkit script that runs here, and the ops."""
 
-    def __init__(self, servables: Repository[handlers.Servable] | None, style: str,
+    def __init__(self, servables: Repository[Servable] | None, style: str,
                  handler: handlers.Handler | None):
         self.servables = servables
         self.style = style
@@ -64,87 +60,9 @@ class ModelService:
                 "models": models, "pid": os.getpid()}
 
 
-def local_infer(servables: Repository[handlers.Servable]):
-    """DefaultHandler's infer for this process: the servable's batcher, Examples serialized here."""
-    def infer(model: Model, signature: str, inputs, examples, timeout: float, origin: Any = "script"):
-        servable = servables.get(model.name, model.version)
-        if examples is not None:
-            from serve.model_process.examples import serialize
-
-            inputs = {servable.model.signatures[signature].example_input: serialize(*examples)}
-        return servable.batcher.wait(servable.batcher.submit(signature, inputs, origin=origin), timeout)
-    return infer
-
-
-def _servable(model: Model, settings) -> handlers.Servable:
-    batcher = Batcher(lambda sig, feed: model.signatures[sig].call(feed),
-                      max_batch_size=settings.tfs_max_batch_size if settings.tfs_enable_batching else 1,
-                      max_wait=settings.batch_timeout_s,
-                      batchable=lambda sig: model.signatures[sig].batched)
-    return handlers.Servable(model, batcher)
-
-
-@dataclass
-class ModelSet:
-    """What one model dir loaded into: its servables, the style of its script, and the handler
-    that runs here (a toolkit script; in multi-model mode any script, or the default path)."""
-    servables: Repository[handlers.Servable] | None
-    style: str
-    handler: handlers.Handler | None
-
-
-def load_model_dir(model_dir: Path, code: usercode.CodeLocation | None, settings, default_name: str | None = None,
-                   module_name: str | None = None, scripts_here: bool = False) -> ModelSet:
-    """Import the toolkit script (its model_fn may be the loader), load every model in MODEL_DIR,
-    warm them up. SCRIPTS_HERE: also run AWS-container scripts and the default path in this
-    process (multi-model mode, where HTTP workers hand every invoke over whole)."""
-    step = "reading the user code"
-    try:
-        if code:
-            step = f"importing {code.script.name}"
-        style, module = usercode.load_script(code, scripts_here, module_name)
-        servables = None
-        if module is not None and hasattr(module, "model_fn"):
-            step = f"{code.script.name}: model_fn({model_dir})"
-            model = module.model_fn(str(model_dir))
-            if isinstance(model, Model):  # ours, not whatever a model_fn returned
-                servables = Repository({model.name: {model.version: _servable(model, settings)}}, model.name)
-        else:
-            step = f"loading the model from {model_dir}"
-            entries = {name: {loc.version: _servable(load_model(loc), settings) for loc in versions}
-                       for name, versions in find_models(model_dir).items()}
-            servables = Repository(entries, default_name or next(iter(entries)))
-            model = servables.get().model
-        step = "warming up the model"
-        for servable in (servables or []):
-            warm = servable.model.warm_up()
-            for sig in servable.model.signatures.values():
-                log.info("%s version %s (%s loader) signature %s", servable.model.name,
-                         servable.model.version or "-", servable.model.loader, sig.describe())
-            log.info("%s version %s warm-up %.0f ms", servable.model.name, servable.model.version or "-", warm * 1e3)
-        step = f"checking {code.script.name}" if code else "building the handler"
-        default = None if servables is None else handlers.DefaultHandler(
-            servables.map(lambda s: s.model), local_infer(servables), settings.model_server_timeout)
-        watchdog = lambda: Watchdog(settings.model_server_timeout, settings.model_server_threads)  # noqa: E731
-        handler = None
-        if style == "toolkit":
-            handler = ToolkitHandler(module, model, default, watchdog())
-        elif style == "tfs" and scripts_here:
-            handler = TfsHandler(module, default, settings.bind_to_port, watchdog())
-        elif scripts_here:
-            handler = default
-        return ModelSet(servables, style, handler)
-    except BaseException as exc:
-        raise StartupFailure(f"{step}: {describe_failure(exc)}") from exc
-
-
 def load(settings, code: usercode.CodeLocation | None) -> ModelService:
     models = load_model_dir(settings.model_dir, code, settings, settings.tfs_default_model_name)
     return ModelService(models.servables, models.style, models.handler)
-
-
-class StartupFailure(Exception):
-    pass
 
 
 class Server:
@@ -280,7 +198,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         configure_threads(tuning.intra_op_threads, tuning.inter_op_threads)
         if settings.multi_model:
-            from serve.model_process.multimodel import MultiModelService
 
             service = MultiModelService(settings, code)
         else:

@@ -27,6 +27,7 @@ from serve import usercode
 from serve.contract.errors import BadRequest, NotFound, ServeError
 from serve.contract.memory import malloc_trim
 from serve.contract.handlers import DefaultHandler, Invocation, Result, Target
+from serve.model_process.loading import ModelSet, StartupFailure, load_model_dir
 from model_archive.layout import ModelNotFound, find_models
 
 log = logging.getLogger("serve.model_process.model")
@@ -48,7 +49,7 @@ class InsufficientMemory(ServeError):
 class Loaded:
     name: str
     url: str
-    models: object          # modelproc.ModelSet
+    models: ModelSet
     kind: str
     disk_bytes: int
     cost_bytes: int
@@ -144,8 +145,6 @@ class MultiModelService:
         return int(WEIGHT_FACTOR * _disk_bytes(path)) + self.overhead.get(kind, DEFAULT_OVERHEAD)
 
     def load(self, name: str, url: str) -> dict:
-        from serve.model_process.main import StartupFailure, load_model_dir
-
         path = Path(url)
         with self.lock:
             if name in self.models or name in self.loading:

@@ -11,7 +11,7 @@ import numpy as np
 
 from serve.contract import codecs
 from serve.contract.handlers import DefaultHandler, Invocation, Result, Target
-from serve.model_process.model import Model
+from serve.contract.signature import Model
 from serve.usercode.calls import Context, as_outputs, takes_context, to_bytes, user_call
 from serve.usercode.source import TOOLKIT_FUNCTIONS
 from serve.usercode.watchdog import Watchdog

@@ -338,7 +338,7 @@ def test_ping_answers_while_every_request_thread_is_busy(mlp_model_dir, tmp_path
 
 
 def test_is_ping_takes_only_whole_bodiless_ping_heads():
-    from serve.server import is_ping
+    from serve.http_worker.gunicorn_worker import is_ping
 
     assert is_ping(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
     assert is_ping(b"GET /ping?x=1 HTTP/1.1\r\n\r\nPOST /invocations HTTP/1.1\r\nContent-Length: 5\r\n\r\n")

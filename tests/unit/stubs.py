@@ -8,7 +8,7 @@ import numpy as np
 
 from model_archive.layout import ModelLocation
 from serve.contract.errors import BadRequest
-from serve.model_process.model import Model, Repository, Signature, TensorInfo
+from serve.contract.signature import Model, Repository, Signature, TensorInfo
 
 F32 = np.dtype(np.float32)
 
