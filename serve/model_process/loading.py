@@ -46,7 +46,7 @@ def local_infer(servables: Repository[Servable]):
     return infer
 
 
-def servable(model: Model, settings) -> Servable:
+def make_servable(model: Model, settings) -> Servable:
     batcher = Batcher(lambda sig, feed: model.signatures[sig].call(feed),
                       max_batch_size=settings.tfs_max_batch_size if settings.tfs_enable_batching else 1,
                       max_wait=settings.batch_timeout_s,
@@ -78,10 +78,10 @@ def load_model_dir(model_dir: Path, code: usercode.CodeLocation | None, settings
             step = f"{code.script.name}: model_fn({model_dir})"
             model = module.model_fn(str(model_dir))
             if isinstance(model, Model):  # ours, not whatever a model_fn returned
-                servables = Repository({model.name: {model.version: servable(model, settings)}}, model.name)
+                servables = Repository({model.name: {model.version: make_servable(model, settings)}}, model.name)
         else:
             step = f"loading the model from {model_dir}"
-            entries = {name: {loc.version: servable(load_model(loc), settings) for loc in versions}
+            entries = {name: {loc.version: make_servable(load_model(loc), settings) for loc in versions}
                        for name, versions in find_models(model_dir).items()}
             servables = Repository(entries, default_name or next(iter(entries)))
             model = servables.get().model
