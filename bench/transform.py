@@ -3,7 +3,7 @@
     python -m bench.transform [--image sagemaker-tf-graviton:test-amd64] [--full] [--models mlp,cifar_cnn]
 
 For each model, in one run on this machine, with one container of the image:
-  * transform   `deploy transform --local`'s agent (deploy/sagemaker_tf_deploy/transform_local.py): the
+  * transform   `deploy transform --local`'s agent (deploy/sagemaker_tf_deploy/local/transform.py): the
                 records split, packed into MultiRecord mini-batches up to MaxPayloadInMB, sent
                 MaxConcurrentTransforms at a time, both from the container's /execution-parameters
                 (the same code path as the command; the container is started once for all three);
@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import requests  # noqa: E402
 
 from bench import harness, models  # noqa: E402
-from sagemaker_tf_deploy import local, transform_local as tl  # noqa: E402
+from sagemaker_tf_deploy.local import container as local, transform as tl  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"

@@ -1,32 +1,33 @@
 """The `deploy` command: package a model, put it on a SageMaker endpoint, run it locally.
 
-Modules, each with one reason to change:
-- cli.py       argument parsing and what the user sees
-- archive.py   model.tar.gz layout, packaging and safe unpacking
-- aws.py       boto3 session and clients (flags, environment, profile, AWS_ENDPOINT_URL)
-- registry.py  which CPU architectures an image reference offers
-- instance.py  which CPU architecture a SageMaker instance type has
-- endpoint.py  create / update / delete / list: the order of the steps and the interruption
+Four layers, each importing only the ones below it (commands -> operations -> local -> core);
+modules, each with one reason to change:
+- commands/main.py   argument parsing and what the user sees
+- core/archive.py    model.tar.gz layout, packaging and safe unpacking
+- core/aws.py        boto3 session and clients (flags, environment, profile, AWS_ENDPOINT_URL)
+- operations/registry.py  which CPU architectures an image reference offers
+- core/instance.py   which CPU architecture a SageMaker instance type has
+- operations/endpoint.py  create / update / delete / list: the order of the steps and the interruption
                rule (what a stop or a failure undoes); the steps are the next five modules
-- resources.py names (BASE-TIMESTAMP), the created-by tag, the environment every model gets
+- operations/resources.py names (BASE-TIMESTAMP), the created-by tag, the environment every model gets
                (default_env, also used by local, transform, migrate, multimodel), describe(),
                and what deploy made for an endpoint (owned_leftovers/owned_archives, for delete)
-- staging.py   model data to S3: local checks, packaging a folder, bucket, upload, abort
-- waiting.py   SageMaker's endpoint statuses: wait until settled, delete when SageMaker allows;
+- operations/staging.py   model data to S3: local checks, packaging a folder, bucket, upload, abort
+- operations/waiting.py   SageMaker's endpoint statuses: wait until settled, delete when SageMaker allows;
                the poll interval is always the caller's (--poll; small in the tests)
-- cleanup.py   what one run created (Created) and its rollback, newest first
-- scaling.py   autoscale, and auto scaling suspended/restored around an update
-- invoke.py    invoke_endpoint and --softmax
-- checks.py    the checks that need no network, run before any AWS call (exit 2)
-- interrupts.py  SIGINT/SIGTERM/SIGHUP, --on-interrupt rollback|keep, shielded cleanup
-- output.py    --output json|table|text, the progress Console, closed pipes
-- errors.py    DeployError / UsageError and the exit-code table
-- local.py     run the image the way SageMaker does, with the docker CLI
-- transform.py `deploy transform`: a SageMaker batch transform job (model, job, wait, clean-up)
-- transform_local.py  `deploy transform --local`: SageMaker's batch agent against the image here
-- migrate.py   `deploy migrate/promote/rollback`: x86 endpoint to Graviton through variants
-- compare.py   `deploy compare`, `deploy local --fpmath-check`: latency and agreement (no NumPy)
-- multimodel.py  multi-model endpoints: create --multi-model, `deploy models`, local proxy
+- operations/cleanup.py   what one run created (Created) and its rollback, newest first
+- operations/scaling.py   autoscale, and auto scaling suspended/restored around an update
+- operations/invoke.py    invoke_endpoint and --softmax
+- core/checks.py     the checks that need no network, run before any AWS call (exit 2)
+- core/interrupts.py  SIGINT/SIGTERM/SIGHUP, --on-interrupt rollback|keep, shielded cleanup
+- core/output.py     --output json|table|text, the progress Console, closed pipes
+- core/errors.py     DeployError / UsageError and the exit-code table
+- local/container.py run the image the way SageMaker does, with the docker CLI
+- operations/transform.py `deploy transform`: a SageMaker batch transform job (model, job, wait, clean-up)
+- local/transform.py  `deploy transform --local`: SageMaker's batch agent against the image here
+- operations/migrate.py   `deploy migrate/promote/rollback`: x86 endpoint to Graviton through variants
+- operations/compare.py   `deploy compare`, `deploy local --fpmath-check`: latency and agreement (no NumPy)
+- operations/multimodel.py  multi-model endpoints: create --multi-model, `deploy models`, local proxy
 
 endpoint.py was one module with about eight reasons to change (names and environment, waiting,
 S3 staging, create, update, autoscale, delete/list, invoke). It is split by what changes together:

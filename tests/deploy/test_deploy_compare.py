@@ -22,7 +22,7 @@ import boto3
 import numpy as np
 import pytest
 
-from sagemaker_tf_deploy.cli import main
+from sagemaker_tf_deploy.commands.main import main
 from tests.fixtures import moto_migrate
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -313,7 +313,7 @@ def test_failed_update_with_unknown_outcome_keeps_everything(aws_env, ecr_images
 # --- the shared pieces, in process --------------------------------------------------------------
 
 def test_handle_signals_raises_interrupted_with_the_exit_code_and_restores():
-    from sagemaker_tf_deploy import interrupts
+    from sagemaker_tf_deploy.core import interrupts
 
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(interrupts.Interrupted) as exc:
@@ -325,7 +325,7 @@ def test_handle_signals_raises_interrupted_with_the_exit_code_and_restores():
 
 
 def test_handle_signals_overrides_an_ignored_sigint_but_keeps_nohup():
-    from sagemaker_tf_deploy import interrupts
+    from sagemaker_tf_deploy.core import interrupts
 
     old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
     old_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -343,7 +343,7 @@ def test_handle_signals_overrides_an_ignored_sigint_but_keeps_nohup():
 
 
 def test_shielded_records_instead_of_raising():
-    from sagemaker_tf_deploy import interrupts
+    from sagemaker_tf_deploy.core import interrupts
 
     said = []
     with interrupts.handle_signals():
@@ -359,7 +359,7 @@ def test_output_json_and_text_rendering():
     import io
     import json
 
-    from sagemaker_tf_deploy import output
+    from sagemaker_tf_deploy.core import output
 
     doc = {"ResponseMetadata": {"RequestId": "x"}, "When": dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc),
            "Items": [{"A": 1, "ResponseMetadata": {}}], "Naive": dt.datetime(2026, 1, 2), "Raw": b"hi"}

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import requests
 
-from sagemaker_tf_deploy import multimodel
-from sagemaker_tf_deploy.cli import main
+from sagemaker_tf_deploy.operations import multimodel
+from sagemaker_tf_deploy.commands.main import main
 from tests.fixtures import moto_mme
 from tests.fixtures.moto import fail_operation
 from tests.fixtures.report import report

@@ -60,6 +60,11 @@ def test_installs_without_tensorflow_numpy_flask_gunicorn(venv):
     assert not names & HEAVY, names & HEAVY
 
 
+def _dotted(path: Path) -> str:
+    """deploy/a/b/c.py -> a.b.c; a sub-package's __init__.py -> a.b"""
+    parts = path.relative_to(ROOT / "deploy").with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
 def test_command_and_every_module(venv):
     for flag in ("--help", "--version"):
         proc = run(venv, "deploy", flag)
@@ -77,9 +82,9 @@ def test_command_and_every_module(venv):
         "import sagemaker_tf_deploy, model_archive\n"
         "names = []\n"
         "for pkg in (sagemaker_tf_deploy, model_archive):\n"
-        "    for m in pkgutil.iter_modules(pkg.__path__):\n"
-        "        importlib.import_module(f'{pkg.__name__}.{m.name}')\n"
-        "        names.append(f'{pkg.__name__}.{m.name}')\n"
+        "    for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
+        "        importlib.import_module(m.name)\n"
+        "        names.append(m.name)\n"
         f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {sorted(HEAVY | {'tensorflow_cpu'})!r})\n"
         "assert not heavy, heavy\n"
         "assert 'site-packages' in sagemaker_tf_deploy.__file__, sagemaker_tf_deploy.__file__\n"
@@ -87,9 +92,8 @@ def test_command_and_every_module(venv):
     proc = run(venv, "python", "-c", check)
     assert proc.returncode == 0, proc.stderr
     imported = set(proc.stdout.split())
-    expected = {f"sagemaker_tf_deploy.{p.stem}" for p in (ROOT / "deploy" / "sagemaker_tf_deploy").glob("*.py")
-                if p.stem != "__init__"} | {f"model_archive.{p.stem}" for p in (ROOT / "deploy" / "model_archive")
-                                            .glob("*.py") if p.stem != "__init__"}
+    expected = {_dotted(p) for top in ("sagemaker_tf_deploy", "model_archive")
+                for p in (ROOT / "deploy" / top).rglob("*.py") if p != ROOT / "deploy" / top / "__init__.py"}
     assert imported == expected
 
 

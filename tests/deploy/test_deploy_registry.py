@@ -15,8 +15,8 @@ import json
 import pytest
 import requests
 
-from sagemaker_tf_deploy import registry
-from sagemaker_tf_deploy.errors import DeployError
+from sagemaker_tf_deploy.operations import registry
+from sagemaker_tf_deploy.core.errors import DeployError
 
 BASE_REPO = "debian"
 TEST_REPO = "deploy-test/arch"
@@ -148,7 +148,7 @@ def test_missing_tag_and_unreachable_registry(arch_images):
 def test_create_refuses_a_non_ecr_image_before_any_call(arch_images, aws_calls, capsys, tmp_path, key):
     """SageMaker pulls only from ECR in the endpoint's region: a local-registry image (which the
     architecture reader could read) is refused from its name alone, before any AWS call."""
-    from sagemaker_tf_deploy.cli import main
+    from sagemaker_tf_deploy.commands.main import main
     from tests.fixtures.moto import ROLE
 
     model = tmp_path / "m" / "1"
@@ -169,7 +169,7 @@ def test_ecr_single_manifest_reads_the_config_blob(arch_images, aws_env):
     comes from get_download_url_for_layer (moto's fixture points it at the local registry's blob)."""
     import boto3
 
-    from sagemaker_tf_deploy.aws import Aws
+    from sagemaker_tf_deploy.core.aws import Aws
     from tests.fixtures.moto import ACCOUNT, LAYER_URLS, REGION
 
     ecr = boto3.client("ecr")

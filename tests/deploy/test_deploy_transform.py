@@ -22,9 +22,9 @@ import boto3
 import numpy as np
 import pytest
 
-from sagemaker_tf_deploy import transform_local as tl
-from sagemaker_tf_deploy.cli import main
-from sagemaker_tf_deploy.errors import DeployError
+from sagemaker_tf_deploy.local import transform as tl
+from sagemaker_tf_deploy.commands.main import main
+from sagemaker_tf_deploy.core.errors import DeployError
 from tests.fixtures import moto_transform as mt
 from tests.fixtures.server import free_port
 

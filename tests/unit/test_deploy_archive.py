@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sagemaker_tf_deploy import archive
-from sagemaker_tf_deploy.errors import DeployError
+from sagemaker_tf_deploy.core import archive
+from sagemaker_tf_deploy.core.errors import DeployError
 from tests.unit.test_archives import CASES
 
 DEPLOY = str(Path(sys.executable).with_name("deploy"))
@@ -116,7 +116,7 @@ def test_safe_extract_reports_bad_archives_as_deploy_errors(tmp_path):
 def test_create_refuses_a_malicious_archive_before_uploading(tmp_path, aws_env, ecr_images, capsys, aws_calls):
     import boto3
 
-    from sagemaker_tf_deploy.cli import main
+    from sagemaker_tf_deploy.commands.main import main
 
     tgz = CASES["dotdot"].craft(tmp_path / "evil.tar.gz", tmp_path)
     code = main(["create", "--image", ecr_images["multi"], "--model-data", str(tgz), "--role", aws_env["role"]])

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from sagemaker_tf_deploy import compare
+from sagemaker_tf_deploy.operations import compare
 
 pytestmark = pytest.mark.deploy
 

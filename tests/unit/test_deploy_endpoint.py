@@ -13,7 +13,7 @@ import tarfile
 import pytest
 import requests
 
-from sagemaker_tf_deploy.cli import main
+from sagemaker_tf_deploy.commands.main import main
 from tests.fixtures.moto import client, fail_operation, script_endpoint_status
 
 pytestmark = pytest.mark.deploy
@@ -299,7 +299,7 @@ def test_region_sources(capsys, aws_env, ecr_images, model_tgz, monkeypatch):
 def test_progress_line_on_a_tty_rewrites_itself():
     import io
 
-    from sagemaker_tf_deploy.cli import Console
+    from sagemaker_tf_deploy.commands.main import Console
 
     class Tty(io.StringIO):
         def isatty(self):
@@ -516,7 +516,7 @@ def test_output_text_is_tab_separated(capsys, aws_env, ecr_images, model_tgz):
 
 
 def test_exit_codes_version_and_help(capsys):
-    from sagemaker_tf_deploy.cli import EXAMPLES
+    from sagemaker_tf_deploy.commands.main import EXAMPLES
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.startswith("deploy ")
@@ -562,7 +562,7 @@ def test_closed_pipe_is_quiet(aws_env, ecr_images, model_tgz):
 def test_console_is_quiet_when_piped_and_survives_a_closed_stderr():
     import io
 
-    from sagemaker_tf_deploy.output import Console
+    from sagemaker_tf_deploy.core.output import Console
 
     stream = io.StringIO()
     console = Console(stream)

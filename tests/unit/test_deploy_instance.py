@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sagemaker_tf_deploy import instance
-from sagemaker_tf_deploy.errors import DeployError
+from sagemaker_tf_deploy.core import instance
+from sagemaker_tf_deploy.core.errors import DeployError
 
 GRAVITON = ["ml.c6g.large", "ml.c6gn.xlarge", "ml.c6gd.2xlarge", "ml.m6g.large", "ml.m6gd.xlarge",
             "ml.r6g.4xlarge", "ml.c7g.xlarge", "ml.c7gn.16xlarge", "ml.m7g.large", "ml.r7g.xlarge",

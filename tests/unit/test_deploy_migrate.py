@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sagemaker_tf_deploy.cli import main
+from sagemaker_tf_deploy.commands.main import main
 from tests.fixtures.moto import client, fail_operation, script_endpoint_status
 
 pytestmark = pytest.mark.deploy
@@ -281,7 +281,8 @@ def test_interrupted_while_updating(capsys, x86_endpoint, ecr_images, monkeypatc
     """SIGTERM arriving while SageMaker updates: rolled back (default), or left for `deploy rollback`."""
     import signal
 
-    from sagemaker_tf_deploy import interrupts, waiting
+    from sagemaker_tf_deploy.core import interrupts
+    from sagemaker_tf_deploy.operations import waiting
 
     before = state()
     real_wait = waiting.wait_for_endpoint

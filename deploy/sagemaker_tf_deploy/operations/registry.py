@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import requests
 
-from .errors import DeployError, UsageError
+from ..core.errors import DeployError, UsageError
 
 MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

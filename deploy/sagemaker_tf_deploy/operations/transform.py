@@ -14,7 +14,7 @@ A signal or --timeout while the job runs follows --on-interrupt: `rollback` (def
 job and deletes the model, `keep` leaves the job running (and its model, which it needs) and
 prints how to follow and clean up.
 
-Locally (--local): transform_local.py does what SageMaker's batch agent does, with the image on
+Locally (--local): local/transform.py does what SageMaker's batch agent does, with the image on
 this machine.
 """
 
@@ -32,13 +32,14 @@ from urllib.parse import quote
 
 import botocore.exceptions
 
-from . import archive, checks, endpoint, instance, interrupts, output, registry, resources, staging
-from .aws import Aws, error_message
+from ..core import archive, checks, instance, interrupts, output
+from . import endpoint, registry, resources, staging
+from ..core.aws import Aws, error_message
 from .cleanup import Created
-from .output import Reporter
-from .errors import DeployError
+from ..core.output import Reporter
+from ..core.errors import DeployError
 
-from .errors import UsageError   # exit 2: refused before any network call
+from ..core.errors import UsageError   # exit 2: refused before any network call
 
 ROLLBACK, KEEP = "rollback", "keep"
 TERMINAL = {"Completed", "Failed", "Stopped"}
@@ -337,7 +338,7 @@ def _positive_float(text: str) -> float:
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    """Register `deploy transform` on cli.py's subparsers."""
+    """Register `deploy transform` on the subparsers of commands/main.py."""
     p = sub.add_parser(
         "transform", help="batch transform: a SageMaker job over s3:// data, or --local on this machine",
         description="Run a SageMaker batch transform job (model + job, wait, model deleted after), "
@@ -426,7 +427,7 @@ def cmd_transform(args, console) -> int:
 
 
 def _cmd_local(args, console, env: dict[str, str]) -> int:
-    from . import transform_local
+    from ..local import transform as transform_local
 
     if args.model_data.startswith("s3://") or args.input.startswith("s3://") or args.output.startswith("s3://"):
         raise UsageError("--local reads and writes local files: give a folder or file for --model-data, "

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 import botocore.exceptions
 
-from . import archive, checks
-from .aws import Aws, error_code, error_message
-from .errors import DeployError
-from .output import Reporter
+from ..core import archive, checks
+from ..core.aws import Aws, error_code, error_message
+from ..core.errors import DeployError
+from ..core.output import Reporter
 
 if TYPE_CHECKING:
     from .cleanup import Created

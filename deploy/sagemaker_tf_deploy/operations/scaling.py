@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import botocore.exceptions
 
-from . import checks, resources
-from .aws import Aws, error_message
-from .errors import DeployError, UsageError
-from .output import Reporter
+from ..core import checks
+from . import resources
+from ..core.aws import Aws, error_message
+from ..core.errors import DeployError, UsageError
+from ..core.output import Reporter
 
 
 def autoscale(aws: Aws, name: str, *, min_count: int, max_count: int, target: float,

@@ -10,9 +10,9 @@ import math
 
 import botocore.exceptions
 
-from . import checks
-from .aws import Aws, error_message
-from .errors import DeployError
+from ..core import checks
+from ..core.aws import Aws, error_message
+from ..core.errors import DeployError
 
 
 def invoke(aws: Aws, name: str, body: bytes, content_type: str, accept: str | None = None,

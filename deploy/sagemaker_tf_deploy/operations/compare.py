@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .errors import UsageError
+from ..core.errors import UsageError
 
 REL_FLOOR = 1e-6
 
@@ -69,7 +69,7 @@ class Target:
 # --- requests ----------------------------------------------------------------------------------
 
 def _content_types() -> dict[str, str]:
-    from .cli import CONTENT_TYPES
+    from ..commands.main import CONTENT_TYPES
     return CONTENT_TYPES
 
 
@@ -127,7 +127,7 @@ def url_target(url: str, label: str | None = None, timeout: float = 120.0) -> Ta
 def variant_target(aws, endpoint_name: str, variant: str) -> Target:
     import botocore.exceptions
 
-    from .aws import error_message
+    from ..core.aws import error_message
 
     def send(req: Request) -> Answer:
         start = time.perf_counter()
@@ -501,7 +501,7 @@ def table(r: dict) -> list[str]:
 
 
 def _finish(result: dict, args, console) -> int:
-    from . import output
+    from ..core import output
     output.emit(result, args.output, table=table)
     if not result["ok"]:
         failed = [c for c in result["checks"] if not c["ok"]]
@@ -563,7 +563,7 @@ def _free_port() -> int:
 def fpmath_check(spec, requests_path: str, reporter, download=None, *, warmup: int = 1,
                  max_abs_diff: float | None = None, min_top1: float | None = None) -> dict:
     """Serve SPEC's image and model twice, DNNL_DEFAULT_FPMATH_MODE=BF16 and =STRICT, and compare."""
-    from . import local
+    from ..local import container as local
 
     reqs = load_requests(requests_path)
     image_plat = local.image_platform(spec.image, reporter.info)
@@ -605,12 +605,13 @@ def fpmath_check(spec, requests_path: str, reporter, download=None, *, warmup: i
         return result
     except _Stopped:
         pass
-    from . import interrupts
+    from ..core import interrupts
     raise interrupts.Interrupted(signal.SIGINT)   # local.run turned the signal into a normal stop
 
 
 def cmd_fpmath_check(args, console, region: str | None, download) -> int:
-    from . import checks, local
+    from ..core import checks
+    from ..local import container as local
 
     if not args.requests:
         raise UsageError("--fpmath-check needs --requests FILE (JSON Lines, a folder of files, or one file)")

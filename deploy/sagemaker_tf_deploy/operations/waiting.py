@@ -12,10 +12,10 @@ import time
 
 import botocore.exceptions
 
-from . import interrupts
-from .aws import Aws, error_message, not_found
-from .errors import DeployError
-from .output import Reporter
+from ..core import interrupts
+from ..core.aws import Aws, error_message, not_found
+from ..core.errors import DeployError
+from ..core.output import Reporter
 
 
 TRANSIENT = frozenset({"Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting"})

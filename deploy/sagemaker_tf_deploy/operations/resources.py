@@ -15,8 +15,8 @@ import re
 import botocore.exceptions
 
 from . import waiting
-from .aws import Aws, error_code, not_found
-from .errors import DeployError
+from ..core.aws import Aws, error_code, not_found
+from ..core.errors import DeployError
 
 
 VARIANT = "AllTraffic"

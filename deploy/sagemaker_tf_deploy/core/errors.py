@@ -6,7 +6,7 @@ Exit codes (the one table; docs/deploy.md repeats it, `deploy --help` points at 
     1    AWS refused or failed something, or a wait ended Failed / timed out (message on stderr)
     2    usage: bad arguments or a local input that fails a local check (nothing was sent to AWS)
     130  interrupted by SIGINT (Ctrl-C)        } what was left or undone is printed first,
-    143  interrupted by SIGTERM                }  see deploy/sagemaker_tf_deploy/interrupts.py
+    143  interrupted by SIGTERM                }  see deploy/sagemaker_tf_deploy/core/interrupts.py
     129  interrupted by SIGHUP                 }
     141  stdout closed early (`deploy status X | head -1`): no traceback, like a SIGPIPE exit
 

@@ -13,7 +13,7 @@ traceback; a closed stderr silences the messages and the command carries on.
 
 Use in a subcommand:
 
-    from sagemaker_tf_deploy import output
+    from sagemaker_tf_deploy.core import output
     output.add_output_argument(parser)                 # or rely on cli's `common` parent
     ...
     output.emit(result_dict, args.output, table=lambda r: [f"endpoint {r['endpoint']} ..."])

@@ -50,9 +50,10 @@ from typing import Callable
 import botocore.exceptions
 import requests
 
-from . import archive, checks, endpoint, interrupts, output, resources, staging
-from .aws import Aws, error_code, error_message
-from .errors import DeployError, UsageError
+from ..core import archive, checks, interrupts, output
+from . import endpoint, resources, staging
+from ..core.aws import Aws, error_code, error_message
+from ..core.errors import DeployError, UsageError
 from .invoke import softmax_response
 
 MODE = "MultiModel"
@@ -541,7 +542,7 @@ def _free_port(host: str = "127.0.0.1") -> int:
 def run_local(spec: LocalMultiSpec, info: Callable[[str], None],
               on_ready: Callable[[str, Proxy], None] | None = None) -> int:
     """Run the image with SAGEMAKER_MULTI_MODEL=true and the proxy in front, until Ctrl-C/SIGTERM."""
-    from . import local
+    from ..local import container as local
 
     archives = Path(spec.archives)
     if not archives.is_dir():
@@ -715,7 +716,7 @@ def add_parsers(sub, common) -> None:
     def invoke_func(args, console):
         if not (args.target_model or args.local):
             return theirs(args, console)
-        from . import cli
+        from ..commands import main as cli
         aws = None if args.local else _aws(args)
         body = cli._read_body(args)
         out, content_type = invoke(aws, args, body, cli._content_type(args))

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import botocore.exceptions
 
-from . import checks, cleanup, instance, interrupts, registry, resources, scaling, staging, waiting
-from .aws import Aws, error_message
-from .errors import DeployError, UsageError
-from .output import Reporter
+from ..core import checks, instance, interrupts
+from . import cleanup, registry, resources, scaling, staging, waiting
+from ..core.aws import Aws, error_message
+from ..core.errors import DeployError, UsageError
+from ..core.output import Reporter
 
 
 @dataclass

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import botocore.exceptions
 
-from . import archive, checks, endpoint, interrupts, invoke, local, output, resources, scaling, staging, waiting
-from .aws import Aws, error_message
-from .errors import DeployError, UsageError
-from .output import Console  # noqa: F401  (the Reporter; importable from here as before)
+from ..core import archive, checks, interrupts, output
+from ..operations import endpoint, invoke, resources, scaling, staging, waiting
+from ..local import container as local
+from ..core.aws import Aws, error_message
+from ..core.errors import DeployError, UsageError
+from ..core.output import Console  # noqa: F401  (the Reporter; importable from here as before)
 
 CONTENT_TYPES = {".json": "application/json", ".jsonl": "application/jsonlines",
                  ".csv": "text/csv", ".npy": "application/x-npy", ".npz": "application/x-npz"}
@@ -247,8 +249,8 @@ def cmd_local(args, console: Console) -> int:
             console.info(f"downloading {uri}")
             aws.s3.download_file(bucket, key, str(dest))
 
-    if args.fpmath_check:   # issue 14: deploy/sagemaker_tf_deploy/compare.py
-        from . import compare
+    if args.fpmath_check:   # issue 14: deploy/sagemaker_tf_deploy/operations/compare.py
+        from ..operations import compare
         return compare.cmd_fpmath_check(args, console, region, download)
     spec = local.LocalSpec(
         image=args.image, model_data=args.model_data, port=args.port, host_ip=args.host_ip,
@@ -408,15 +410,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fpmath-check", action="store_true", help="serve the image twice, DNNL_DEFAULT_FPMATH_MODE="
                    "BF16 and STRICT, send --requests to both, report the drift (see deploy compare)")
     p.add_argument("--requests", metavar="FILE", help="requests for --fpmath-check (as deploy compare)")
-    from .compare import add_threshold_arguments
+    from ..operations.compare import add_threshold_arguments
     add_threshold_arguments(p)
     p.set_defaults(func=cmd_local)
-    from . import compare, migrate   # issue 14: migrate / promote / rollback / compare register themselves
+    from ..operations import compare, migrate   # issue 14: migrate / promote / rollback / compare register themselves
     migrate.add_parsers(sub, common, waiting)
     compare.add_parser(sub, common)
-    from .transform import add_parser as add_transform   # issue 15: `deploy transform`
+    from ..operations.transform import add_parser as add_transform   # issue 15: `deploy transform`
     add_transform(sub)
-    from . import multimodel   # issue 12: `deploy models`, create/local --multi-model, invoke --target-model/--local
+    from ..operations import multimodel   # issue 12: `deploy models`, create/local --multi-model, invoke --target-model/--local
     multimodel.add_parsers(sub, common)
     return parser
 

@@ -19,7 +19,7 @@ The rule, for a command that makes things in AWS:
 
 Use it like this (this is what `create` and `update` in endpoint.py do):
 
-    from sagemaker_tf_deploy import interrupts
+    from sagemaker_tf_deploy.core import interrupts
 
     with interrupts.handle_signals():        # cli.main() already does this for every command
         try:

@@ -31,12 +31,13 @@ from dataclasses import dataclass, field
 
 import botocore.exceptions
 
-from . import checks, cleanup, instance, interrupts, registry, resources, scaling, waiting
-from .aws import Aws, error_code, error_message
+from ..core import checks, instance, interrupts
+from . import cleanup, registry, resources, scaling, waiting
+from ..core.aws import Aws, error_code, error_message
 from .cleanup import Created
-from .output import Reporter
+from ..core.output import Reporter
 from .resources import TAG
-from .errors import DeployError
+from ..core.errors import DeployError
 
 MODES = ("shadow", "canary", "replace")
 PREFIX = "tf-graviton-migrate:"
@@ -493,7 +494,7 @@ def _aws(args) -> Aws:
 
 
 def cmd_migrate(args, console) -> int:
-    from . import output
+    from ..core import output
     spec = MigrateSpec(name=args.endpoint, image=args.image, instance_type=args.instance_type,
                        instance_count=args.instance_count, mode=args.mode, weight=args.weight,
                        env=checks.parse_env(args.env), role=args.role, arch_check=not args.skip_arch_check,
@@ -518,7 +519,7 @@ def cmd_migrate(args, console) -> int:
 
 
 def cmd_promote(args, console) -> int:
-    from . import output
+    from ..core import output
     result = promote(_aws(args), args.endpoint, console, timeout=args.timeout, poll=args.poll,
                      on_interrupt=args.on_interrupt)
     output.emit(result, args.output, table=lambda r: [
@@ -528,7 +529,7 @@ def cmd_promote(args, console) -> int:
 
 
 def cmd_rollback(args, console) -> int:
-    from . import output
+    from ..core import output
     result = rollback(_aws(args), args.endpoint, console, timeout=args.timeout, poll=args.poll)
     output.emit(result, args.output, table=lambda r: [
         f"endpoint {r['endpoint']} is back on {r['endpoint_config']}",

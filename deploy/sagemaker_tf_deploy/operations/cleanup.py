@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import botocore.exceptions
 
-from . import interrupts, staging, waiting
-from .aws import Aws, error_message, not_found
-from .output import Reporter
+from ..core import interrupts
+from . import staging, waiting
+from ..core.aws import Aws, error_message, not_found
+from ..core.output import Reporter
 
 
 @dataclass

@@ -25,9 +25,9 @@ from typing import Callable
 
 import requests
 
-from . import archive
-from .resources import default_env
-from .errors import DeployError
+from ..core import archive
+from ..operations.resources import default_env
+from ..core.errors import DeployError
 
 _SECRETISH = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|API_KEY", re.I)
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}

@@ -1,6 +1,6 @@
 """`deploy transform --local`: what SageMaker's batch transform agent does, on this machine.
 
-The image runs through local.py (same `docker run`, model mount, environment, emulation and
+The image runs through container.py (same `docker run`, model mount, environment, emulation and
 clean-up as `deploy local`), started with the batch environment the agent sets:
 
     SAGEMAKER_BATCH=true, and for what the user gave: SAGEMAKER_MAX_PAYLOAD_IN_MB,
@@ -39,8 +39,8 @@ from typing import Callable, Iterator
 import requests
 import requests.adapters
 
-from . import local
-from .errors import DeployError
+from . import container as local
+from ..core.errors import DeployError
 
 MB = 1024 * 1024
 DEFAULTS = {"BatchStrategy": "MultiRecord", "MaxPayloadInMB": 6, "MaxConcurrentTransforms": 1}
@@ -475,7 +475,7 @@ def transform_files(url: str, spec: LocalTransformSpec, parameters: dict, quiet:
 
 
 def run(spec: LocalTransformSpec, info: Callable[[str], None], quiet: bool = False) -> RunResult:
-    """Start the image (local.py), ask /execution-parameters, transform, stop the image."""
+    """Start the image (container.py), ask /execution-parameters, transform, stop the image."""
     if spec.split_type not in ("Line", "None"):
         raise DeployError("--local supports --split-type Line or None")
     input_files(spec.input)                      # refuse a bad --input before Docker starts
