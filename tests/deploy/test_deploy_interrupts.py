@@ -27,6 +27,14 @@ pytestmark = pytest.mark.deploy
 DEPLOY = str(Path(sys.executable).with_name("deploy"))
 EMPTY = {"endpoints": [], "configs": [], "models": [], "objects": []}
 CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}
+# A runner started under nohup ignores SIGHUP, and a child inherits that (deploy keeps nohup's
+# choice on purpose): a SIGHUP test would then wait for an exit that never comes. The processes
+# under test start with SIGHUP at its default, so the signal sent is one they really handle.
+HANGUP_IGNORED_HERE = signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+
+
+def _handle_hangup() -> None:  # in the child, before exec
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 class Deploy:
@@ -40,11 +48,12 @@ class Deploy:
             # a non-interactive shell starts `cmd &` with SIGINT and SIGQUIT ignored
             script = 'exec 3>&2; "$@" 2>&3 & echo $! >&2; wait $!; exit $?'
             self.proc = subprocess.Popen(["bash", "-c", script, "bash", *args], stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+                                         stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+                                         preexec_fn=_handle_hangup)
             self.pid = int(self.proc.stderr.readline())
         else:
             self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                         env=dict(os.environ))
+                                         env=dict(os.environ), preexec_fn=_handle_hangup)
             self.pid = self.proc.pid
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -71,6 +80,8 @@ class Deploy:
                 self.cond.wait(0.2)
 
     def signal(self, name: str) -> None:
+        if name == "SIGHUP" and HANGUP_IGNORED_HERE:
+            print("this environment ignores SIGHUP (nohup): the deploy under test was started with it restored")
         os.kill(self.pid, getattr(signal, name))
 
     def finish(self, timeout: float = 60) -> tuple[int, str, str]:
