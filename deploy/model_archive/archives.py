@@ -13,7 +13,7 @@ import stat
 import tarfile
 from pathlib import Path, PurePosixPath
 
-__all__ = ["ArchiveError", "UnsafeArchive", "UnreadableArchive", "check_member", "safe_extract"]
+__all__ = ["ArchiveError", "ArchiveTooLarge", "UnsafeArchive", "UnreadableArchive", "check_member", "safe_extract"]
 
 _FILTER_ERROR = getattr(tarfile, "FilterError", None)   # with the 'data' filter (Python >= 3.10.12 / 3.11.4)
 
@@ -24,6 +24,10 @@ class ArchiveError(ValueError):
 
 class UnsafeArchive(ArchiveError):
     """A member that could write outside the destination or create a device node."""
+
+
+class ArchiveTooLarge(UnsafeArchive):
+    """The members add up to more than the caller allows."""
 
 
 class UnreadableArchive(ArchiveError):
@@ -77,14 +81,19 @@ def safe_extract(archive: Path, dest: Path, max_bytes: int | None = None) -> lis
     except (tarfile.TarError, OSError) as exc:
         raise UnreadableArchive(f"{archive} is not a readable tar archive: {exc}") from exc
     with tar:
+        members, total = [], 0
         try:
-            members = tar.getmembers()
+            # member by member, so an archive over the cap is refused at the member that passes it,
+            # without expanding the rest of a compressed stream first
+            while (member := tar.next()) is not None:
+                members.append(member)
+                total += member.size if member.isfile() else 0
+                if max_bytes is not None and total > max_bytes:
+                    raise ArchiveTooLarge(
+                        f"{archive.name} unpacks to more than the {max_bytes >> 20} MiB allowed (member "
+                        f"{member.name!r}, {member.size >> 20} MiB, takes it to {total >> 20} MiB)")
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise UnreadableArchive(f"{archive} is not a readable tar archive: {exc}") from exc
-        total = sum(m.size for m in members if m.isfile())
-        if max_bytes is not None and total > max_bytes:
-            raise UnsafeArchive(f"{archive.name} unpacks to {total >> 20} MiB, more than the {max_bytes >> 20} MiB "
-                                f"allowed")
         has_filter = hasattr(tarfile, "data_filter")   # Python >= 3.10.12 / 3.11.4
         for member in members:
             check_member(member)

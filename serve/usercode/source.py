@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from model_archive.archives import ArchiveError, safe_extract
+from model_archive.archives import ArchiveError, ArchiveTooLarge, safe_extract
 from serve.contract.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,10 @@ def _extract(archive: Path) -> Path:
     target = Path(tempfile.mkdtemp(prefix="sagemaker-code-"))
     try:
         safe_extract(archive, target, MAX_CODE_ARCHIVE_BYTES)  # refuses absolute paths, '..', links out, devices
+    except ArchiveTooLarge as exc:
+        shutil.rmtree(target, ignore_errors=True)
+        raise UserCodeSetupError(f"cannot unpack SAGEMAKER_SUBMIT_DIRECTORY {archive}: {exc}, the limit on what "
+                                 f"a code archive may unpack to; ship weights in the model archive") from None
     except (ArchiveError, OSError) as exc:
         shutil.rmtree(target, ignore_errors=True)
         raise UserCodeSetupError(f"cannot unpack SAGEMAKER_SUBMIT_DIRECTORY {archive}: {exc}") from None

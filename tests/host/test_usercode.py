@@ -68,7 +68,7 @@ def test_submit_directory_unpack_has_a_size_cap(tmp_path, private_tmpdir, monkey
     assert tgz.stat().st_size < 100_000
     with pytest.raises(usercode.UserCodeSetupError) as err:
         usercode.source._extract(tgz)
-    assert "2 MiB, more than the 1 MiB allowed" in str(err.value)
+    assert "unpacks to more than the 1 MiB allowed (member './weights.bin', 2 MiB" in str(err.value)
     assert list(private_tmpdir.iterdir()) == []              # nothing left behind
 
 

@@ -307,3 +307,33 @@ def test_a_large_json_body_does_not_go_through_the_kept_parser(monkeypatch):
         decoded = codecs.decode(body, "application/json")
         assert decoded.inputs.shape[1] == 4
     assert spy.sizes == [len(small)]
+
+
+# -- issue 23, point 19: headers whose sizes overflow, and the .npz decode budget ---------------------
+
+def _npy_header(shape, descr="<f8") -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("shape", [(2 ** 32, 2 ** 32), (2 ** 16,) * 4, (2 ** 39, 2 ** 25)])
+def test_npy_header_whose_size_wraps_int64_with_no_data_is_400(shape):
+    # NumPy's int64 product of these shapes is 0, which an empty body used to match: a 500 at reshape
+    with pytest.raises(BadRequest) as err:
+        codecs.decode(_npy_header(shape), "application/x-npy")
+    assert "bytes follow it" in err.value.message and str(shape) in err.value.message
+
+
+def test_a_deflated_npz_member_past_the_decode_budget_is_413(monkeypatch):
+    from serve.contract.codecs import numpy_codec
+    from serve.contract.errors import PayloadTooLarge
+
+    monkeypatch.setattr(numpy_codec, "MAX_NPZ_EXPANDED_BYTES", 4 << 20)
+    x = np.zeros(6 << 20, np.uint8)                    # 6 MiB of zeros: a few KiB deflated
+    buf = io.BytesIO()
+    np.savez_compressed(buf, x=x)
+    assert len(buf.getvalue()) < 100_000
+    with pytest.raises(PayloadTooLarge) as err:
+        codecs.decode(buf.getvalue(), "application/x-npz")
+    assert err.value.status == 413 and "4 MiB" in err.value.message and "decode budget" in err.value.message

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import lzma
+import math
 import zipfile
 import zlib
 from typing import Mapping
 
 import numpy as np
 
-from serve.contract.errors import BadRequest, NotAcceptable
+from serve.contract.errors import BadRequest, NotAcceptable, PayloadTooLarge
 from serve.contract.codecs.decoded import Decoded
 from serve.contract.codecs.media import JSON, NPY, NPZ
 
@@ -35,7 +36,8 @@ def _npy_array(data: bytes, what: str) -> np.ndarray:
         raise BadRequest(f"{what} holds Python objects; send numbers (np.save with allow_pickle=False)")
     if dtype.itemsize == 0 or not all(isinstance(d, int) and 0 <= d < 2 ** 40 for d in shape):
         raise BadRequest(f"{what}: the .npy header's shape {shape} {dtype.name} is not one of an array")
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    # Python's integers: NumPy's int64 product wraps (2**32 x 2**32 is 0, which an empty body matches)
+    count = math.prod(shape)
     offset = buf.tell()
     if count * dtype.itemsize != len(data) - offset:
         raise BadRequest(f"{what}: the .npy header says shape {shape} {dtype.name} "
@@ -44,8 +46,15 @@ def _npy_array(data: bytes, what: str) -> np.ndarray:
     array = np.frombuffer(data, dtype=dtype, count=count, offset=offset).copy()
     return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
 
-# Compressed .npz members may expand; this bounds what one request can make the server hold.
+# The decode budget: what the members of one .npz may expand to, in all. Compressed members may
+# expand far beyond their body (a few hundred bytes of deflate can claim gigabytes), so this, not
+# SAGEMAKER_MAX_PAYLOAD_IN_MB, bounds what one request can make the server hold. Over it is a 413.
 MAX_NPZ_EXPANDED_BYTES = 256 * 1024 * 1024
+
+
+def _over_budget(claim: str) -> PayloadTooLarge:
+    return PayloadTooLarge(f".npz {claim} more than the {MAX_NPZ_EXPANDED_BYTES >> 20} MiB a request may decode to "
+                           f"(the .npz decode budget); send fewer or smaller arrays, or several requests")
 
 def decode_npy(body: bytes) -> Decoded:
     return Decoded(_npy_array(body, "body"), None, columnar=False)
@@ -61,7 +70,7 @@ def _member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, budget: list[int]
                 break
             budget[0] -= len(piece)
             if budget[0] < 0:
-                raise BadRequest(f".npz expands to more than {MAX_NPZ_EXPANDED_BYTES >> 20} MiB")
+                raise _over_budget(f"member {member.filename!r} expands to")
             crc = zlib.crc32(piece, crc)
             pieces.append(piece)
     # zipfile checks the CRC only when the compressed stream ends, which a corrupt one may never do
@@ -80,7 +89,7 @@ def decode_npz(body: bytes) -> Decoded:
                     raise BadRequest(f".npz member {m.filename!r} is compressed with method {m.compress_type}; "
                                      f"send np.savez or np.savez_compressed output (stored or deflated)")
             if sum(m.file_size for m in members) > MAX_NPZ_EXPANDED_BYTES:
-                raise BadRequest(f".npz expands to more than {MAX_NPZ_EXPANDED_BYTES >> 20} MiB")
+                raise _over_budget("members declare")
             budget = [MAX_NPZ_EXPANDED_BYTES]
             return Decoded({m.filename.removesuffix(".npy"): _npy_array(_member(archive, m, budget),
                                                                         f".npz member {m.filename!r}")
