@@ -179,3 +179,39 @@ def test_log_records_never_carry_a_secret():
     assert f"RuntimeError: in the exception: {MASK} for {MASK}" in output
     # the operator keeps the traceback and its paths
     assert "Traceback (most recent call last)" in output and __file__ in output
+
+
+# ---------------------------------------------------------------------------------------------
+# Log lines stay lines (issue 23, point 14): what a caller sends is escaped, never obeyed
+
+FORGED = "/x\r\n2026-01-01 00:00:00,000 [1] ERROR serve: startup failed: forged\x1b[2J\u2028"
+
+
+def test_caller_strings_cannot_forge_a_log_line():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(SecretFilter([LOG_SECRET]))
+    logger = logging.getLogger("tests.redact.forging")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    try:
+        logger.info("%s %s %d %s", "GET", FORGED, 404, None)                # the access log's shape
+        logger.error("loaded model '%(name)s'", {"name": FORGED})
+        logger.warning(ValueError(FORGED))
+        try:
+            raise RuntimeError(f"bad name {FORGED}")
+        except RuntimeError:
+            logger.exception("POST %s failed", FORGED)
+        logger.info("ours:\nkeeps its own newline")
+    finally:
+        logger.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert not any(line.startswith("2026-01-01") for line in lines), lines
+    assert "INFO tests.redact.forging: GET /x\\r\\n2026-01-01 00:00:00,000 [1] ERROR serve: startup failed: forged" \
+           "\\x1b[2J\\u2028 404 None" in lines
+    assert "RuntimeError: bad name /x\\r\\n2026-01-01 00:00:00,000 [1] ERROR serve: startup failed: forged" \
+           "\\x1b[2J\\u2028" in lines
+    assert "\x1b" not in stream.getvalue() and "\u2028" not in stream.getvalue()
+    assert "keeps its own newline" in lines   # the format string is ours
