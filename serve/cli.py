@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         # multi-model: the universal code/ of the models folder, installed once, here
         code = universal_code(settings) if settings.multi_model else locate(settings)
         if code:
-            install_requirements(code)
+            code = install_requirements(code, settings)
     except UserCodeSetupError as exc:
         log.error("startup failed: %s", exc)
         return 1

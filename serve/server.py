@@ -67,7 +67,8 @@ class ModelProcesses:
         self.count = count
         self.run_dir = run_dir
         # the master found (and unpacked, downloaded, installed) the user code once; they use it
-        self.code_args = [str(code.directory), code.program] if code else []
+        self.code_args = ([str(code.directory), code.program] + ([str(code.packages)] if code.packages else [])
+                          if code else [])
         self.procs: list[subprocess.Popen | None] = [None] * count
         self.ever_ready = [False] * count
         self.log = logging.getLogger("serve")

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     submit_directory: Optional[str] = Field(None, description="folder, .tar.gz or s3:// URI of one, holding "
                                                            "the script; default BASE_DIR/model/code")
     region: Optional[str] = Field(None, description="AWS region for an s3:// SAGEMAKER_SUBMIT_DIRECTORY")
+    pip_install_timeout: int = Field(
+        600, ge=10, le=3600, description="seconds installing the user code's requirements.txt may take in all "
+                                         "(each connection also gives up after 15 s, retried twice); past it pip "
+                                         "is stopped and the start, or the multi-model load, fails saying so")
 
     multi_model: bool = Field(False, description="SageMaker multi-model endpoint: models come and go through "
                                                  "/models, from BASE_DIR/models")

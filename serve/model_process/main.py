@@ -2,7 +2,7 @@
 HTTP workers, and the user's toolkit-style code (model_fn, input_fn, predict_fn, output_fn,
 transform_fn), which runs here next to the model.
 
-Started by the ``serve`` master (``python -m serve.model_process.main INDEX COUNT RUN_DIR [CODE_DIR PROGRAM]``), one per
+Started by the ``serve`` master (``python -m serve.model_process.main INDEX COUNT RUN_DIR [CODE_DIR PROGRAM [PACKAGES_DIR]]``), one per
 ``SAGEMAKER_TFS_INSTANCE_COUNT``, each owning its share of the vCPUs, with the user code the
 master located (``CODE_DIR PROGRAM``, when there is any). It listens on
 ``RUN_DIR/model-INDEX.sock``; each HTTP worker thread connects once and sends descriptors
@@ -183,7 +183,8 @@ def _exit_with_parent(parent: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = argv or sys.argv[1:]
     index, count, run_dir = int(args[0]), int(args[1]), Path(args[2])
-    code = usercode.CodeLocation(Path(args[3]), args[4]) if len(args) >= 5 else None
+    code = usercode.CodeLocation(Path(args[3]), args[4], Path(args[5]) if len(args) >= 6 else None) \
+        if len(args) >= 5 else None
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the master, which ends us in order
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()

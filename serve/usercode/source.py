@@ -7,17 +7,31 @@ Sources, as SageMaker's framework containers read them: ``SAGEMAKER_PROGRAM`` in
 then, as in AWS's TensorFlow container, the packages are taken to be in lib/ already (that is
 how network-isolated endpoints, where pip reaches no index, ship them) and requirements.txt is
 not installed.
+
+A model's requirements can never change the server: they install into a folder of their own
+(``pip --target``, a new ``mkdtemp`` folder per install), which goes at the END of the import
+path of the process that imports the script, so the server's own packages are always found
+first, and the install is constrained (``pip --constraint``) to the versions of every package the
+server runs with: a requirement that asks for another version of one of them is refused, naming
+it. The install has a deadline: ``pip --timeout``/``--retries`` for each connection and
+SAGEMAKER_PIP_INSTALL_TIMEOUT seconds in all, after which pip is stopped and the start (or the
+multi-model load) fails saying so.
 """
 from __future__ import annotations
 
 import ast
+import contextlib
+import importlib.metadata
 import importlib.util
 import logging
+import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 
@@ -37,6 +51,7 @@ class UserCodeSetupError(Exception):
 class CodeLocation:
     directory: Path
     program: str
+    packages: Path | None = None    # where its requirements.txt installed (never site-packages)
 
     @property
     def script(self) -> Path:
@@ -106,35 +121,98 @@ def universal_code(settings: Settings) -> CodeLocation | None:
     return CodeLocation(code_dir, program) if (code_dir / program).is_file() else None
 
 
-def locate_in(model_dir: Path, universal: CodeLocation | None, program: str = DEFAULT_PROGRAM) -> CodeLocation | None:
+def locate_in(model_dir: Path, universal: CodeLocation | None, settings: Settings | None = None,
+              program: str = DEFAULT_PROGRAM) -> CodeLocation | None:
     """A multi-model model's own code/ (its requirements installed now), else the universal one."""
     own = CodeLocation(Path(model_dir) / "code", program)
     if own.script.is_file():
-        install_requirements(own)
-        return own
+        return install_requirements(own, settings)
     return universal
 
 
-def install_requirements(code: CodeLocation) -> None:
+# pip's own: without it a --target install can be left half-written
+_NOT_CONSTRAINED = {"pip", "setuptools", "wheel"}
+PIP_RETRIES = 2
+PIP_CONNECT_TIMEOUT = 15   # seconds, per connection attempt (pip --timeout)
+
+
+def server_pins() -> dict[str, str]:
+    """Every package the server runs with, name -> installed version: what requirements may not change."""
+    pins = {}
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata["Name"] or "").strip()
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if name and key not in _NOT_CONSTRAINED and dist.version:
+            pins[key] = dist.version
+    return pins
+
+
+def _conflict(stderr: str, pins: dict[str, str]) -> str | None:
+    """The server package a refused requirement asked to change, said plainly, from pip's resolver output."""
+    for match in re.finditer(r"The user requested \(constraint\) ([A-Za-z0-9_.-]+)==", stderr):
+        key = re.sub(r"[-_.]+", "-", match.group(1)).lower()
+        asked = re.search(rf"The user requested {re.escape(match.group(1))}([^\n]*)", stderr, re.I)
+        wanted = asked.group(1).strip() if asked else "another version"
+        return (f"it asks for {match.group(1)}{wanted if wanted.startswith(('=', '<', '>', '!', '~')) else ' ' + wanted}"
+                f", but the server runs {match.group(1)} {pins.get(key, '?')}; a model's requirements may add "
+                f"packages, never change the server's")
+    return None
+
+
+def _run_pip(args: list[str], deadline: float) -> subprocess.CompletedProcess | None:
+    """pip in its own process group, stopped whole (with what it started) at DEADLINE seconds: None then."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=deadline)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return None
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+def install_requirements(code: CodeLocation, settings: Settings | None = None) -> CodeLocation:
+    """CODE's requirements.txt installed where only it looks: CODE with ``packages`` set (unchanged
+    when there is nothing to install)."""
     requirements = code.directory / "requirements.txt"
     if not requirements.is_file():
-        return
+        return code
     if (code.directory / "lib").is_dir():
         log.warning("not installing %s: %s exists, so its modules are used instead (as AWS's TensorFlow "
                     "container does)", requirements, code.directory / "lib")
-        return
-    log.info("installing %s", requirements)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
-         "-r", str(requirements)],
-        capture_output=True, text=True)
+        return code
+    limit = settings.pip_install_timeout if settings is not None else Settings.model_fields["pip_install_timeout"].default
+    pins = server_pins()
+    target = Path(tempfile.mkdtemp(prefix="sagemaker-packages-"))
+    constraints = target.parent / f"{target.name}-constraints.txt"
+    constraints.write_text("".join(f"{name}=={version}\n" for name, version in sorted(pins.items())))
+    log.info("installing %s into %s (at most %d s, SAGEMAKER_PIP_INSTALL_TIMEOUT)", requirements, target, limit)
+    try:
+        proc = _run_pip([sys.executable, "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
+                         "--no-warn-script-location", "--target", str(target), "--constraint", str(constraints),
+                         "--timeout", str(min(PIP_CONNECT_TIMEOUT, limit)), "--retries", str(PIP_RETRIES),
+                         "-r", str(requirements)], limit)
+    finally:
+        constraints.unlink(missing_ok=True)
+    if proc is None:
+        shutil.rmtree(target, ignore_errors=True)
+        raise UserCodeSetupError(f"pip install -r {requirements} did not finish within {limit} s "
+                                 f"(SAGEMAKER_PIP_INSTALL_TIMEOUT); is the package index reachable? "
+                                 f"(network-isolated endpoints ship packages in code/lib)")
     if proc.returncode != 0:
-        log.info("pip's output:\n%s%s", proc.stdout, proc.stderr)
+        shutil.rmtree(target, ignore_errors=True)
+        for line in (proc.stdout + proc.stderr).splitlines():
+            log.info("pip: %s", line)
+        conflict = _conflict(proc.stdout + proc.stderr, pins)
+        if conflict:
+            raise UserCodeSetupError(f"pip install -r {requirements} refused: {conflict}")
         # pip's own verdict is its last "ERROR:" line; that is what the one-line failure quotes
         errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR:")]
         reason = errors[-1] if errors else (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise UserCodeSetupError(f"pip install -r {requirements} failed (exit {proc.returncode}): {reason}")
-    log.info("installed %s", requirements)
+    log.info("installed %s into %s", requirements, target)
+    return replace(code, packages=target)
 
 
 def import_script(code: CodeLocation, module_name: str | None = None) -> ModuleType:
@@ -142,6 +220,9 @@ def import_script(code: CodeLocation, module_name: str | None = None) -> ModuleT
     for path in (code.directory / "lib", code.directory):
         if path.is_dir() and str(path) not in sys.path:
             sys.path.insert(0, str(path))
+    # last: the server's own packages (site-packages) are always found before a model's
+    if code.packages is not None and code.packages.is_dir() and str(code.packages) not in sys.path:
+        sys.path.append(str(code.packages))
     name = module_name or Path(code.program).stem
     spec = importlib.util.spec_from_file_location(name, code.script)
     if spec is None or spec.loader is None:
