@@ -18,6 +18,7 @@ from serve.contract import codecs
 from serve.contract.errors import (BadRequest, IncompleteBody, MalformedBody, ModelNotReady, NotFound, PayloadTooLarge, ServeError,
                      TooMuchMemory)
 from serve.contract.handlers import Invocation, Target
+from serve.contract.model_names import check_model_name
 from serve.contract.readiness import Readiness
 from serve.contract.redact import SecretFilter
 from serve.http_worker.gunicorn_worker import close_this_connection
@@ -133,6 +134,7 @@ def create_app(settings: Settings, state: WorkerState, tuning: Tuning, secrets: 
             raise BadRequest(f"POST /models takes JSON {{\"model_name\": ..., \"url\": ...}}: {exc}") from None
         if not isinstance(doc, dict) or not all(isinstance(doc.get(k), str) and doc.get(k) for k in ("model_name", "url")):
             raise BadRequest('POST /models takes {"model_name": "...", "url": "/opt/ml/models/NAME/model"}', plain=True)
+        check_model_name(doc["model_name"])  # one the routes below can address, or a 400 before any load
         loaded = state.client.call("mme_load", {"model_name": doc["model_name"], "url": doc["url"]},
                                    settings.tfs_wait_time_seconds)
         return _json(orjson.dumps({"modelName": loaded["modelName"], "modelUrl": loaded["modelUrl"]}))
@@ -147,18 +149,20 @@ def create_app(settings: Settings, state: WorkerState, tuning: Tuning, secrets: 
                                               "max_results": int(max_results) if max_results else None}, 60)
         return _json(orjson.dumps(page))
 
-    @app.get("/models/<name>")
+    # <path:...>: a model name may hold '/' (serve/contract/model_names.py says which names are taken)
+    @app.get("/models/<path:name>")
     def get_model(name: str):
         multi_model()
-        return _json(orjson.dumps(state.client.call("mme_get", {"model_name": name}, 60)))
+        entry = state.client.call("mme_get", {"model_name": name}, 60)
+        return _json(orjson.dumps({"modelName": entry["modelName"], "modelUrl": entry["modelUrl"]}))
 
-    @app.delete("/models/<name>")
+    @app.delete("/models/<path:name>")
     def unload_model(name: str):
         multi_model()
         state.client.call("mme_unload", {"model_name": name}, settings.tfs_wait_time_seconds)
         return _json(orjson.dumps({"modelName": name, "status": "unloaded"}))
 
-    @app.post("/models/<name>/invoke")
+    @app.post("/models/<path:name>/invoke")
     def invoke_model(name: str):
         multi_model()
         result = state.client.whole("mme_invoke", {"model_name": name}, invocation(), settings.model_server_timeout)
@@ -212,7 +216,12 @@ def create_app(settings: Settings, state: WorkerState, tuning: Tuning, secrets: 
         match = tfs_target(target)
         if match["method"]:
             raise NotFound(f"GET /v1/models/{target}: methods are POSTed")
-        versions = state.default.repository.versions(match["name"])
+        if settings.multi_model:  # the versions of the model its archive serves by default
+            versions = state.client.call("mme_get", {"model_name": match["name"]}, 60)["versions"]
+            if match["version"] and match["version"] not in versions:
+                raise NotFound(f"model '{match['name']}' has no version {match['version']}")
+        else:
+            versions = state.default.repository.versions(match["name"])
         shown = [match["version"]] if match["version"] else versions[::-1]
         return _json(orjson.dumps({"model_version_status": [
             {"version": v or "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}

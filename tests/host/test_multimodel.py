@@ -273,3 +273,172 @@ def test_universal_inference_py_applies_to_models_without_code(request, tmp_path
         plain = invoke(server.url, "plain", {"instances": mlp_model_dir.inputs["features"].tolist()}).json()
         own = invoke(server.url, "own", {"rows": mlp_model_dir.inputs["features"].tolist()}).json()
     assert plain["universal"] is True and "tfs" in own and "universal" not in own
+
+
+# -- issue 23: isolation (points 6 to 10; point 11 is tests/unit/test_multimodel_memory.py) ----------
+
+def _mme_call(method, url, path, **kwargs):
+    return requests.request(method, f"{url}{path}", timeout=kwargs.pop("timeout", 60), **kwargs)
+
+
+def test_names_are_the_ones_the_routes_can_address(request, tmp_path, mlp_model_dir):
+    """Point 6: a name that loads can be invoked and unloaded; one that could not be is a 400 before loading."""
+    from urllib.parse import quote
+
+    root = tmp_path / "models"
+    _copy(mlp_model_dir.model_dir, root / "mlp" / "model")
+    body = {"instances": mlp_model_dir.inputs["features"].tolist()}
+    with mme_server(request, "host", root) as (server, models):
+        url, model_url = server.url, f"{models}/mlp/model"
+        for name in ("v2/digits", "a" * 1024, "0b1bcf0bc26fb5f25f2e0d3ce1e36f51", "sub dir/model.tar.gz", "ünï/cödé"):
+            r = requests.post(f"{url}/models", json={"model_name": name, "url": model_url}, timeout=300)
+            assert r.status_code == 200, (name[:40], r.text)
+            path = quote(name, safe="/")
+            assert _mme_call("GET", url, f"/models/{path}").json()["modelName"] == name
+            assert _mme_call("POST", url, f"/models/{path}/invoke", json=body).status_code == 200, name[:40]
+            assert _mme_call("DELETE", url, f"/models/{path}").status_code == 200, name[:40]
+        for name, why in (("a" * 9000, "1024"), ("x\r\ny", "control"), (" lead", "white space"),
+                          ("a//b", "'/' parts"), ("../mlp", "'/' parts"), ("a/./b", "'/' parts"),
+                          ("\U0001F600" * 700, "request line")):
+            r = requests.post(f"{url}/models", json={"model_name": name, "url": model_url}, timeout=60)
+            assert r.status_code == 400 and why in r.json()["error"], (name[:20], r.text)
+        assert _mme_call("GET", url, "/models").json()["models"] in ([], {})   # nothing refused was loaded
+
+
+def test_url_is_confined_to_the_models_root(request, tmp_path, mlp_model_dir):
+    """Point 7: outside folders, '..', symlinks out, '/', '/proc' and over-long parts are 4xx, and the
+    answer for an outside folder that exists is the answer for one that does not."""
+    root = tmp_path / "models"
+    _copy(mlp_model_dir.model_dir, root / "mlp" / "model")
+    outside = tmp_path / "outside"
+    _copy(mlp_model_dir.model_dir, outside / "model")
+    (root / "escape").mkdir()
+    (root / "escape" / "model").symlink_to(outside / "model")
+    (root / "alias").mkdir()
+    (root / "alias" / "model").symlink_to(root / "mlp" / "model")
+    with mme_server(request, "host", root) as (server, models):
+        def load_url(target, name="m"):
+            started = time.monotonic()
+            r = requests.post(f"{server.url}/models", json={"model_name": name, "url": target}, timeout=120)
+            return r, time.monotonic() - started
+
+        refusals = {}
+        for target in (str(outside / "model"), str(outside / "nothing"), f"{models}/../outside/model",
+                       f"{models}/escape/model", "/", "/proc", "/etc/passwd", models, "relative/model",
+                       f"{models}/mlp/model\0"):
+            r, took = load_url(target)
+            assert r.status_code == 400, (target, r.status_code, r.text)
+            assert took < 5, (target, took)                  # refused without walking anything
+            refusals[target] = r.json()["error"]
+        assert len(set(refusals.values())) == 1, refusals   # the same words whatever exists out there
+        assert "outside" not in next(iter(refusals.values()))
+        r, _ = load_url(f"{models}/{'x' * 300}/model")
+        assert r.status_code == 404, r.text
+        r, _ = load_url(f"{models}/alias/model", "alias")     # a symlink that stays inside is followed
+        assert r.status_code == 200, r.text
+        assert requests.delete(f"{server.url}/models/alias", timeout=60).status_code == 200
+
+
+BIG_MODULE = """
+import json
+import numpy as np
+
+BIG = np.ones(50 << 20, np.uint8)     # 50 MiB held by the module
+
+
+def input_fn(body, content_type):
+    return np.asarray(json.loads(body)["instances"], np.float32) + 0 * BIG[0]
+
+
+def output_fn(prediction, accept):
+    return json.dumps({"n": len(np.asarray(prediction["output_0"]))}), "application/json"
+"""
+
+
+def test_unloading_drops_the_user_module_and_what_it_holds(request, tmp_path, mlp_model_dir):
+    """Point 8: six models whose inference.py holds 50 MiB each, loaded, invoked and unloaded."""
+    root = tmp_path / "models"
+    for i in range(6):
+        _copy(mlp_model_dir.model_dir, root / f"big{i}" / "model", BIG_MODULE)
+    _copy(mlp_model_dir.model_dir, root / "warm" / "model", BIG_MODULE)
+    body = {"instances": mlp_model_dir.inputs["features"].tolist()}
+    with mme_server(request, "host", root) as (server, models):
+        (pid,) = model_pids(server.master_pid())
+        rss = lambda: psutil.Process(pid).memory_info().rss  # noqa: E731
+        assert load(server.url, "warm", models).status_code == 200        # TensorFlow's own first-load costs
+        assert invoke(server.url, "warm", body).status_code == 200
+        assert requests.delete(f"{server.url}/models/warm", timeout=60).status_code == 200
+        before = rss()
+        peak = 0
+        for i in range(6):
+            assert load(server.url, f"big{i}", models).status_code == 200
+            assert invoke(server.url, f"big{i}", body).json() == {"n": 3}
+            peak = max(peak, rss())
+            assert requests.delete(f"{server.url}/models/big{i}", timeout=60).status_code == 200
+        after = rss()
+    report("multi-model", f"6 models with a 50 MiB module each, loaded, invoked, unloaded: model process "
+                          f"{before >> 20} -> {after >> 20} MiB (peak {peak >> 20})")
+    assert peak - before > 40 << 20                                   # each really held its 50 MiB
+    assert after - before < 80 << 20, (before >> 20, after >> 20)    # 300 MiB held when modules stayed
+
+
+SLOW_PREDICT = """
+import json
+import time
+
+import numpy as np
+
+
+def input_fn(body, content_type):
+    return np.asarray(json.loads(body)["instances"], np.float32)
+
+
+def predict_fn(data, model):
+    time.sleep(3)
+    return {"output_0": data}
+
+
+def output_fn(prediction, accept):
+    return json.dumps({"slow": np.asarray(prediction["output_0"]).shape[0]}), "application/json"
+"""
+
+
+def test_unload_waits_for_invokes_in_flight(request, tmp_path, mlp_model_dir):
+    """Point 9: a DELETE during an invoke lets the invoke answer, then unloads."""
+    root = tmp_path / "models"
+    _copy(mlp_model_dir.model_dir, root / "slow" / "model", SLOW_PREDICT)
+    body = {"instances": mlp_model_dir.inputs["features"].tolist()}
+    with mme_server(request, "host", root) as (server, models):
+        assert load(server.url, "slow", models).status_code == 200
+        with ThreadPoolExecutor(3) as pool:
+            calls = [pool.submit(invoke, server.url, "slow", body) for _ in range(2)]
+            time.sleep(1.0)
+            started = time.monotonic()
+            deleted = requests.delete(f"{server.url}/models/slow", timeout=60)
+            took = time.monotonic() - started
+            answers = [c.result() for c in calls]
+        assert deleted.status_code == 200, deleted.text
+        assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+        assert all(a.json() == {"slow": 3} for a in answers)
+        assert took > 1.0                                      # it waited for them
+        assert invoke(server.url, "slow", body).status_code == 404
+    report("multi-model", f"DELETE during 2 invokes of 3 s: both answered 200, the unload took {took:.1f} s")
+
+
+def test_tf_serving_routes_work_in_multi_model_mode(request, tmp_path, mlp_model_dir):
+    """Point 10: GET /v1/models/NAME (and /versions/N), POST :predict, in multi-model mode."""
+    root = tmp_path / "models"
+    _copy(mlp_model_dir.model_dir, root / "mlp" / "model")
+    with mme_server(request, "host", root) as (server, models):
+        assert requests.get(f"{server.url}/v1/models/mlp", timeout=10).status_code == 404
+        assert load(server.url, "mlp", models).status_code == 200
+        r = requests.get(f"{server.url}/v1/models/mlp", timeout=10)
+        assert r.status_code == 200, r.text
+        versions = [v["version"] for v in r.json()["model_version_status"]]
+        assert versions and all(v["state"] == "AVAILABLE" for v in r.json()["model_version_status"])
+        r = requests.get(f"{server.url}/v1/models/mlp/versions/{versions[0]}", timeout=10)
+        assert r.status_code == 200 and r.json()["model_version_status"][0]["version"] == versions[0], r.text
+        assert requests.get(f"{server.url}/v1/models/mlp/versions/999", timeout=10).status_code == 404
+        r = requests.post(f"{server.url}/v1/models/mlp:predict",
+                          json={"instances": mlp_model_dir.inputs["features"].tolist()}, timeout=30)
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 3, r.text
