@@ -24,7 +24,13 @@ modules, each with one reason to change:
 - core/errors.py     DeployError / UsageError and the exit-code table
 - local/container.py run the image the way SageMaker does, with the docker CLI
 - operations/transform.py `deploy transform`: a SageMaker batch transform job (model, job, wait, clean-up)
-- local/transform.py  `deploy transform --local`: SageMaker's batch agent against the image here
+- local/transform.py  `deploy transform --local`: SageMaker's batch agent against the image here, by
+               either engine (--engine batch: HTTP; async: async_runtime.py)
+- local/records.py    a transform's records and requests: split types, mini-batches, answers, joins
+- local/agent.py      the transform loop both engines run: requests in flight, retries, halving to
+               the failing records, `<file>.out` in order, progress
+- local/async_runtime.py  an async endpoint's runtime played here (a folder for S3)
+- operations/transform_cost.py  the cost line: instance-hours, cost per million records, batch's estimate
 - operations/migrate.py   `deploy migrate/promote/rollback`: x86 endpoint to Graviton through variants
 - operations/compare.py   `deploy compare`, `deploy local --fpmath-check`: latency and agreement (no NumPy)
 - operations/multimodel.py  multi-model endpoints: create --multi-model, `deploy models`, local proxy

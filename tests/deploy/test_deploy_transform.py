@@ -22,7 +22,7 @@ import boto3
 import numpy as np
 import pytest
 
-from sagemaker_tf_deploy.local import transform as tl
+from sagemaker_tf_deploy.local import agent, records as rec, transform as tl
 from sagemaker_tf_deploy.commands.main import main
 from sagemaker_tf_deploy.core.errors import DeployError
 from tests.fixtures import moto_transform as mt
@@ -305,37 +305,37 @@ def test_ctrl_c_with_keep_leaves_the_job_and_its_model(transform_moto, ecr_image
 
 def test_records_are_lines_or_whole_files():
     data = b"1,2\r\n\n3,4\n  \n5,6"
-    assert [(r.line, r.data) for r in tl.split_records(data, "Line", 0)] == [(1, b"1,2"), (3, b"3,4"), (5, b"5,6")]
-    assert [(r.line, r.data) for r in tl.split_records(data, "None", 0)] == [(1, data)]
+    assert [(r.line, r.data) for r in rec.split_records(data, "Line", 0)] == [(1, b"1,2"), (3, b"3,4"), (5, b"5,6")]
+    assert [(r.line, r.data) for r in rec.split_records(data, "None", 0)] == [(1, data)]
 
 
 def test_mini_batches_stay_within_the_payload_limit():
-    records = [tl.Record(0, i + 1, b"x" * 99) for i in range(1000)]      # 100 bytes with the newline
-    batches = list(tl.mini_batches(records, "MultiRecord", 1000))
+    records = [rec.Record(0, i + 1, b"x" * 99) for i in range(1000)]      # 100 bytes with the newline
+    batches = list(rec.mini_batches(records, "MultiRecord", 1000))
     assert [len(b) for b, _ in batches] == [10] * 100
-    assert all(len(tl.body_of(b, "Line")) <= 1000 for b, _ in batches)
+    assert all(len(rec.body_of(b, "Line")) <= 1000 for b, _ in batches)
     assert [r for b, _ in batches for r in b] == records                  # all, in order
-    assert [len(b) for b, _ in tl.mini_batches(records[:5], "SingleRecord", 1000)] == [1] * 5
-    big = records[:3] + [tl.Record(0, 4, b"y" * 2000)] + records[3:6]
-    out = list(tl.mini_batches(big, "MultiRecord", 1000))
+    assert [len(b) for b, _ in rec.mini_batches(records[:5], "SingleRecord", 1000)] == [1] * 5
+    big = records[:3] + [rec.Record(0, 4, b"y" * 2000)] + records[3:6]
+    out = list(rec.mini_batches(big, "MultiRecord", 1000))
     assert [(len(b), reason is not None) for b, reason in out] == [(3, False), (1, True), (3, False)]
     assert "more than MaxPayloadInMB" in out[1][1]
 
 
 def test_answers_are_split_one_line_per_record():
-    assert tl.split_answer(b"0.1,0.9\n0.5,0.5\n", "text/csv", 2) == [b"0.1,0.9", b"0.5,0.5"]
-    assert tl.split_answer(b'{"predictions": [[1, 2], [3, 4]]}', "application/json", 2) == [b"[1,2]", b"[3,4]"]
+    assert rec.split_answer(b"0.1,0.9\n0.5,0.5\n", "text/csv", 2) == [b"0.1,0.9", b"0.5,0.5"]
+    assert rec.split_answer(b'{"predictions": [[1, 2], [3, 4]]}', "application/json", 2) == [b"[1,2]", b"[3,4]"]
     with pytest.raises(ValueError, match="3 lines for 2 records"):
-        tl.split_answer(b"1\n2\n3\n", "text/csv", 2)
+        rec.split_answer(b"1\n2\n3\n", "text/csv", 2)
 
 
 def test_join_follows_sagemakers_rules():
-    assert tl.join(b"1,2,3", b"0.9,0.1", "text/csv") == b"1,2,3,0.9,0.1"
-    assert json.loads(tl.join(b'{"id": 7, "x": [1, 2]}', b"[0.9,0.1]", "application/jsonlines")) == \
+    assert rec.join(b"1,2,3", b"0.9,0.1", "text/csv") == b"1,2,3,0.9,0.1"
+    assert json.loads(rec.join(b'{"id": 7, "x": [1, 2]}', b"[0.9,0.1]", "application/jsonlines")) == \
         {"id": 7, "x": [1, 2], "SageMakerOutput": [0.9, 0.1]}
-    assert json.loads(tl.join(b"[1, 2]", b"[0.9,0.1]", "application/jsonlines")) == \
+    assert json.loads(rec.join(b"[1, 2]", b"[0.9,0.1]", "application/jsonlines")) == \
         {"SageMakerInput": [1, 2], "SageMakerOutput": [0.9, 0.1]}
-    assert json.loads(tl.join(b'{"x": 1}', b"label-a", "application/json")) == {"x": 1, "SageMakerOutput": "label-a"}
+    assert json.loads(rec.join(b'{"x": 1}', b"label-a", "application/json")) == {"x": 1, "SageMakerOutput": "label-a"}
 
 
 def test_parameters_come_from_flags_then_the_container_then_defaults():
@@ -391,13 +391,14 @@ def local_spec(tmp_path, **kw) -> tl.LocalTransformSpec:
 PARAMS = {"BatchStrategy": "MultiRecord", "MaxPayloadInMB": 1, "MaxConcurrentTransforms": 4}
 
 
-def test_loop_keeps_order_and_counts_and_splits_by_payload(tmp_path, mlp_server, mlp_predict):
+@pytest.mark.parametrize("engine", ["batch", "async"])
+def test_loop_keeps_order_and_counts_and_splits_by_payload(engine, tmp_path, mlp_server, mlp_predict):
     big, small = mlp_rows(30000, 1), mlp_rows(7, 2)
     write_csv(tmp_path / "in" / "big.csv", big)
     write_csv(tmp_path / "in" / "sub" / "small.csv", small)
     size = (tmp_path / "in" / "big.csv").stat().st_size
     assert size > 1024 * 1024                      # two mini-batches at 1 MB
-    run = tl.transform_files(mlp_server.url, local_spec(tmp_path), PARAMS, quiet=True)
+    run = tl.transform_files(mlp_server.url, local_spec(tmp_path, engine=engine), PARAMS, quiet=True)
     assert run.failed == 0 and run.records == 30007 and run.files == 2
     assert run.requests == 2 + 1
     out_big = read_out(tmp_path / "out" / "big.csv.out")
@@ -407,10 +408,11 @@ def test_loop_keeps_order_and_counts_and_splits_by_payload(tmp_path, mlp_server,
     np.testing.assert_allclose(out_small, mlp_predict(small), atol=1e-5)
 
 
-def test_loop_reports_a_bad_record_with_file_and_line(tmp_path, mlp_server):
+@pytest.mark.parametrize("engine", ["batch", "async"])
+def test_loop_reports_a_bad_record_with_file_and_line(engine, tmp_path, mlp_server):
     write_csv(tmp_path / "in" / "good.csv", mlp_rows(50, 3))
     write_csv(tmp_path / "in" / "bad.csv", mlp_rows(200, 4), bad={136: "0.1,0.2,oops,0.4"})
-    run = tl.transform_files(mlp_server.url, local_spec(tmp_path), PARAMS, quiet=True)
+    run = tl.transform_files(mlp_server.url, local_spec(tmp_path, engine=engine), PARAMS, quiet=True)
     assert run.failed == 1
     assert [(f, line) for f, line, _ in run.failures] == [("bad.csv", 137)]
     assert "HTTP 400" in run.failures[0][2]
@@ -419,11 +421,12 @@ def test_loop_reports_a_bad_record_with_file_and_line(tmp_path, mlp_server):
     assert run.requests < 30                    # bisected, not one request per record
 
 
-def test_loop_single_record_and_join(tmp_path, mlp_server, mlp_predict):
+@pytest.mark.parametrize("engine", ["batch", "async"])
+def test_loop_single_record_and_join(engine, tmp_path, mlp_server, mlp_predict):
     rows = mlp_rows(25, 5)
     write_csv(tmp_path / "in" / "a.csv", rows)
     params = {**PARAMS, "BatchStrategy": "SingleRecord"}
-    run = tl.transform_files(mlp_server.url, local_spec(tmp_path, join_source="Input"), params, quiet=True)
+    run = tl.transform_files(mlp_server.url, local_spec(tmp_path, engine=engine, join_source="Input"), params, quiet=True)
     assert run.requests == 25 and run.failed == 0
     lines = (tmp_path / "out" / "a.csv.out").read_text().splitlines()
     inputs = (tmp_path / "in" / "a.csv").read_text().splitlines()
@@ -434,17 +437,64 @@ def test_loop_single_record_and_join(tmp_path, mlp_server, mlp_predict):
     np.testing.assert_allclose(joined[:, 4:], mlp_predict(rows), atol=1e-5)
 
 
-def test_loop_jsonlines_join(tmp_path, mlp_server, mlp_predict):
+@pytest.mark.parametrize("engine", ["batch", "async"])
+def test_loop_jsonlines_join(engine, tmp_path, mlp_server, mlp_predict):
     rows = mlp_rows(12, 6)
     lines = [json.dumps({"features": [float(f"{v:.6f}") for v in r]}) for r in rows]
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.jsonl").write_text("\n".join(lines) + "\n")
-    spec = local_spec(tmp_path, content_type="application/jsonlines", join_source="Input")
+    spec = local_spec(tmp_path, engine=engine, content_type="application/jsonlines", join_source="Input")
     run = tl.transform_files(mlp_server.url, spec, PARAMS, quiet=True)
     assert run.failed == 0, run.failures
     out = [json.loads(line) for line in (tmp_path / "out" / "a.jsonl.out").read_text().splitlines()]
     assert [o["features"] for o in out] == [json.loads(line)["features"] for line in lines]
     np.testing.assert_allclose([o["SageMakerOutput"] for o in out], mlp_predict(rows), atol=1e-5)
+
+
+def test_engines_give_the_same_bytes_and_the_same_failures(tmp_path, mlp_server):
+    write_csv(tmp_path / "in" / "a.csv", mlp_rows(20000, 30))
+    write_csv(tmp_path / "in" / "b.csv", mlp_rows(300, 31), bad={7: "1,2,x,4", 250: "1,2"})
+    write_csv(tmp_path / "in" / "c" / "d.csv", mlp_rows(3, 32))
+    got, said = {}, []
+    for engine in ("batch", "async"):
+        spec = tl.LocalTransformSpec(image="-", model_data="-", input=tmp_path / "in", output=tmp_path / engine,
+                                     engine=engine, join_source="Input")
+        run = tl.transform_files(mlp_server.url, spec, PARAMS, quiet=True, info=said.append)
+        files = {p.relative_to(tmp_path / engine).as_posix(): p.read_bytes()
+                 for p in sorted((tmp_path / engine).rglob("*")) if p.is_file()}
+        got[engine] = (files, run.failures, run.requests, run.records)
+    assert got["batch"] == got["async"]
+    files, failures, _, records = got["async"]
+    assert sorted(files) == ["a.csv.out", "c/d.csv.out"] and records == 20303
+    assert [(f, line) for f, line, _ in failures] == [("b.csv", 8), ("b.csv", 251)]
+    staged = [m.split("staging requests in ")[1].split(",")[0] for m in said if "staging requests in" in m]
+    assert len(staged) == 1 and not Path(staged[0]).exists()            # the local "S3" is removed
+
+
+def test_async_engine_stopped_mid_run_leaves_no_staging_and_no_partial_out(tmp_path, mlp_server, monkeypatch):
+    import threading
+    write_csv(tmp_path / "in" / "a.csv", mlp_rows(2000, 33))
+    write_csv(tmp_path / "in" / "b.csv", mlp_rows(2000, 34))
+    read = agent.FolderSource.read
+
+    def read_then_stop(self, name):
+        if name == "b.csv":
+            time.sleep(0.2)               # a.csv's requests are out
+            raise KeyboardInterrupt
+        return read(self, name)
+    monkeypatch.setattr(agent.FolderSource, "read", read_then_stop)
+    said = []
+    spec = local_spec(tmp_path, engine="async")
+    with pytest.raises(KeyboardInterrupt):
+        tl.transform_files(mlp_server.url, spec, {**PARAMS, "BatchStrategy": "SingleRecord"}, quiet=True,
+                           info=said.append)
+    staged = [m.split("staging requests in ")[1].split(",")[0] for m in said if "staging requests in" in m]
+    assert not Path(staged[0]).exists() and f"async: removed {staged[0]}" in said
+    assert not (tmp_path / "out" / "b.csv.out").exists() and not (tmp_path / "out" / "a.csv.out").exists()
+    deadline = time.monotonic() + 10
+    while any(t.name.startswith("async-runtime-") for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(t.name.startswith("async-runtime-") for t in threading.enumerate())
 
 
 # --- deploy transform --local against the real images -------------------------------------------
@@ -547,7 +597,8 @@ def test_local_refuses_s3_and_empty_input_before_docker(tmp_path, mlp_model_dir)
                                      input=tmp_path / "empty", output=tmp_path / "out"), print)
 
 
-def test_loop_split_none_sends_whole_files(tmp_path, mlp_server, mlp_predict):
+@pytest.mark.parametrize("engine", ["batch", "async"])
+def test_loop_split_none_sends_whole_files(engine, tmp_path, mlp_server, mlp_predict):
     import io
     (tmp_path / "in").mkdir()
     batches = [np.round(mlp_rows(10 + i, 20 + i), 6) for i in range(3)]
@@ -555,7 +606,7 @@ def test_loop_split_none_sends_whole_files(tmp_path, mlp_server, mlp_predict):
         buf = io.BytesIO()
         np.save(buf, rows)
         (tmp_path / "in" / f"batch-{i}.npy").write_bytes(buf.getvalue())
-    spec = local_spec(tmp_path, content_type="application/x-npy", accept="text/csv", split_type="None")
+    spec = local_spec(tmp_path, engine=engine, content_type="application/x-npy", accept="text/csv", split_type="None")
     params = {**PARAMS, "BatchStrategy": "SingleRecord"}
     run = tl.transform_files(mlp_server.url, spec, params, quiet=True)
     assert run.failed == 0 and run.records == 3 and run.requests == 3
@@ -593,7 +644,8 @@ def test_local_ctrl_c_stops_the_run_and_removes_the_container(request, tmp_path,
     assert_container_removed(err)
 
 
-def test_loop_many_files_each_gets_its_own_out_in_order(tmp_path, mlp_server, mlp_predict):
+@pytest.mark.parametrize("engine", ["batch", "async"])
+def test_loop_many_files_each_gets_its_own_out_in_order(engine, tmp_path, mlp_server, mlp_predict):
     sizes = [1 + (i * 7) % 40 for i in range(30)]
     rows = {}
     for i, n in enumerate(sizes):
@@ -601,7 +653,7 @@ def test_loop_many_files_each_gets_its_own_out_in_order(tmp_path, mlp_server, ml
         write_csv(tmp_path / "in" / f"d{i % 3}" / f"f{i:02d}.csv", rows[i])
     (tmp_path / "in" / "empty.csv").write_text("\n")
     params = {**PARAMS, "MaxConcurrentTransforms": 3}
-    run = tl.transform_files(mlp_server.url, local_spec(tmp_path), params, quiet=True)
+    run = tl.transform_files(mlp_server.url, local_spec(tmp_path, engine=engine), params, quiet=True)
     assert run.failed == 0 and run.records == sum(sizes) and run.files == 31
     assert run.requests == 30                       # one mini-batch per file, none for the empty one
     for i in range(30):
@@ -618,7 +670,7 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise():
             return True
 
     tty = Tty()
-    bar = tl.Progress(1000, stream=tty)
+    bar = agent.Progress(1000, stream=tty)
     bar.add(10, 500)
     time.sleep(0.11)
     bar.add(10, 500)
@@ -627,7 +679,7 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise():
     assert text.startswith("\r[###############---------------]  50%  10 records")
     assert "\r[##############################] 100%  20 records" in text and text.endswith("\n")
     pipe = io.StringIO()
-    lines = tl.Progress(1000, stream=pipe)
+    lines = agent.Progress(1000, stream=pipe)
     lines.add(10, 500)
     lines.add(10, 500)
     lines.close()
@@ -635,6 +687,6 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise():
     assert pipe.getvalue().splitlines()[-1].startswith("progress: 100%  20 records")
     assert "\r" not in pipe.getvalue()
     quiet = io.StringIO()
-    q = tl.Progress(10, stream=quiet, quiet=True)
+    q = agent.Progress(10, stream=quiet, quiet=True)
     q.add(10, 10)
     assert quiet.getvalue() == ""

@@ -15,7 +15,9 @@ job and deletes the model, `keep` leaves the job running (and its model, which i
 prints how to follow and clean up.
 
 Locally (--local): local/transform.py does what SageMaker's batch agent does, with the image on
-this machine.
+this machine; with --engine async, through the async endpoint's runtime played here
+(local/async_runtime.py). Both run the transform loop of local/agent.py, and the summary can add a
+cost line (transform_cost.py).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from urllib.parse import quote
 import botocore.exceptions
 
 from ..core import archive, checks, instance, interrupts, output
-from . import endpoint, registry, resources, staging
+from . import endpoint, registry, resources, staging, transform_cost
+from ..local import agent
 from ..core.aws import Aws, error_message
 from .cleanup import Created
 from ..core.output import Reporter
@@ -42,6 +45,8 @@ from ..core.errors import DeployError
 from ..core.errors import UsageError   # exit 2: refused before any network call
 
 ROLLBACK, KEEP = "rollback", "keep"
+ENGINES = ("batch", "async")
+BATCH_X86_DEFAULT = "ml.c6i.4xlarge"      # the cost line's comparison: an x86 type batch transform lists
 TERMINAL = {"Completed", "Failed", "Stopped"}
 CONTENT_TYPES = ("text/csv", "application/jsonlines", "application/json", "application/x-npy")
 
@@ -91,7 +96,7 @@ def check_spec(spec: TransformSpec) -> None:
     if spec.max_concurrent is not None and spec.max_concurrent < 1:
         raise UsageError("--max-concurrent must be at least 1")
     if spec.strategy == "MultiRecord" and spec.split_type == "None":
-        raise UsageError("--strategy MultiRecord needs --split-type Line (a whole file is one record)")
+        raise UsageError("--strategy MultiRecord needs --split-type Line or RecordIO (a whole file is one record)")
     instance.instance_arch(spec.instance_type)
     if spec.name:
         checks.check_name(spec.name)
@@ -359,6 +364,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "--output; here --output is the destination, as in SageMaker's API)")
     p.add_argument("--local", action="store_true",
                    help="run the image here and do what SageMaker's batch agent does (folders, not S3)")
+    p.add_argument("--engine", choices=ENGINES, default="batch",
+                   help="batch: SageMaker batch transform (x86 instance types only; default); async: an "
+                        "asynchronous inference endpoint scaled 0..--max-instances, for Graviton types. "
+                        "Same input, output and results")
     p.add_argument("--image", required=True, help="image URI (ECR for SageMaker; any local image with --local)")
     p.add_argument("--model-data", required=True, metavar="S3_URI|TAR_GZ|DIR",
                    help="s3://... or a local model.tar.gz / model folder (uploaded for SageMaker)")
@@ -370,8 +379,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--content-type", default="text/csv", help="of the input records (default text/csv)")
     p.add_argument("--accept", help="media type to ask for (default: the content type, so that the answer "
                                     "has one line per record)")
-    p.add_argument("--split-type", choices=("Line", "None"), default="Line",
-                   help="Line: one record per line (default); None: each file is one record")
+    p.add_argument("--split-type", choices=("Line", "RecordIO", "None"), default="Line",
+                   help="Line: one record per line (default); RecordIO: one per RecordIO record; "
+                        "None: each file is one record")
     p.add_argument("--strategy", choices=("MultiRecord", "SingleRecord"),
                    help="records per request (default: the container's /execution-parameters)")
     p.add_argument("--max-payload-mb", type=_payload_mb, metavar="M",
@@ -380,6 +390,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="requests in flight per instance (default: the container's /execution-parameters)")
     p.add_argument("--join-source", choices=("Input",), help="Input: join each output with its input record")
     p.add_argument("--env", action="append", metavar="K=V", help="container environment (repeatable)")
+    p.add_argument("--price-per-hour", type=_positive_float, metavar="USD",
+                   help="on-demand price of --instance-type per instance-hour: the summary adds cost and cost "
+                        "per million records")
+    p.add_argument("--batch-price-per-hour", type=_positive_float, metavar="USD",
+                   help=f"price per hour of batch transform's x86 default ({BATCH_X86_DEFAULT}): the summary "
+                        "adds the same job's estimated cost there (equal per-vCPU speed assumed)")
+    en = p.add_argument_group("async engine (--engine async)")
+    en.add_argument("--max-in-flight", type=_positive_int, metavar="N",
+                    help="requests out at once (default: twice the requests the instances take at once)")
     sm = p.add_argument_group("SageMaker job (without --local)")
     sm.add_argument("--role", default=os.environ.get("SAGEMAKER_ROLE_ARN"),
                     help="execution role ARN (default: $SAGEMAKER_ROLE_ARN)")
@@ -407,6 +426,9 @@ def cmd_transform(args, console) -> int:
     env = checks.parse_env(args.env)
     if args.local:
         return _cmd_local(args, console, env)
+    if args.engine == "async":
+        raise UsageError("--engine async runs with --local for now: on AWS it needs the async endpoints "
+                         "of `deploy create --async` (issue 24)")
     spec = TransformSpec(
         image=args.image, model_data=args.model_data, input=args.input, output=args.output, role=args.role,
         name=args.name, instance_type=args.instance_type, instance_count=args.instance_count,
@@ -435,34 +457,54 @@ def _cmd_local(args, console, env: dict[str, str]) -> int:
     region = args.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     spec = transform_local.LocalTransformSpec(
         image=args.image, model_data=args.model_data, input=Path(args.input), output=Path(args.output),
-        content_type=args.content_type, accept=args.accept, split_type=args.split_type,
+        engine=args.engine, content_type=args.content_type, accept=args.accept, split_type=args.split_type,
         strategy=args.strategy, max_payload_mb=args.max_payload_mb, max_concurrent=args.max_concurrent,
-        join_source=args.join_source, env=env, region=region, platform=args.platform, port=args.port,
-        ping_timeout=args.ping_timeout, stream_logs=args.logs)
+        max_in_flight=args.max_in_flight, join_source=args.join_source, env=env, region=region,
+        platform=args.platform, port=args.port, ping_timeout=args.ping_timeout, stream_logs=args.logs)
     if spec.strategy == "MultiRecord" and spec.split_type == "None":
-        raise UsageError("--strategy MultiRecord needs --split-type Line (a whole file is one record)")
+        raise UsageError("--strategy MultiRecord needs --split-type Line or RecordIO (a whole file is one record)")
+    if spec.join_source and spec.split_type == "RecordIO":
+        raise UsageError("--join-source Input joins CSV or JSON records; RecordIO records are binary")
     if spec.max_payload_mb == 0:
         raise UsageError("--max-payload-mb 0 (no limit, SageMaker's setting for streamed records) is not "
                          "supported by --local: give 1..100")
     result = transform_local.run(spec, console.info, quiet=args.quiet)
-    doc = {"records": result.records, "transformed": result.records - result.failed, "failed": result.failed,
-           "files": result.files, "seconds": round(result.seconds, 3),
-           "records_per_second": round(result.records_per_second, 1), "requests": result.requests,
-           "parameters": result.parameters, "sources": result.sources, "written": result.written,
-           "failures": [{"file": f, "line": line, "error": m} for f, line, m in result.failures]}
+    doc = run_document(result, args.engine)
+    doc["cost"] = transform_cost.summary(
+        records=result.records, seconds=result.seconds, instance_type=args.instance_type,
+        batch_type=BATCH_X86_DEFAULT, measured_vcpus=os.cpu_count(), price=args.price_per_hour,
+        batch_price=args.batch_price_per_hour)
+    output.emit(doc, args.format, table=run_table)
+    _report_failures(result)
+    return 0
 
-    def table(d):
-        lines = [f"transformed {d['transformed']:,} of {d['records']:,} records from {d['files']} file(s) in "
-                 f"{d['seconds']:.2f} s: {d['records_per_second']:,.0f} records/s ({d['requests']:,} requests)"]
-        return lines + [f"  wrote {path}" for path in d["written"]]
-    output.emit(doc, args.format, table=table)
+
+def run_document(result, engine: str) -> dict:
+    """What a transform run by the agent (--local, or --engine async) puts on stdout."""
+    return {"engine": engine, "records": result.records, "transformed": result.records - result.failed,
+            "failed": result.failed, "files": result.files, "seconds": round(result.seconds, 3),
+            "records_per_second": round(result.records_per_second, 1), "requests": result.requests,
+            "retries": result.retries, "parameters": result.parameters, "sources": result.sources,
+            "written": result.written,
+            "failures": [{"file": f, "line": line, "error": m} for f, line, m in result.failures]}
+
+
+def run_table(d: dict) -> list[str]:
+    lines = [f"transformed {d['transformed']:,} of {d['records']:,} records from {d['files']} file(s) in "
+             f"{d['seconds']:.2f} s: {d['records_per_second']:,.0f} records/s ({d['requests']:,} requests"
+             + (f", {d['retries']:,} of them sent again" if d.get("retries") else "") + f") by the {d['engine']} engine"]
+    lines += [f"  wrote {path}" for path in d["written"]]
+    return lines + transform_cost.lines(d.get("cost") or {})
+
+
+def _report_failures(result) -> None:
+    """FAILED file:line lines on stderr and exit 1 when records failed."""
     if result.failures:
-        for file, line, message in result.failures[:transform_local.MAX_REPORTED]:
+        for file, line, message in result.failures[:agent.MAX_REPORTED]:
             print(f"FAILED {file}:{line}: {message}", file=sys.stderr, flush=True)
-        if len(result.failures) > transform_local.MAX_REPORTED:
-            print(f"... and {len(result.failures) - transform_local.MAX_REPORTED} more failed records",
+        if len(result.failures) > agent.MAX_REPORTED:
+            print(f"... and {len(result.failures) - agent.MAX_REPORTED} more failed records",
                   file=sys.stderr, flush=True)
         failed_files = sorted({f for f, _, _ in result.failures})
         raise DeployError(f"{result.failed} record(s) failed in {', '.join(failed_files)} "
                           f"(no .out written for {'it' if len(failed_files) == 1 else 'them'})")
-    return 0
