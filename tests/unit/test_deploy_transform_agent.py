@@ -191,3 +191,35 @@ def test_a_stop_cancels_the_sender_and_ends_the_run():
         agent.run(io, io, sender, agent.Options(), {**PARAMS, "BatchStrategy": "SingleRecord"}, quiet=True)
     assert sender.cancelled and time.monotonic() - start < 5
     assert io.out == {}
+
+
+# --- the cost line (operations/transform_cost.py) ----------------------------------------------
+
+def test_cost_line_from_the_throughput_measured_here():
+    from sagemaker_tf_deploy.operations import transform_cost as tc
+    assert [tc.vcpus(t) for t in ("ml.c7g.4xlarge", "ml.c5.large", "ml.m6g.xlarge", "ml.c8g.medium", "ml.p5.48xlarge")] \
+        == [16, 2, 4, 1, 192]
+    assert tc.vcpus("ml.m5d.metal") is None
+    # 100,000 records in 2 s on 2 vCPUs: 25,000 records per vCPU-second, so a 16-vCPU type does
+    # 400,000 records/s: 1e6 records take 2.5 s, 1/1440 h
+    c = tc.summary(records=100_000, seconds=2.0, instance_type="ml.c7g.4xlarge", batch_type="ml.c5.4xlarge",
+                   measured_vcpus=2, price=0.72, batch_price=0.96)
+    assert c["estimated"] and c["records_per_vcpu_second"] == 25_000
+    assert c["cost_per_million"] == pytest.approx(0.72 / 1440)
+    assert c["batch_cost_per_million"] == pytest.approx(0.96 / 1440)      # same vCPUs, equal per-vCPU speed
+    text = "\n".join(tc.lines(c))
+    assert "per million records" in text and "assuming equal per-vCPU speed" in text and "ml.c5.4xlarge" in text
+    assert tc.lines(tc.summary(records=10, seconds=1.0, instance_type="ml.c7g.4xlarge",
+                               batch_type="ml.c5.4xlarge", measured_vcpus=2)) == []   # no price, no line here
+
+
+def test_cost_line_from_the_instance_hours_an_endpoint_ran():
+    from sagemaker_tf_deploy.operations import transform_cost as tc
+    # 2 instances for 30 minutes = 1 instance-hour; 1.8e6 records
+    c = tc.summary(records=1_800_000, seconds=1800.0, instance_type="ml.c7g.4xlarge", batch_type="ml.c5.4xlarge",
+                   instance_seconds=3600.0, price=0.6, batch_price=0.68)
+    assert not c["estimated"] and c["instance_hours"] == 1.0 and c["cost"] == pytest.approx(0.6)
+    assert c["cost_per_million"] == pytest.approx(0.6 / 1.8)
+    assert c["batch_instance_hours"] == pytest.approx(1.0) and c["batch_cost"] == pytest.approx(0.68)
+    assert tc.lines(tc.summary(records=5, seconds=1.0, instance_type="ml.c7g.4xlarge", batch_type="ml.c5.4xlarge",
+                               instance_seconds=7.2))[0].startswith("  instance-hours  0.002 on ml.c7g.4xlarge (used)")
