@@ -1,6 +1,7 @@
 """Shared fixtures live in tests/fixtures/, one module per thing they start or build."""
 pytest_plugins = [
     "tests.fixtures.models",
+    "tests.fixtures.tfs_models",
     "tests.fixtures.server",
     "tests.fixtures.targets",
     "tests.fixtures.docker",

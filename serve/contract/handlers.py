@@ -19,7 +19,7 @@ import numpy as np
 
 from serve.contract import codecs
 from serve.contract.errors import BadRequest, Overloaded
-from serve.contract.signature import METHODS, Model, Repository, Signature
+from serve.contract.signature import METHODS, Model, Repository, Signature, scalar_rows, unrow
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,9 @@ class DefaultHandler:
         model = self.repository.get(target.name, target.version)
         signature = model.signature(signature_name)
         with self._admitted():
-            return self._infer(model, signature.name, signature.prepare(inputs), None, self._timeout)
+            prepared = signature.prepare(inputs)
+            outputs = self._infer(model, signature.name, prepared, None, self._timeout)
+        return unrow(outputs, scalar_rows(inputs, prepared))
 
     def handle(self, invocation: Invocation, target: Target | None = None) -> Result:
         target = target or Target.from_attributes(invocation.custom_attributes)
@@ -100,6 +102,8 @@ class DefaultHandler:
             method, signature, examples = _request(model, decoded, target)
             inputs = None if examples is not None else signature.prepare(decoded.inputs)
             outputs = self._infer(model, signature.name, inputs, examples, self._timeout)
+        if inputs is not None:  # scalars in, scalars out, as TF Serving answers them
+            outputs = unrow(outputs, scalar_rows(decoded.inputs, inputs))
         return Result(*decoded.reply(outputs, accept, method))
 
     @contextmanager

@@ -86,6 +86,24 @@ class Signature:
         return prepared
 
 
+def scalar_rows(inputs: Mapping[str, np.ndarray] | np.ndarray, prepared: Mapping[str, np.ndarray]) -> int | None:
+    """N when the request sent N scalars per input where the signature takes (-1, 1) rows, which
+    ``prepare`` made (N, 1). TF Serving feeds such a list as it is, shape (N,), so an element-wise
+    graph (TF Serving's own half_plus_two) answers N scalars: see ``unrow``."""
+    if isinstance(inputs, np.ndarray) or not isinstance(inputs, Mapping):
+        inputs = {next(iter(prepared)): inputs} if len(prepared) == 1 else {}
+    sizes = {np.shape(inputs[n])[0] for n, a in prepared.items()
+             if n in inputs and np.ndim(inputs[n]) == 1 and a.shape == (np.shape(inputs[n])[0], 1)}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def unrow(outputs: Mapping[str, np.ndarray], rows: int | None) -> dict[str, np.ndarray]:
+    """Outputs of shape (ROWS, 1) as ROWS scalars, when the request sent scalars (``scalar_rows``)."""
+    if rows is None:
+        return dict(outputs)
+    return {k: v[:, 0] if np.shape(v) == (rows, 1) else v for k, v in outputs.items()}
+
+
 def _fit(array: np.ndarray, spec: TensorInfo) -> np.ndarray:
     want = spec.shape
     if array.dtype == object and not _all_bytes_or_str(array):
