@@ -100,12 +100,37 @@ def _saved_model_signature(name: str, fn, method: str) -> Signature:
     return Signature(name, inputs, outputs, _guarded(name, inputs, call), method)
 
 
-def _session_info(name: str, tensor_info) -> TensorInfo:
+def _session_info(name: str, tensor_info, graph, signature: str) -> TensorInfo:
+    """An input or output as TF Serving reads it: it feeds and fetches by tensor name, so the graph's
+    own tensor has the last word. A TensorInfo without a tensor_shape field says nothing about the
+    shape (old exports write none; it is not a scalar); one whose dtype or shape contradicts the
+    tensor it names (a regress input marked DT_FLOAT that names the string placeholder of serialized
+    Examples) is read from the tensor."""
     import tensorflow as tf
 
-    shape = tensor_info.tensor_shape
-    dims = None if shape.unknown_rank else tuple(None if d.size < 0 else d.size for d in shape.dim)
-    return TensorInfo(name, dims, _np_dtype(tf.dtypes.as_dtype(tensor_info.dtype)))
+    declared_dtype = tf.dtypes.as_dtype(tensor_info.dtype) if tensor_info.dtype else None
+    declared = tf.TensorShape(tensor_info.tensor_shape) if tensor_info.HasField("tensor_shape") else None
+    try:
+        tensor = graph.get_tensor_by_name(tensor_info.name) if tensor_info.name else None
+    except (KeyError, ValueError):
+        tensor = None
+    if tensor is None:  # a composite (sparse, ragged) encoding, or a name the graph lacks: as declared
+        shape, dtype = declared if declared is not None else tf.TensorShape(None), declared_dtype
+    else:
+        dtype = tensor.dtype
+        if declared_dtype is not None and declared_dtype != dtype:
+            log.info("signature %s %s: its TensorInfo says %s, the tensor it names (%s) is %s; "
+                     "serving it as the graph says", signature, name, declared_dtype.name, tensor_info.name,
+                     dtype.name)
+        shape = tensor.shape
+        if declared is not None:
+            if declared.is_compatible_with(shape):
+                shape = declared.merge_with(shape)
+            else:
+                log.info("signature %s %s: its TensorInfo says shape %s, the tensor it names (%s) has %s; "
+                         "serving it as the graph says", signature, name, declared, tensor_info.name, shape)
+    dims = None if shape.rank is None else tuple(shape.as_list())
+    return TensorInfo(name, dims, _np_dtype(dtype))
 
 
 def _load_in_session(location: ModelLocation, meta) -> Model:
@@ -123,8 +148,8 @@ def _load_in_session(location: ModelLocation, meta) -> Model:
     for key, sig in meta.signature_def.items():
         if key == "__saved_model_init_op":
             continue
-        inputs = {n: _session_info(n, t) for n, t in sig.inputs.items()}
-        outputs = {n: _session_info(n, t) for n, t in sig.outputs.items()}
+        inputs = {n: _session_info(n, t, graph, key) for n, t in sig.inputs.items()}
+        outputs = {n: _session_info(n, t, graph, key) for n, t in sig.outputs.items()}
         feeds = {n: t.name for n, t in sig.inputs.items()}
         fetches = {n: t.name for n, t in sig.outputs.items()}
 

@@ -29,6 +29,53 @@ def tfs_server(request, tfs_models):
         yield server
 
 
+# -- signatures read as TF Serving reads them ----------------------------------------------------
+
+def test_tensorinfo_without_shape_is_unknown_not_scalar(tfs_server):
+    # half_plus_three's TensorInfos have no tensor_shape field: TF Serving feeds [1, 2, 5] as it is
+    r = invoke(tfs_server.url, {"instances": [1.0, 2.0, 5.0]}, "tfs-model-name=half_plus_three")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"predictions": [3.5, 4.0, 5.5]}
+
+
+def test_regress_input_typed_by_the_graph_not_its_tensorinfo(tfs_server):
+    # its regress input says DT_FLOAT but names tf_example:0, the string placeholder of Examples
+    r = invoke(tfs_server.url, {"signature_name": "tensorflow/serving/regress", "examples": [{"x": 1.0}, {"x": 4.0}]},
+               "tfs-model-name=half_plus_three,tfs-method=regress")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"results": [3.5, 5.0]}
+
+
+def test_what_tensorflow_refuses_is_a_400_naming_the_input(tfs_server):
+    # no feature x: the graph's ParseExample refuses, and that is the answer
+    r = invoke(tfs_server.url, {"signature_name": "tensorflow/serving/regress", "examples": [{"z": 1.0}]},
+               "tfs-model-name=half_plus_three,tfs-method=regress")
+    assert r.status_code == 400, r.text
+    assert "'inputs'" in r.json()["error"] and "x" in r.json()["error"]
+
+
+def test_exact_signature_keeps_its_early_check(tfs_server):
+    r = invoke(tfs_server.url, {"instances": [[1.0, 2.0]]})
+    assert r.status_code == 400
+    assert "input 'x' shape (-1, 1) float32 does not accept shape (1, 2)" in r.json()["error"]
+
+
+def test_classify_and_regress_signatures(tfs_server):
+    r = invoke(tfs_server.url, {"signature_name": "regress_x_to_y", "examples": [{"x": 1.0}, {"x": 3.0}]},
+               "tfs-method=regress")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"results": [2.5, 3.5]}
+    r = invoke(tfs_server.url, {"signature_name": "classify_x_to_y", "examples": [{"x": 2.0}]}, "tfs-method=classify")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"results": [[["", 3.0]]]}
+
+
+def test_tf2_export(tfs_server):
+    r = invoke(tfs_server.url, {"instances": [1.0]}, "tfs-model-name=tf2")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"predictions": [2.5]}
+
+
 # -- answers shaped as AWS's container (TF Serving) shapes them --------------------------------------
 
 @pytest.mark.parametrize("body, content_type, expected", [
