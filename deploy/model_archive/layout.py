@@ -3,8 +3,10 @@
 Layouts, as AWS's TensorFlow serving container accepts them:
   <version>/saved_model.pb (model name "model"), <name>/<version>/saved_model.pb for one or more
   names, saved_model.pb at the root, or a Keras .keras / .h5 file; user code lives in code/.
-Every version folder is servable (as that container lists them all for TF Serving); the highest
-numeric version is a name's default, and the first name (sorted) the default model.
+Every version folder is servable (as that container lists them all for TF Serving). A version is
+its folder's name read as TF Serving reads it, an integer with leading zeros allowed (00000123 is
+version "123"); other folders are not versions. The highest is a name's default, and the first
+name (sorted) the default model.
 File system only (no TensorFlow, no NumPy), so the `serve` master and `deploy` stay light.
 """
 from __future__ import annotations
@@ -37,9 +39,22 @@ class ModelLocation:
         return f"{self.kind} '{self.name}'{v} at {self.path}"
 
 
-def _versions(folder: Path) -> list[Path]:
-    found = [p for p in folder.iterdir() if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").is_file()]
-    return sorted(found, key=lambda p: int(p.name))
+def version_number(name: str) -> str | None:
+    """A version folder's name as TF Serving numbers it ("00000123" -> "123"); None if it is none."""
+    return str(int(name)) if name.isascii() and name.isdigit() else None
+
+
+def _versions(folder: Path) -> list[tuple[str, Path]]:
+    found = {}
+    for path in sorted(folder.iterdir()):
+        number = version_number(path.name)
+        if number is None or not path.is_dir() or not (path / "saved_model.pb").is_file():
+            continue
+        if number in found:
+            raise ModelNotFound(f"{found[number]} and {path} are both version {number} of {folder} "
+                                f"(a version is its folder's name as an integer); keep one")
+        found[number] = path
+    return sorted(((v, p) for v, p in found.items()), key=lambda vp: int(vp[0]))
 
 
 def find_models(model_dir: Path) -> dict[str, list[ModelLocation]]:
@@ -54,12 +69,12 @@ def find_models(model_dir: Path) -> dict[str, list[ModelLocation]]:
         return {"model": [ModelLocation(model_dir, "savedmodel", "model", None)]}
     versions = _versions(model_dir)
     if versions:
-        return {"model": [ModelLocation(v, "savedmodel", "model", v.name) for v in versions]}
+        return {"model": [ModelLocation(p, "savedmodel", "model", v) for v, p in versions]}
     found = {}
     for sub in sorted(p for p in model_dir.iterdir() if p.is_dir() and p.name != CODE_DIR):
         versions = _versions(sub)
         if versions:
-            found[sub.name] = [ModelLocation(v, "savedmodel", sub.name, v.name) for v in versions]
+            found[sub.name] = [ModelLocation(p, "savedmodel", sub.name, v) for v, p in versions]
     if found:
         return found
     location = _keras_file(model_dir)

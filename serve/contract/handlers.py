@@ -19,6 +19,7 @@ import numpy as np
 
 from serve.contract import codecs
 from serve.contract.errors import BadRequest, Overloaded
+from model_archive.layout import version_number
 from serve.contract.signature import METHODS, Model, Repository, Signature, scalar_rows, unrow
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,11 @@ class Target:
         method = method or "predict"
         if method not in METHODS:
             raise BadRequest(f"tfs-method={method} is not one of {', '.join(METHODS)}")
-        if version is not None and not version.isdigit():
-            raise BadRequest(f"tfs-model-version={version} is not a version number")
+        if version is not None:
+            number = version_number(version)
+            if number is None:
+                raise BadRequest(f"tfs-model-version={version} is not a version number")
+            version = number  # as TF Serving reads it: 00000123 is 123
         return cls(name or None, version, method)
 
     @classmethod

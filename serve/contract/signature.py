@@ -14,7 +14,7 @@ from typing import Callable, Generic, Mapping, TypeVar
 import numpy as np
 
 from serve.contract.errors import BadRequest, NotFound
-from model_archive.layout import ModelLocation, ModelNotFound
+from model_archive.layout import ModelLocation, ModelNotFound, version_number
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +247,7 @@ class Repository(Generic[T]):
             raise NotFound(f"no model named '{name}'; this server has {self.describe()}")
         if version is None:
             return versions[list(versions)[-1]]
+        version = version_number(str(version)) or version  # TF Serving's numbering: 0123 is 123
         if version not in versions:
             have = ", ".join(v or "unversioned" for v in versions)
             raise NotFound(f"model '{name}' has no version {version}; it has {have}")

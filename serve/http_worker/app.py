@@ -216,13 +216,14 @@ def create_app(settings: Settings, state: WorkerState, tuning: Tuning, secrets: 
         match = tfs_target(target)
         if match["method"]:
             raise NotFound(f"GET /v1/models/{target}: methods are POSTed")
+        version = str(int(match["version"])) if match["version"] else None  # 0123 is version 123
         if settings.multi_model:  # the versions of the model its archive serves by default
             versions = state.client.call("mme_get", {"model_name": match["name"]}, 60)["versions"]
-            if match["version"] and match["version"] not in versions:
-                raise NotFound(f"model '{match['name']}' has no version {match['version']}")
+            if version and version not in versions:
+                raise NotFound(f"model '{match['name']}' has no version {version}")
         else:
             versions = state.default.repository.versions(match["name"])
-        shown = [match["version"]] if match["version"] else versions[::-1]
+        shown = [version] if version else versions[::-1]
         return _json(orjson.dumps({"model_version_status": [
             {"version": v or "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
             for v in shown]}))

@@ -90,3 +90,23 @@ def test_scalars_in_scalars_out(tfs_server, body, content_type, expected):
     assert r.json() == expected
 
 
+# -- versions as TF Serving numbers them ---------------------------------------------------------
+
+@pytest.mark.parametrize("version", ["123", "00000123", "0123"])
+def test_version_is_an_integer(tfs_server, version):
+    r = invoke(tfs_server.url, {"instances": [1.0]}, f"tfs-model-name=two_versions,tfs-model-version={version}")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"predictions": [2.5]}
+    r = requests.post(f"{tfs_server.url}/v1/models/two_versions/versions/{version}:predict",
+                      json={"instances": [1.0]}, timeout=60)
+    assert r.status_code == 200, r.text
+
+
+def test_versions_listed_as_integers_highest_first_and_others_ignored(tfs_server):
+    status = requests.get(f"{tfs_server.url}/v1/models/two_versions", timeout=30).json()["model_version_status"]
+    assert [v["version"] for v in status] == ["124", "123"]
+    r = invoke(tfs_server.url, {"instances": [1.0]}, "tfs-model-name=two_versions,tfs-model-version=125")
+    assert r.status_code == 404
+    assert r.json()["error"].endswith("has no version 125; it has 123, 124")
+    r = requests.get(f"{tfs_server.url}/v1/models/two_versions/versions/00000124", timeout=30)
+    assert r.json()["model_version_status"][0]["version"] == "124"

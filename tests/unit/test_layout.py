@@ -12,6 +12,7 @@ def _saved_model(path):
 @pytest.mark.parametrize("layout, expected_rel, name, version", [
     (["1", "2", "10"], "10", "model", "10"),
     (["clf/1", "clf/7"], "clf/7", "clf", "7"),
+    (["00000123", "00000124", "abcde", ".00000999", "１２"], "00000124", "model", "124"),  # TF Serving's numbering
     ([""], "", "model", None),
 ])
 def test_find_model_layouts(tmp_path, layout, expected_rel, name, version):
@@ -20,6 +21,13 @@ def test_find_model_layouts(tmp_path, layout, expected_rel, name, version):
     (tmp_path / "code").mkdir()
     loc = find_model(tmp_path)
     assert (loc.path, loc.kind, loc.name, loc.version) == (tmp_path / expected_rel, "savedmodel", name, version)
+
+
+def test_two_folders_of_one_version_are_refused(tmp_path):
+    _saved_model(tmp_path / "7")
+    _saved_model(tmp_path / "007")
+    with pytest.raises(ModelNotFound, match="both version 7"):
+        find_model(tmp_path)
 
 
 def test_find_keras_file_and_ignore_code(tmp_path):
