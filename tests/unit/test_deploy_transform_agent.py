@@ -222,4 +222,4 @@ def test_cost_line_from_the_instance_hours_an_endpoint_ran():
     assert c["cost_per_million"] == pytest.approx(0.6 / 1.8)
     assert c["batch_instance_hours"] == pytest.approx(1.0) and c["batch_cost"] == pytest.approx(0.68)
     assert tc.lines(tc.summary(records=5, seconds=1.0, instance_type="ml.c7g.4xlarge", batch_type="ml.c5.4xlarge",
-                               instance_seconds=7.2))[0].startswith("  instance-hours  0.002 on ml.c7g.4xlarge (used)")
+                               instance_seconds=7.2))[0].startswith("  instance-hours  0.002000 on ml.c7g.4xlarge (used)")

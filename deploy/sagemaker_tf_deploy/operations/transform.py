@@ -46,7 +46,7 @@ from ..core.errors import UsageError   # exit 2: refused before any network call
 
 ROLLBACK, KEEP = "rollback", "keep"
 ENGINES = ("batch", "async")
-BATCH_X86_DEFAULT = "ml.c6i.4xlarge"      # the cost line's comparison: an x86 type batch transform lists
+BATCH_X86_DEFAULT = "ml.c5.4xlarge"       # the cost line's comparison: batch transform's x86 default (issue 24)
 TERMINAL = {"Completed", "Failed", "Stopped"}
 CONTENT_TYPES = ("text/csv", "application/jsonlines", "application/json", "application/x-npy")
 

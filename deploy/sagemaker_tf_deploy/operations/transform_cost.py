@@ -70,14 +70,14 @@ def lines(c: dict) -> list[str]:
     if c.get("instance_hours") is None or (c["estimated"] and not priced):
         return []                     # locally, the figures are only worth a line with a price
     how = "estimated at the speed per vCPU measured here" if c["estimated"] else "used"
-    text = [f"  instance-hours  {c['instance_hours']:.6g} on {c['instance_type']} ({how})"]
+    text = [f"  instance-hours  {c['instance_hours']:.6f} on {c['instance_type']} ({how})"]
     if "cost_per_million" in c and c["cost_per_million"] is not None:
-        text.append(f"  cost            ${c['cost']:.6g} at ${c['price_per_hour']:g}/h: "
-                    f"${c['cost_per_million']:.6g} per million records")
+        text.append(f"  cost            ${c['cost']:.6f} at ${c['price_per_hour']:g}/h: "
+                    f"${c['cost_per_million']:.4f} per million records")
     if "batch_cost_per_million" in c:
         text.append(f"  on batch        {c['batch_instance_type']} (batch transform's x86 default) at "
-                    f"${c['batch_price_per_hour']:g}/h: ${c['batch_cost']:.6g}, "
-                    f"${c['batch_cost_per_million']:.6g} per million records (an estimate from the throughput "
+                    f"${c['batch_price_per_hour']:g}/h: ${c['batch_cost']:.6f}, "
+                    f"${c['batch_cost_per_million']:.4f} per million records (an estimate from the throughput "
                     f"measured, assuming equal per-vCPU speed)")
     if not priced:
         text.append("  cost            give --price-per-hour (and --batch-price-per-hour) for USD figures")
