@@ -5,6 +5,7 @@ pytest_plugins = [
     "tests.fixtures.server",
     "tests.fixtures.targets",
     "tests.fixtures.docker",
+    "tests.fixtures.strict_aws",
     "tests.fixtures.moto",
     "tests.fixtures.moto_transform",
     "tests.fixtures.moto_migrate",

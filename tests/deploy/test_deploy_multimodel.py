@@ -134,6 +134,7 @@ def test_create_multi_model_local_checks_come_first(capsys, mme_moto, ecr_images
     assert boto3.client("sagemaker").list_models()["Models"] == []
 
 
+@pytest.mark.aws_newer_than_botocore(ProductionVariantInstanceType=["ml.c9g.xlarge"])
 def test_create_multi_model_confirms_a_newer_type_as_create_does(capsys, mme_moto, ecr_images, prefix, aws_calls):
     """The same instance-type rule as deploy create: a type newer than the built-in list is asked
     of Service Quotas before anything is created."""
@@ -281,9 +282,9 @@ def test_models_add_refusals(capsys, mme_moto, ecr_images, prefix, archives, tmp
     assert code == 1 and "only for multi-model endpoints" in err
 
 
-def test_moto_patch_refuses_an_unknown_mode(mme_moto):
+def test_strict_moto_refuses_an_unknown_mode(mme_moto):
     sm = boto3.client("sagemaker")
-    with pytest.raises(Exception, match="MultiModel, SingleModel"):
+    with pytest.raises(Exception, match=r"'primaryContainer.mode' .* enum value set: \[SingleModel, MultiModel\]"):
         sm.create_model(ModelName="m", ExecutionRoleArn=mme_moto["role"],
                         PrimaryContainer={"Image": "x", "ModelDataUrl": PREFIX, "Mode": "Multi"})
 

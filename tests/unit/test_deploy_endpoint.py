@@ -632,6 +632,7 @@ def test_an_endpoint_named_like_the_unnamed_prefix_leaves_unnamed_ones_alone(cap
     assert [o.split("/")[3] for o in s["objects"]] == [unnamed]
 
 
+@pytest.mark.aws_newer_than_botocore(ProductionVariantInstanceType=["ml.c9g.xlarge"])
 def test_a_type_newer_than_the_list_is_confirmed_with_the_service(capsys, aws_env, ecr_images, model_tgz,
                                                                    aws_calls):
     """Not a typo (nothing close in the list): Service Quotas is asked, after the local checks and
