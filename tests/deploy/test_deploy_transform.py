@@ -95,7 +95,7 @@ def test_transform_creates_the_job_waits_and_deletes_the_model(capsys, transform
         "ContentType": "text/csv", "SplitType": "Line", "CompressionType": "None"}
     assert job["TransformOutput"] == {"S3OutputPath": "s3://batch-data/out/", "AssembleWith": "Line",
                                       "Accept": "text/csv"}     # the input's type: one line per record
-    assert job["TransformResources"] == {"InstanceType": "ml.c7g.4xlarge", "InstanceCount": 1}
+    assert job["TransformResources"] == {"InstanceType": "ml.c5.4xlarge", "InstanceCount": 1}   # x86: no Graviton
     # left to the container's /execution-parameters
     for key in ("MaxPayloadInMB", "MaxConcurrentTransforms", "BatchStrategy", "DataProcessing"):
         assert key not in job, key
@@ -201,18 +201,48 @@ def test_refused_job_deletes_the_model(capsys, transform_moto, ecr_images, model
     assert len(mt.calls("create_model")) == 1
     assert sm().list_models()["Models"] == []
     assert sm().list_transform_jobs()["TransformJobSummaries"] == []
+    # the upload stays (as after a job) and the output says so, with the command that removes it
+    [archive] = [o for o in s3_objects() if o.endswith("/model.tar.gz")]
+    assert f"model data stays in {archive} (remove it with `aws s3 rm {archive}`)" in err
 
 
 def test_architecture_is_checked_before_any_call(capsys, transform_moto, ecr_images, model_tgz):
-    code, out, err = transform(capsys, transform_moto, ecr_images["amd64"], model_tgz)   # ml.c7g.4xlarge
+    code, out, err = transform(capsys, transform_moto, ecr_images["arm64"], model_tgz)   # ml.c5.4xlarge
     assert code != 0
-    assert "has architectures [amd64] but ml.c7g.4xlarge is arm64" in err
+    assert "has architectures [arm64] but ml.c5.4xlarge is amd64" in err
     assert mt.calls() == []                   # no model, no job, not even a describe
     assert s3_objects() == []                 # nothing uploaded
     code, out, err = transform(capsys, transform_moto, ecr_images["arm64"], model_tgz,
                                "--instance-type", "ml.m7i.xlarge", with_input=False)
     assert code != 0 and "ml.m7i.xlarge is amd64" in err
     assert mt.calls() == [] and s3_objects() == []
+
+
+@pytest.mark.parametrize("graviton", ["ml.c7g.4xlarge", "ml.m6g.xlarge", "ml.c8g.2xlarge"])
+def test_a_graviton_type_is_refused_with_no_aws_call(capsys, transform_moto, ecr_images, model_tgz, aws_calls,
+                                                     graviton):
+    """Batch transform has no Graviton instances (TransformInstanceType lists none): refused before
+    any call, with the two ways forward."""
+    boto3.client("s3").create_bucket(Bucket="batch-data", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    aws_calls.clear()
+    code, out, err = transform(capsys, transform_moto, ecr_images["multi"], model_tgz,
+                               "--instance-type", graviton, with_input=False)
+    assert code == 2, err
+    assert f"instance type {graviton} is Graviton, and SageMaker batch transform has no Graviton instances" in err
+    assert "--instance-type ml.c5.4xlarge" in err and f"deploy transform --engine async --instance-type {graviton}" in err
+    assert aws_calls == [] and s3_objects() == []
+
+
+def test_a_type_batch_transform_does_not_offer_is_refused_with_the_close_one(capsys, transform_moto, ecr_images,
+                                                                             model_tgz, aws_calls):
+    code, out, err = transform(capsys, transform_moto, ecr_images["multi"], model_tgz,
+                               "--instance-type", "ml.c5.4xlargee", with_input=False)
+    assert code == 2 and "not in SageMaker's list of batch transform instance types" in err
+    assert "did you mean ml.c5.4xlarge?" in err
+    code, out, err = transform(capsys, transform_moto, ecr_images["multi"], model_tgz,
+                               "--instance-type", "ml.c6in.xlarge", with_input=False)   # hosting has it, transform not
+    assert code == 2 and "instance type ml.c6in.xlarge is not in SageMaker's list of batch transform" in err
+    assert aws_calls == []
 
 
 def test_an_image_outside_ecr_in_the_region_is_refused_first(capsys, transform_moto, model_tgz):

@@ -352,7 +352,7 @@ LOCAL_REFUSALS = [
     ({"--name": "x" * 64}, "is 64 characters long: SageMaker allows at most 63"),
     ({"--name": "web-"}, "ends with a hyphen"),
     ({"--name": "-web"}, "starts with a hyphen"),
-    ({"--instance-type": "ml.c7g.xlargee"}, "not in SageMaker's list of hosting instance types (as of 2026-12-01"),
+    ({"--instance-type": "ml.c7g.xlargee"}, "not in SageMaker's list of hosting instance types (botocore "),
     ({"--instance-type": "c7g.xlarge"}, "is not of the form ml.<family>.<size>"),
     ({"--instance-count": "0"}, "--instance-count must be at least 1"),
     ({"--image": "sagemaker-tf-graviton:dev"}, "is a local or Docker Hub name: a SageMaker endpoint pulls its image "

@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--skip-arch-check", action="store_true",
                        help="do not compare the image's architectures with the instance type")
         p.add_argument("--skip-instance-check", action="store_true",
-                       help="accept an instance type missing from the built-in list of SageMaker hosting types")
+                       help="accept an instance type missing from the installed botocore's list of SageMaker hosting types")
         interrupts.add_on_interrupt_argument(p)
 
     p = sub.add_parser("create", help="upload, create model + endpoint config + endpoint, wait",

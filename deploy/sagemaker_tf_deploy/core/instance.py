@@ -8,8 +8,9 @@ import re
 
 from .errors import DeployError, UsageError
 
-# ml.<letters><generation digits><suffix>.<size>, e.g. ml.c7g.xlarge, ml.c6gn.2xlarge, ml.g4dn.xlarge
-_INSTANCE_RE = re.compile(r"^ml\.(?P<series>[a-z]+)(?P<gen>\d+)(?P<suffix>[a-z-]*)\.(?P<size>[a-z0-9-]+)$")
+# ml.<letters><generation digits><suffix>.<size>, e.g. ml.c7g.xlarge, ml.c6gn.2xlarge, ml.g4dn.xlarge,
+# ml.p6-b200.48xlarge
+_INSTANCE_RE = re.compile(r"^ml\.(?P<series>[a-z]+)(?P<gen>\d+)(?P<suffix>[a-z0-9-]*)\.(?P<size>[a-z0-9-]+)$")
 
 ARM64 = "arm64"
 AMD64 = "amd64"
@@ -36,88 +37,80 @@ def instance_arch(instance_type: str) -> str:
 
     Graviton families carry a 'g' right after the generation digit: ml.c6g, ml.c6gn, ml.m6gd,
     ml.c7g, ml.m7g, ml.r7g, ml.c8g, ... Everything else (ml.c5, ml.m7i, ml.c7a, ml.g5, ml.g4dn,
-    ml.p4d, ml.inf2, ml.trn1) is x86-64.
+    ml.p4d, ml.inf2, ml.trn1, ml.p6-b200) is x86-64, except the Grace-Blackwell ml.p6e-gb200,
+    whose CPU is Arm's.
     """
     m = _parse(instance_type)
-    return ARM64 if m.group("suffix").startswith("g") else AMD64
+    suffix = m.group("suffix")
+    return ARM64 if suffix.startswith("g") or "-gb" in suffix else AMD64
 
 
-# SageMaker's list of real-time hosting instance types, as of the date below (the enum SageMaker's
-# own API model declares for a production variant). At run time the installed botocore's copy of
-# the same enum is added, so a newer boto3 learns new types without a change here; no network.
-HOSTING_TYPES_SOURCE = "botocore 1.44.8 service model, SageMaker ProductionVariantInstanceType"
-HOSTING_TYPES_AS_OF = "2026-12-01"
-_HOSTING_SIZES = {
-    "ml.c4": "large xlarge 2xlarge 4xlarge 8xlarge",
-    "ml.c5": "large xlarge 2xlarge 4xlarge 9xlarge 18xlarge",
-    "ml.c5d": "large xlarge 2xlarge 4xlarge 9xlarge 18xlarge",
-    "ml.c6g": "large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge",
-    "ml.c6gd": "large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge",
-    "ml.c6gn": "large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge",
-    "ml.c6i": "large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge 24xlarge 32xlarge",
-    "ml.c6in": "large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge 24xlarge 32xlarge",
-    "ml.c7g": "large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge",
-    "ml.c7i": "large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge 24xlarge 48xlarge",
-    "ml.c8g": "medium large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge 24xlarge 48xlarge",
-    "ml.dl1": "24xlarge",
-    "ml.g4dn": "xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge",
-    "ml.g5": "xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge 24xlarge 48xlarge",
-    "ml.g6": "xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge 24xlarge 48xlarge",
-    "ml.g6e": "xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge 24xlarge 48xlarge",
-    "ml.g7": "2xlarge 4xlarge 8xlarge 12xlarge 24xlarge 48xlarge",
-    "ml.g7e": "2xlarge 4xlarge 8xlarge 12xlarge 24xlarge 48xlarge",
-    "ml.inf1": "xlarge 2xlarge 6xlarge 24xlarge",
-    "ml.inf2": "xlarge 8xlarge 24xlarge 48xlarge",
-    "ml.m4": "xlarge 2xlarge 4xlarge 10xlarge 16xlarge",
-    "ml.m5": "large xlarge 2xlarge 4xlarge 12xlarge 24xlarge",
-    "ml.m5d": "large xlarge 2xlarge 4xlarge 12xlarge 24xlarge",
-    "ml.m6g": "large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge",
-    "ml.m6gd": "large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge",
-    "ml.m6i": "large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge 24xlarge 32xlarge",
-    "ml.m7i": "large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge 24xlarge 48xlarge",
-    "ml.m8g": "medium large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge 24xlarge 48xlarge",
-    "ml.p2": "xlarge 8xlarge 16xlarge",
-    "ml.p3": "2xlarge 8xlarge 16xlarge",
-    "ml.p4d": "24xlarge",
-    "ml.p4de": "24xlarge",
-    "ml.p5": "48xlarge 4xlarge",
-    "ml.p5e": "48xlarge",
-    "ml.p5en": "48xlarge",
-    "ml.p6-b200": "48xlarge",
-    "ml.p6-b300": "48xlarge",
-    "ml.p6e-gb200": "36xlarge",
-    "ml.r5": "large xlarge 2xlarge 4xlarge 12xlarge 24xlarge",
-    "ml.r5d": "large xlarge 2xlarge 4xlarge 12xlarge 24xlarge",
-    "ml.r6g": "large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge",
-    "ml.r6gd": "large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge",
-    "ml.r6i": "large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge 24xlarge 32xlarge",
-    "ml.r7gd": "medium large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge",
-    "ml.r7i": "large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge 24xlarge 48xlarge",
-    "ml.r8g": "medium large xlarge 2xlarge 4xlarge 8xlarge 12xlarge 16xlarge 24xlarge 48xlarge",
-    "ml.t2": "medium large xlarge 2xlarge",
-    "ml.trn1": "2xlarge 32xlarge",
-    "ml.trn1n": "32xlarge",
-    "ml.trn2": "48xlarge",
-}
+# Each SageMaker API takes its own set of instance types, declared as an enum in SageMaker's API
+# model, which the installed botocore carries: real-time hosting (and asynchronous inference, which
+# runs on hosting instances) takes ProductionVariantInstanceType, which has Graviton families;
+# batch transform takes TransformInstanceType, which has none. They are read from botocore, not
+# kept by hand: a newer boto3 brings its new types with it, and nothing here goes stale.
+HOSTING_SHAPE = "ProductionVariantInstanceType"
+TRANSFORM_SHAPE = "TransformInstanceType"
+DEFAULT_HOSTING_TYPE = "ml.c7g.xlarge"
+# batch transform's default: x86 (TransformInstanceType lists no Graviton type), 16 vCPU and 32 GiB
+# like the ml.c7g.4xlarge it replaces; c5 is the oldest compute family batch transform still offers,
+# so the one a region is likeliest to have (c6i/c7i are faster per vCPU where offered)
+DEFAULT_TRANSFORM_TYPE = "ml.c5.4xlarge"
 
 
 @functools.cache
+def api_types(shape: str) -> frozenset[str]:
+    """The instance types of enum SHAPE in the installed botocore's SageMaker model (read once a
+    process: parsing the model takes a tenth of a second)."""
+    import botocore.session
+    enum = botocore.session.get_session().get_service_model("sagemaker").shape_for(shape).enum
+    return frozenset(enum or [])
+
+
+def types_source(shape: str) -> str:
+    import botocore
+    return f"botocore {botocore.__version__}'s SageMaker {shape}"
+
+
 def hosting_types() -> frozenset[str]:
-    """Every instance type SageMaker hosts endpoints on: the list above plus the installed botocore's
-    (read once a process: parsing botocore's SageMaker model takes a tenth of a second)."""
-    types = {f"{fam}.{size}" for fam, sizes in _HOSTING_SIZES.items() for size in sizes.split()}
-    try:
-        import botocore.session
-        shape = botocore.session.get_session().get_service_model("sagemaker").shape_for(
-            "ProductionVariantInstanceType")
-        types.update(shape.enum or [])
-    except Exception:       # an old or trimmed botocore: the list above is enough
-        pass
-    return frozenset(types)
+    """Every instance type SageMaker hosts endpoints on (real-time and asynchronous)."""
+    return api_types(HOSTING_SHAPE)
+
+
+def transform_types() -> frozenset[str]:
+    """Every instance type SageMaker runs batch transform jobs on (none of them Graviton)."""
+    return api_types(TRANSFORM_SHAPE)
+
+
+def check_transform_type(instance_type: str, alternative: str = DEFAULT_TRANSFORM_TYPE) -> str:
+    """UsageError unless batch transform offers INSTANCE_TYPE (no network call). A Graviton type
+    is refused with the two ways forward."""
+    _parse_usage(instance_type)
+    if instance_type in transform_types():
+        return instance_type
+    if instance_arch(instance_type) == ARM64:
+        raise UsageError(
+            f"instance type {instance_type} is Graviton, and SageMaker batch transform has no Graviton "
+            f"instances ({types_source(TRANSFORM_SHAPE)} lists none). Either run the same multi-arch image "
+            f"on x86: --instance-type {alternative} (or another x86 type), or keep Graviton through an "
+            f"asynchronous endpoint: deploy transform --engine async --instance-type {instance_type}")
+    raise UsageError(_not_listed(instance_type, transform_types(), "batch transform", TRANSFORM_SHAPE))
+
+
+def _not_listed(instance_type: str, known: frozenset[str], what: str, shape: str) -> str:
+    close = difflib.get_close_matches(instance_type, sorted(known), n=1, cutoff=0.85)
+    fam = instance_type.rsplit(".", 1)[0]
+    sizes = sorted((t.rsplit(".", 1)[1] for t in known if t.rsplit(".", 1)[0] == fam), key=_size_order)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    if sizes:
+        hint += f" ({fam} comes in {', '.join(sizes)})"
+    return (f"instance type {instance_type} is not in SageMaker's list of {what} instance types "
+            f"({types_source(shape)}){hint}")
 
 
 class UnknownInstanceType(UsageError):
-    """Not in the list. `typo` when its family is known and it is close to a known type (refused at
+    """Not in botocore's list. `typo` when its family is known and it is close to a known type (refused at
     once); otherwise it may be newer than the list, and create/update ask the service
     (service_hosting_types) before refusing."""
 
@@ -147,13 +140,13 @@ def service_hosting_types(aws) -> set[str] | None:
 
 
 def confirm_with_service(aws, unknown: UnknownInstanceType, reporter=None) -> str:
-    """For a type the built-in list lacks (and that is no typo): accept it when Service Quotas lists
+    """For a type botocore's list lacks (and that is no typo): accept it when Service Quotas lists
     it as a hosting type, else raise the original UsageError, saying whether the service answered."""
     types = service_hosting_types(aws)
     if types and unknown.instance_type in types:
         if reporter is not None:
-            reporter.info(f"instance type {unknown.instance_type}: newer than the built-in list "
-                          f"({HOSTING_TYPES_AS_OF}); Service Quotas lists it for endpoints: ok")
+            reporter.info(f"instance type {unknown.instance_type}: newer than the installed botocore's list "
+                          f"({types_source(HOSTING_SHAPE)}); Service Quotas lists it for endpoints: ok")
         return unknown.instance_type
     said = ("Service Quotas does not list it for endpoint usage either" if types is not None
             else "Service Quotas did not answer to confirm it")
@@ -168,16 +161,11 @@ def check_hosting_type(instance_type: str) -> str:
     known = hosting_types()
     if instance_type in known:
         return instance_type
-    close = difflib.get_close_matches(instance_type, sorted(known), n=1, cutoff=0.85)
+    message = _not_listed(instance_type, known, "hosting", HOSTING_SHAPE)
     fam = instance_type.rsplit(".", 1)[0]
-    sizes = sorted((t.rsplit(".", 1)[1] for t in known if t.rsplit(".", 1)[0] == fam), key=_size_order)
-    hint = f"; did you mean {close[0]}?" if close else ""
-    if sizes:
-        hint += f" ({fam} comes in {', '.join(sizes)})"
+    typo = "did you mean" in message and any(t.rsplit(".", 1)[0] == fam for t in known)
     raise UnknownInstanceType(
-        f"instance type {instance_type} is not in SageMaker's list of hosting instance types "
-        f"(as of {HOSTING_TYPES_AS_OF}, {HOSTING_TYPES_SOURCE}){hint}; if the type is newer "
-        "than that list, pass --skip-instance-check", instance_type, typo=bool(close and sizes))
+        f"{message}; if the type is newer than that list, pass --skip-instance-check", instance_type, typo=typo)
 
 
 def _size_order(size: str) -> tuple[int, str]:

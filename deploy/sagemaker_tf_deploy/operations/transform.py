@@ -59,7 +59,7 @@ class TransformSpec:
     output: str
     role: str | None = None
     name: str | None = None
-    instance_type: str = "ml.c7g.4xlarge"
+    instance_type: str = instance.DEFAULT_TRANSFORM_TYPE
     instance_count: int = 1
     content_type: str = "text/csv"
     accept: str | None = None
@@ -97,7 +97,7 @@ def check_spec(spec: TransformSpec) -> None:
         raise UsageError("--max-concurrent must be at least 1")
     if spec.strategy == "MultiRecord" and spec.split_type == "None":
         raise UsageError("--strategy MultiRecord needs --split-type Line or RecordIO (a whole file is one record)")
-    instance.instance_arch(spec.instance_type)
+    instance.check_transform_type(spec.instance_type)
     if spec.name:
         checks.check_name(spec.name)
 
@@ -185,6 +185,11 @@ def _after_stop(aws: Aws, spec: TransformSpec, exc: BaseException, job: str | No
     except botocore.exceptions.ClientError as err:
         reporter.info(f"could not stop {job}: {error_message(err)}")
     return False
+
+
+def _say_data_stays(s3_object: tuple[str, str], reporter: Reporter) -> None:
+    bucket, key = s3_object
+    reporter.info(f"model data stays in s3://{bucket}/{key} (remove it with `aws s3 rm s3://{bucket}/{key}`)")
 
 
 def _delete_model(aws: Aws, model: str, reporter: Reporter) -> bool:
@@ -295,6 +300,9 @@ def _run_job(aws: Aws, spec: TransformSpec, local: tuple[Path, bool] | None, rep
                     reporter.info(f"deleted s3://{bucket}/{key}")
                 except botocore.exceptions.ClientError as err:
                     reporter.info(f"could not delete s3://{bucket}/{key}: {error_message(err)}")
+                    _say_data_stays(created.s3_object, reporter)
+            elif created.s3_object:     # as after a job: the archive stays for a rerun, and is named
+                _say_data_stays(created.s3_object, reporter)
         if isinstance(exc, (DeployError, KeyboardInterrupt)) or _is_stop(exc):
             raise
         if isinstance(exc, botocore.exceptions.ClientError):
@@ -302,8 +310,7 @@ def _run_job(aws: Aws, spec: TransformSpec, local: tuple[Path, bool] | None, rep
         raise
     deleted = _delete_model(aws, model, reporter)
     if created.s3_object:
-        bucket, key = created.s3_object
-        reporter.info(f"model data stays in s3://{bucket}/{key} (remove it with `aws s3 rm s3://{bucket}/{key}`)")
+        _say_data_stays(created.s3_object, reporter)
     status = desc["TransformJobStatus"]
     result = {"job": job, "status": status, "model": model, "model_deleted": deleted,
               "output": desc.get("TransformOutput", {}).get("S3OutputPath", spec.output),
@@ -374,7 +381,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, metavar="s3://.../|DIR", help="input prefix (a folder with --local)")
     p.add_argument("--output", required=True, metavar="s3://.../|DIR",
                    help="output prefix (a folder with --local): FILE.out per input FILE")
-    p.add_argument("--instance-type", default="ml.c7g.4xlarge", help="default ml.c7g.4xlarge")
+    p.add_argument("--instance-type", default=instance.DEFAULT_TRANSFORM_TYPE,
+                   help=f"default {instance.DEFAULT_TRANSFORM_TYPE} (batch transform has no Graviton types: "
+                        "see --engine async)")
     p.add_argument("--instance-count", type=_positive_int, default=1)
     p.add_argument("--content-type", default="text/csv", help="of the input records (default text/csv)")
     p.add_argument("--accept", help="media type to ask for (default: the content type, so that the answer "
