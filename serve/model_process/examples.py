@@ -9,6 +9,7 @@ this runs where the model is.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -54,6 +55,8 @@ def _fill(feature, value: Any, what: str) -> None:
             raise BadRequest(f"{what} holds integers outside int64's range")
         feature.int64_list.value.extend(values)
     elif kinds <= {int, float}:
+        if not all(math.isfinite(v) for v in values):
+            raise BadRequest(f"{what} holds NaN or Infinity; send finite numbers")
         feature.float_list.value.extend(float(v) for v in values)
     else:
         found = ", ".join(sorted(_kind(v) for v in {type(v): v for v in values}.values()))

@@ -110,3 +110,16 @@ def test_versions_listed_as_integers_highest_first_and_others_ignored(tfs_server
     assert r.json()["error"].endswith("has no version 125; it has 123, 124")
     r = requests.get(f"{tfs_server.url}/v1/models/two_versions/versions/00000124", timeout=30)
     assert r.json()["model_version_status"][0]["version"] == "124"
+
+
+# -- JSON as Python writes it --------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_json_tokens_are_the_documented_400(tfs_server, value):
+    r = invoke(tfs_server.url, json.dumps({"instances": [value, 1.0]}))  # NaN, Infinity, -Infinity tokens
+    assert r.status_code == 400, r.text
+    assert "input 'x'" in r.json()["error"] and "NaN or Infinity" in r.json()["error"]
+    r = invoke(tfs_server.url, json.dumps({"signature_name": "regress_x_to_y", "examples": [{"x": value}]}),
+               "tfs-method=regress")
+    assert r.status_code == 400, r.text
+    assert "feature 'x'" in r.json()["error"] and "NaN or Infinity" in r.json()["error"]

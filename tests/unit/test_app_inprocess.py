@@ -112,7 +112,7 @@ def test_custom_attributes_route_to_a_model_and_version(client):
     ("", "application/json", {}, 400, "empty"),
     ("x", "application/octet-stream", {}, 415, "is not supported"),
     ('{"instances": [[1, 2, 3]]}', "application/json", {"Accept": "image/png"}, 406, "cannot answer"),
-    ('{"instances": [[NaN, 2, 3]]}', "application/json", {}, 400, "JSON"),
+    ('{"instances": [[NaN, 2, 3]]}', "application/json", {}, 400, "input 'x' shape (-1, 3) float32 holds NaN"),
 ])
 def test_bad_requests_get_a_json_error_saying_what_to_fix(client, body, content_type, headers, status, words):
     r = invoke(client, body, content_type, **headers)

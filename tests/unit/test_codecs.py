@@ -337,3 +337,22 @@ def test_a_deflated_npz_member_past_the_decode_budget_is_413(monkeypatch):
     with pytest.raises(PayloadTooLarge) as err:
         codecs.decode(buf.getvalue(), "application/x-npz")
     assert err.value.status == 413 and "4 MiB" in err.value.message and "decode budget" in err.value.message
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("shape", ["instances", "inputs", "bare", "lines"])
+def test_python_json_non_finite_tokens_parse(value, shape):
+    # json.dumps writes NaN, Infinity and -Infinity; they parse, and the signature check refuses them
+    rows = [[value, 1.0], [2.0, 3.0]]
+    body, kind = {"instances": (json.dumps({"instances": rows}), codecs.JSON),
+                  "inputs": (json.dumps({"inputs": rows}), codecs.JSON),
+                  "bare": (json.dumps(rows), codecs.JSON),
+                  "lines": ("\n".join(json.dumps(r) for r in rows), codecs.JSONLINES)}[shape]
+    decoded = codecs.decode(body.encode(), kind)
+    np.testing.assert_array_equal(np.asarray(decoded.inputs).reshape(-1, 2), np.array(rows))
+
+
+def test_json_still_refuses_what_python_would_not_write():
+    for body in (b'{"instances": [nan]}', b'[NaN, 1', b'{"instances": [NaNa]}'):
+        with pytest.raises(BadRequest, match="not valid JSON"):
+            codecs.decode(body, codecs.JSON)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
 import re
 import threading
 from typing import Mapping
@@ -50,9 +51,28 @@ def _stack_rows(rows: list, what: str) -> Inputs:
         return {n: _array([r[n] for r in rows], f"{what} input '{n}'") for n in names}
     return _array(rows, what)
 
-def _loads(body: bytes, what: str):
+_NON_FINITE = re.compile(rb"NaN|Infinity")
+
+
+def _python_json(body: bytes):
+    """orjson's parse; a body it refuses that holds NaN, Infinity or -Infinity, the tokens Python's
+    json.dumps writes for non-finite floats, is parsed by Python's json, which reads them (and is
+    otherwise as strict), so the values reach the input check and get its 400 naming the input."""
     try:
         return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        if not _NON_FINITE.search(body):
+            raise
+        try:
+            return json.loads(body)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            pass
+        raise
+
+
+def _loads(body: bytes, what: str):
+    try:
+        return _python_json(body)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"{what} is not valid JSON: {exc}") from None
 
@@ -181,7 +201,7 @@ def decode_json(body: bytes) -> Decoded:
 
 def _exact_json(body: bytes) -> Decoded:
     try:
-        doc = orjson.loads(body)
+        doc = _python_json(body)
     except orjson.JSONDecodeError as exc:
         # several JSON documents one after another (JSON Lines sent as JSON): one instance each
         if len(_lines(body)) > 1:
