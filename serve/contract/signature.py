@@ -220,6 +220,13 @@ class Model:
         return time.perf_counter() - start
 
 
+def version_status(versions) -> dict:
+    """TF Serving's GET /v1/models/NAME answer for VERSIONS (as listed, None for an unversioned model)."""
+    return {"model_version_status": [
+        {"version": v or "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        for v in versions]}
+
+
 T = TypeVar("T")
 U = TypeVar("U")
 

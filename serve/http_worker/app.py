@@ -18,6 +18,7 @@ from serve.contract import codecs
 from serve.contract.errors import (BadRequest, IncompleteBody, MalformedBody, ModelNotReady, NotFound, PayloadTooLarge, ServeError,
                      TooMuchMemory)
 from serve.contract.handlers import Invocation, Target
+from serve.contract.signature import version_status
 from serve.contract.model_names import check_model_name
 from serve.contract.readiness import Readiness
 from serve.contract.redact import SecretFilter
@@ -141,13 +142,10 @@ def create_app(settings: Settings, state: WorkerState, tuning: Tuning, secrets: 
 
     @app.get("/models")
     def list_models():
+        # As AWS's container answers it: each loaded model's TF Serving status by name, {} when none
+        # (query parameters are ignored there too)
         multi_model()
-        max_results = request.args.get("max_results")
-        if max_results is not None and (not max_results.isdigit() or int(max_results) < 1):
-            raise BadRequest("max_results must be a whole number of at least 1")
-        page = state.client.call("mme_list", {"token": request.args.get("next_page_token"),
-                                              "max_results": int(max_results) if max_results else None}, 60)
-        return _json(orjson.dumps(page))
+        return _json(orjson.dumps(state.client.call("mme_list", {}, 60)))
 
     # <path:...>: a model name may hold '/' (serve/contract/model_names.py says which names are taken)
     @app.get("/models/<path:name>")
@@ -223,10 +221,7 @@ def create_app(settings: Settings, state: WorkerState, tuning: Tuning, secrets: 
                 raise NotFound(f"model '{match['name']}' has no version {version}")
         else:
             versions = state.default.repository.versions(match["name"])
-        shown = [version] if version else versions[::-1]
-        return _json(orjson.dumps({"model_version_status": [
-            {"version": v or "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
-            for v in shown]}))
+        return _json(orjson.dumps(version_status([version] if version else versions[::-1])))
 
     @app.errorhandler(ServeError)
     def serve_error(exc: ServeError):

@@ -166,7 +166,7 @@ class Server:
         if op == "mme_get":
             return ("ok", mme.entry(request["model_name"])), answer
         if op == "mme_list":
-            return ("ok", mme.list(request.get("token"), request.get("max_results"))), answer
+            return ("ok", mme.list()), answer
         if op == "mme_invoke":
             return self._whole_request(request, attached, answer, lambda invocation: mme.invoke(
                 request["model_name"], invocation, request.get("default_path", False)))

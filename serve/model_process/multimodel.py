@@ -43,6 +43,7 @@ from serve import usercode
 from serve.contract.errors import BadRequest, NotFound, ServeError
 from serve.contract.memory import malloc_trim
 from serve.contract.handlers import DefaultHandler, Invocation, Result, Target
+from serve.contract.signature import version_status
 from serve.contract.model_names import check_model_name
 from serve.model_process.loading import ModelSet, StartupFailure, load_model_dir
 from model_archive.layout import ModelNotFound, find_models
@@ -211,18 +212,18 @@ class MultiModelService:
         versions = servables.versions(servables.default) if servables is not None else [None]
         return {"modelName": loaded.name, "modelUrl": loaded.url, "versions": versions}
 
-    def list(self, token: str | None, max_results: int | None) -> dict:
-        names = sorted(self.models)
-        try:
-            start = int(token) if token else 0
-        except ValueError:
-            raise BadRequest(f"next_page_token {token!r} is not one this server gave") from None
-        end = len(names) if max_results is None else start + max_results
-        page = {"models": [{k: v for k, v in self.entry(n).items() if k != "versions"}
-                           for n in names[start:end] if n in self.models]}
-        if end < len(names):
-            page["nextPageToken"] = str(end)
-        return page
+    def list(self) -> dict:
+        """Every loaded model's TF Serving status by name (the versions its archive serves by
+        default, highest first), as AWS's container answers GET /models."""
+        with self.lock:
+            names = sorted(self.models)
+        statuses = {}
+        for name in names:
+            try:
+                statuses[name] = version_status(self.entry(name)["versions"][::-1])
+            except NotFound:  # unloaded meanwhile
+                continue
+        return statuses
 
     def estimate(self, path: Path, kind: str) -> int:
         return int(WEIGHT_FACTOR * _disk_bytes(path)) + self.overhead.get(kind, DEFAULT_OVERHEAD)

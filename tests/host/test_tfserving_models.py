@@ -123,3 +123,35 @@ def test_non_finite_json_tokens_are_the_documented_400(tfs_server, value):
                "tfs-method=regress")
     assert r.status_code == 400, r.text
     assert "feature 'x'" in r.json()["error"] and "NaN or Infinity" in r.json()["error"]
+
+
+# -- multi-model mode: the same answers, and GET /models as AWS's container answers it ---------------
+
+@pytest.fixture(scope="module", params=PROCESS_TARGETS)
+def tfs_mme(request, tmp_path_factory):
+    from tests.fixtures.tfs_models import copy_model
+    from tests.host.test_multimodel import mme_server
+
+    root = tmp_path_factory.mktemp("tfs-mme") / "models"
+    copy_model("saved_model_half_plus_two_2_versions", root / "half_plus_two" / "model")
+    with mme_server(request, request.param, root) as (server, models_root):
+        yield server, models_root
+
+
+def test_multi_model_lists_statuses_and_answers_scalars(tfs_mme):
+    server, root = tfs_mme
+    assert requests.get(f"{server.url}/models", timeout=10).json() == {}
+    r = requests.post(f"{server.url}/models", json={"model_name": "half_plus_two", "url": f"{root}/half_plus_two/model"},
+                      timeout=300)
+    assert r.status_code == 200, r.text
+    try:
+        listed = requests.get(f"{server.url}/models", timeout=10).json()
+        assert listed == {"half_plus_two": {"model_version_status": [
+            {"version": v, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+            for v in ("124", "123")]}}
+        r = requests.post(f"{server.url}/models/half_plus_two/invoke", json={"instances": [1.0, 2.0, 5.0]},
+                          headers={ATTRS: "tfs-model-version=00000123"}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json() == {"predictions": [2.5, 3.0, 4.5]}
+    finally:
+        requests.delete(f"{server.url}/models/half_plus_two", timeout=60)
