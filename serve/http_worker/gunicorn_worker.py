@@ -15,7 +15,6 @@ from functools import partial
 
 import orjson
 from gunicorn import util
-from gunicorn.arbiter import Arbiter
 from gunicorn.workers.gthread import ThreadWorker
 
 from serve.contract.memory import Trimmer
@@ -55,6 +54,9 @@ def _write_json_error(sock, status: int, reason: str, message: str) -> None:
             f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
     util.write_nonblock(sock, head + body)
 
+
+# ServeArbiter's (serve/server.py), not gunicorn's 3: user code may exit with 3, and the master halts on this
+WORKER_BOOT_ERROR = 78
 
 class ServeWorker(ThreadWorker):
     """gunicorn's gthread worker, changed where a model server needs it:
@@ -142,7 +144,7 @@ class ServeWorker(ThreadWorker):
             while not state.settled.wait(timeout=1.0):
                 self.notify()  # the master would otherwise take a long load for a hung worker
             if state.status == "failed":
-                raise SystemExit(Arbiter.WORKER_BOOT_ERROR)
+                raise SystemExit(WORKER_BOOT_ERROR)
         else:
             threading.Thread(target=self._exit_if_load_fails, args=(state,), name="load-watch",
                              daemon=True).start()
@@ -152,7 +154,7 @@ class ServeWorker(ThreadWorker):
         state.settled.wait()
         if state.status == "failed":
             logging.shutdown()
-            os._exit(Arbiter.WORKER_BOOT_ERROR)  # nothing was served yet; the master halts the server
+            os._exit(WORKER_BOOT_ERROR)  # nothing was served yet; the master halts the server
 
     def handle_request(self, req, conn):
         self.trimmer.begin()
