@@ -6,6 +6,7 @@ turns it into ``{"error": message}`` with the status below.
 from __future__ import annotations
 
 import os
+import sysconfig
 import traceback
 from pathlib import Path
 
@@ -94,12 +95,16 @@ class RequestTimeout(ServeError):
 
 
 
+_STDLIB = tuple({sysconfig.get_paths()[key] + os.sep for key in ("stdlib", "platstdlib")})
+
+
 def describe_failure(exc: BaseException) -> str:
     """One line: the exception, its first message line, and where in the user's code it was raised."""
     first = next((line for line in str(exc).splitlines() if line.strip()), "")
     text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
     frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if not any(part in f.filename for part in ("site-packages", "<frozen", f"{os.sep}serve{os.sep}"))]
+              if not any(part in f.filename for part in ("site-packages", "<frozen", f"{os.sep}serve{os.sep}"))
+              and not f.filename.startswith(_STDLIB)]   # signal.signal's own line is not the user's
     if frames:
         text += f" (at {Path(frames[-1].filename).name}, line {frames[-1].lineno})"
     return text

@@ -14,6 +14,7 @@ import gc
 import logging
 import threading
 import time
+from types import ModuleType
 from typing import Callable
 
 from serve.contract import handlers
@@ -21,7 +22,7 @@ from serve.contract.errors import describe_failure
 from serve.http_worker.modelclient import ModelClient, catalog
 from serve.contract.readiness import Readiness
 from serve.contract.settings import Settings
-from serve.usercode import CodeLocation, import_script
+from serve.usercode import CodeLocation, import_script, style_of_script
 from serve.usercode.tfs import TfsHandler
 from serve.usercode.watchdog import Watchdog
 
@@ -45,8 +46,17 @@ class WorkerState:
 
 def start(settings: Settings, code: CodeLocation | None, readiness: Readiness, model_processes: int,
           model_failed: Callable[[], bool] = lambda: False) -> WorkerState:
+    """Called on the worker's main thread (gunicorn loading the app): an AWS-container script is
+    imported here and now, as that container imports it, where signal.signal works; the rest of
+    setting up goes on in a thread, /ping answering 503 meanwhile."""
     state = WorkerState()
-    threading.Thread(target=_set_up, args=(state, settings, code, readiness, model_processes, model_failed),
+    script: tuple[ModuleType | None, BaseException | None] = (None, None)
+    if code is not None and not settings.multi_model and style_of_script(code.script) == "tfs":
+        try:
+            script = (import_script(code), None)
+        except BaseException as exc:  # reported by the set-up, as one start-up failure line
+            script = (None, exc)
+    threading.Thread(target=_set_up, args=(state, settings, code, readiness, model_processes, model_failed, script),
                      name="worker-setup", daemon=True).start()
     return state
 
@@ -63,7 +73,8 @@ class _RemoteScript:
 
 
 def _set_up(state: WorkerState, settings: Settings, code: CodeLocation | None, readiness: Readiness,
-            model_processes: int, model_failed: Callable[[], bool]) -> None:
+            model_processes: int, model_failed: Callable[[], bool],
+            script: tuple[ModuleType | None, BaseException | None] = (None, None)) -> None:
     started = time.perf_counter()
     step = "waiting for the model process"
     try:
@@ -81,7 +92,11 @@ def _set_up(state: WorkerState, settings: Settings, code: CodeLocation | None, r
         style = description["style"]
         if style == "tfs":
             step = f"importing {code.script.name}"
-            module = import_script(code)
+            module, failure = script
+            if failure is not None:
+                raise failure
+            if module is None:  # its source did not say; the model process imported it to find out
+                module = import_script(code)
             state.watchdog = Watchdog(settings.model_server_timeout, settings.model_server_threads)
             handler = TfsHandler(module, default, settings.bind_to_port, state.watchdog)
         elif style == "toolkit":

@@ -27,6 +27,7 @@ import numpy as np
 from serve.contract import channel, handlers
 
 from serve import usercode
+from serve.usercode import main_thread
 from serve.contract.errors import ServeError, TooMuchMemory
 from serve.contract.signature import Repository
 from serve.model_process.loading import Servable, StartupFailure, load_model_dir, local_infer
@@ -222,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     log.info("model process %d of %d ready in %.1f s (pid %d): intra_op_threads=%d inter_op_threads=%d, %s",
              index + 1, count, time.perf_counter() - started, os.getpid(), tuning.intra_op_threads,
              tuning.inter_op_threads, service.servables.describe() if service.servables else service.style)
-    server.serve_forever()
+    # the main thread imports user code (multi-model loads arrive on connection threads): signal.signal works there
+    threading.Thread(target=server.serve_forever, name="model-accept", daemon=True).start()
+    main_thread.serve_forever()
     return 0
 
 

@@ -37,6 +37,7 @@ from types import ModuleType
 
 from model_archive.archives import ArchiveError, ArchiveTooLarge, safe_extract
 from serve.contract.settings import Settings
+from serve.usercode import main_thread
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,8 @@ def install_requirements(code: CodeLocation, settings: Settings | None = None) -
 
 
 def import_script(code: CodeLocation, module_name: str | None = None) -> ModuleType:
-    """Import the script (as MODULE_NAME: each model's inference.py has its own in multi-model mode)."""
+    """Import the script (as MODULE_NAME: each model's inference.py has its own in multi-model mode),
+    on the main thread (``main_thread``)."""
     for path in (code.directory / "lib", code.directory):
         if path.is_dir() and str(path) not in sys.path:
             sys.path.insert(0, str(path))
@@ -229,12 +231,20 @@ def import_script(code: CodeLocation, module_name: str | None = None) -> ModuleT
         raise UserCodeSetupError(f"cannot import {code.script}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    # the code folder sits in the model folder, which is only ever read: no __pycache__ written there
-    previous, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+
+    def run() -> None:
+        # the code folder sits in the model folder, which is only ever read: no __pycache__ written there
+        previous, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.dont_write_bytecode = previous
+
     try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.dont_write_bytecode = previous
+        main_thread.call(run)   # where signal.signal works, as in AWS's container
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
     return module
 
 
