@@ -13,6 +13,7 @@ from serve import usercode
 from serve.contract import handlers
 from serve.contract.errors import describe_failure
 from serve.contract.signature import Model, Repository
+from serve.model_process.batch_check import unbatched_signatures
 from serve.model_process.batching import Batcher
 from serve.model_process.model import load_model
 from serve.usercode.tfs import TfsHandler
@@ -47,10 +48,12 @@ def local_infer(servables: Repository[Servable]):
 
 
 def make_servable(model: Model, settings) -> Servable:
+    # a signature whose answers depend on the other rows of a batch is never batched (batch_check)
+    unbatched = unbatched_signatures(model, settings.tfs_enable_batching)
     batcher = Batcher(lambda sig, feed: model.signatures[sig].call(feed),
                       max_batch_size=settings.tfs_max_batch_size if settings.tfs_enable_batching else 1,
                       max_wait=settings.batch_timeout_s,
-                      batchable=lambda sig: model.signatures[sig].batched)
+                      batchable=lambda sig: model.signatures[sig].batched and sig not in unbatched)
     return Servable(model, batcher)
 
 
