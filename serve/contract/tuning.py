@@ -159,3 +159,7 @@ def apply_environment(tuning: Tuning) -> None:
     """Export the oneDNN settings; must run before TensorFlow is imported in any process."""
     os.environ.update(tuning.environment())
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    # oneDNN's CPU allocator is a BFC pool that, when an allocation fails, retries for 10 s before it
+    # gives up, holding the model (every caller) that long for an input that asked for too much
+    # memory; the system allocator fails at once (a 413 for that caller) and gives freed memory back
+    os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")

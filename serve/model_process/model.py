@@ -15,7 +15,7 @@ from typing import Mapping
 
 import numpy as np
 
-from serve.contract.errors import BadRequest
+from serve.contract.errors import BadRequest, TooMuchMemory
 from serve.contract.signature import DEFAULT_SIGNATURE, METHODS, Model, Signature, TensorInfo
 from model_archive.layout import ModelLocation, ModelNotFound
 
@@ -55,6 +55,16 @@ def _guarded(name: str, inputs: Mapping[str, TensorInfo], call):
     def guarded(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
             return call(feed)
+        except tf.errors.ResourceExhaustedError as exc:
+            # the input asked TensorFlow for more memory than there is (a shape taken from its values,
+            # a huge batch): the request's size, as NumPy's MemoryError is; TensorFlow gave the memory
+            # back when the op failed, and the batcher runs the others of its batch alone
+            got = ", ".join(f"'{n}' {tuple(np.shape(v))}" for n, v in feed.items())
+            said = str(getattr(exc, "message", exc))
+            oom = next((line.strip().split(" on /job:")[0] for line in said.splitlines() if "OOM when" in line),
+                       _model_complaint(exc))
+            raise TooMuchMemory(f"the model ran out of memory on the input of signature '{name}' ({got}): "
+                                f"{oom}; send fewer or smaller instances") from None
         except (tf.errors.InvalidArgumentError, ValueError) as exc:
             got = ", ".join(f"'{n}' {tuple(np.shape(v))}" for n, v in feed.items())
             raise BadRequest(f"the model refused the input of signature '{name}' ({got}; it expects "
