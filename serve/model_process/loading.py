@@ -16,6 +16,7 @@ from serve.contract.signature import Model, Repository
 from serve.model_process.batch_check import unbatched_signatures
 from serve.model_process.batching import Batcher
 from serve.model_process.model import load_model
+from serve.model_process.warmup import warm_up
 from serve.usercode.tfs import TfsHandler
 from serve.usercode.toolkit import ToolkitHandler
 from serve.usercode.watchdog import Watchdog
@@ -88,13 +89,14 @@ def load_model_dir(model_dir: Path, code: usercode.CodeLocation | None, settings
                        for name, versions in find_models(model_dir).items()}
             servables = Repository(entries, default_name or next(iter(entries)))
             model = servables.get().model
-        step = "warming up the model"
         for servable in (servables or []):
-            warm = servable.model.warm_up()
+            step = f"warming up {servable.model.location}"
+            warm, what = warm_up(servable.model)
             for sig in servable.model.signatures.values():
                 log.info("%s version %s (%s loader) signature %s", servable.model.name,
                          servable.model.version or "-", servable.model.loader, sig.describe())
-            log.info("%s version %s warm-up %.0f ms", servable.model.name, servable.model.version or "-", warm * 1e3)
+            log.info("%s version %s warm-up %.0f ms: %s", servable.model.name, servable.model.version or "-",
+                     warm * 1e3, what)
         step = f"checking {code.script.name}" if code else "building the handler"
         default = None if servables is None else handlers.DefaultHandler(
             servables.map(lambda s: s.model), local_infer(servables), settings.model_server_timeout)
