@@ -155,3 +155,35 @@ def test_multi_model_lists_statuses_and_answers_scalars(tfs_mme):
         assert r.json() == {"predictions": [2.5, 3.0, 4.5]}
     finally:
         requests.delete(f"{server.url}/models/half_plus_two", timeout=60)
+
+
+# -- response content types, as AWS's container labels them ----------------------------------------
+# (its tensorflowServing.js: the first type listed in Accept when it names application/json or
+# application/jsonlines, else nginx's default_type application/json; here text/csv is answered in CSV,
+# a documented difference)
+
+@pytest.mark.parametrize("accept, content_type", [
+    (None, "application/json"), ("*/*", "application/json"), ("application/json", "application/json"),
+    ("application/jsonlines", "application/jsonlines"), ("application/jsons", "application/json"),
+    ("application/jsonlines,application/json", "application/jsonlines"), ("text/csv", "text/csv"),
+])
+@pytest.mark.parametrize("body, request_type", [
+    ({"instances": [1.0, 2.0]}, "application/json"), ("[1.0]\n[2.0]\n", "application/jsonlines"),
+    ("[1.0]\n[2.0]\n", "application/jsons"), ("1.0\n2.0\n", "text/csv"),
+])
+def test_response_content_types(tfs_server, body, request_type, accept, content_type):
+    headers = {"Accept": accept} if accept else {}
+    r = invoke(tfs_server.url, body, content_type=request_type, **headers)
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"].split(";")[0] == content_type
+
+
+@pytest.mark.parametrize("accept, content_type", [
+    (None, "application/json"), ("application/jsonlines", "application/jsonlines"), ("text/csv", "application/json"),
+])
+def test_classify_and_regress_answer_tf_servings_json_in_any_accept(tfs_server, accept, content_type):
+    headers = {"Accept": accept} if accept else {}
+    r = invoke(tfs_server.url, {"signature_name": "regress_x_to_y", "examples": [{"x": 1.0}]}, "tfs-method=regress",
+               **headers)
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"].split(";")[0] == content_type and r.json() == {"results": [2.5]}

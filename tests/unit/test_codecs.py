@@ -169,6 +169,8 @@ def test_unsupported_content_type():
     ("application/json,application/jsonlines", codecs.JSON),
     ("application/json; charset=utf-8", codecs.JSON), ("text/csv; charset=UTF-8", codecs.CSV),
     ("text/*", codecs.CSV), ("application/*", codecs.JSON), ("image/png;q=0, */*;q=0.1", codecs.JSON),
+    # AWS's container answers JSON Lines only to application/jsonlines; its other names get JSON
+    ("application/jsons", codecs.JSON), ("application/x-ndjson", codecs.JSON), ("application/jsonl", codecs.JSON),
 ])
 def test_negotiate(header, expected):
     assert codecs.negotiate(header) == expected

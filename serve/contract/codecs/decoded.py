@@ -20,12 +20,14 @@ class Decoded:
     context: dict | None = None    # ... and its optional "context" features shared by every example
 
     def reply(self, outputs: Mapping[str, np.ndarray], accept: str, method: str = "predict") -> tuple[bytes, str]:
-        """The answer to this request: TF Serving's {"results"} for classify and regress, else
+        """The answer to this request: TF Serving's {"results"} for classify and regress (in any Accept), else
         ACCEPT's encoding ({"outputs"} for a columnar {"inputs"} request, {"predictions"} otherwise)."""
         from serve.contract.codecs import encode, encode_results  # the encoders build on this module; bound at call time
+        from serve.contract.codecs.media import JSONLINES
 
-        if method != "predict":
-            return encode_results(method, outputs)
+        if method != "predict":  # TF Serving's one JSON document, labelled jsonlines when asked, as AWS's container does
+            body, content_type = encode_results(method, outputs)
+            return body, JSONLINES if accept == JSONLINES else content_type
         return encode(outputs, accept, columnar=self.columnar)
 
 

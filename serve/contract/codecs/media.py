@@ -37,6 +37,11 @@ def media_type(header: str | None, default: str = JSON) -> str:
 
 _WILDCARDS = {"*/*": JSON, "application/*": JSON, "text/*": CSV}
 
+# In Accept, AWS's container answers JSON Lines only to application/jsonlines; the other names a
+# request body may use for it (application/jsons, ...) get TF Serving's JSON, labelled application/json.
+_ACCEPT_ALIASES = {**_ALIASES, **{name: JSON for name, kind in _ALIASES.items()
+                                  if kind == JSONLINES and name != JSONLINES}}
+
 
 def negotiate(accept_header: str | None) -> str:
     """The response media type for an Accept header; JSON when it is missing or */*.
@@ -63,7 +68,7 @@ def negotiate(accept_header: str | None) -> str:
     for negative_quality, _, media in sorted(offers):
         if negative_quality >= 0:
             break
-        known = _ALIASES.get(media) or _WILDCARDS.get(media)
+        known = _ACCEPT_ALIASES.get(media) or _WILDCARDS.get(media)
         if known:
             return known
     raise NotAcceptable(f"cannot answer with Accept: {accept_header}; supported: {', '.join(ENCODABLE)}")
