@@ -10,6 +10,7 @@ pytest_plugins = [
     "tests.fixtures.moto_transform",
     "tests.fixtures.moto_migrate",
     "tests.fixtures.moto_mme",
+    "tests.fixtures.moto_async",
     "tests.fixtures.report",
     "tests.fixtures.example",
 ]

@@ -16,7 +16,7 @@ from pathlib import Path
 import botocore.exceptions
 
 from ..core import archive, checks, interrupts, output
-from ..operations import endpoint, invoke, resources, scaling, staging, waiting
+from ..operations import async_endpoint, endpoint, invoke, resources, scaling, staging, waiting
 from ..local import container as local
 from ..core.aws import Aws, error_message
 from ..core.errors import DeployError, UsageError
@@ -107,6 +107,10 @@ def _print_response(body: bytes, content_type: str, softmax: bool) -> None:
 
 
 def cmd_invoke(args, console: Console) -> int:
+    if args.async_invoke:
+        return _invoke_async(args, console)
+    if args.input or args.wait:
+        raise UsageError("--input and --wait are for --async (an asynchronous endpoint)")
     aws = _aws(args)
     body = _read_body(args)
     out, content_type = invoke.invoke(aws, args.endpoint, body, _content_type(args), args.accept,
@@ -116,6 +120,38 @@ def cmd_invoke(args, console: Console) -> int:
         output.emit({"endpoint": args.endpoint, "content_type": content_type, "body": answer}, args.output)
         return 0
     _print_response(out, content_type, args.softmax)
+    return 0
+
+
+def _invoke_async(args, console: Console) -> int:
+    """deploy invoke ENDPOINT --async --input s3://... [--wait]: queue one request; print where its
+    answer will be, or with --wait the answer (exit 0) or the failure SageMaker wrote (exit 1)."""
+    if args.file or args.json is not None:
+        raise UsageError("an async request's body is an object in S3: give --input s3://BUCKET/KEY, "
+                         "not --file or --json")
+    if not args.input:
+        raise UsageError("--async needs --input s3://BUCKET/KEY (the request body, an object in S3)")
+    checks.check_name(args.endpoint, "endpoint")
+    aws = _aws(args)
+    call = async_endpoint.invoke(aws, args.endpoint, args.input, args.content_type, args.accept)
+    queued = {"endpoint": args.endpoint, "inference_id": call.inference_id, "output_location": call.output,
+              "failure_location": call.failure}
+    if not args.wait:
+        output.emit(queued, args.output, table=lambda o: [
+            f"queued {o['inference_id']} on {o['endpoint']}",
+            f"  answer   {o['output_location']}"]
+            + ([f"  failure  {o['failure_location']}"] if o["failure_location"] else []))
+        return 0
+    console.info(f"queued {call.inference_id}; waiting for {call.output}"
+                 + (f" or {call.failure}" if call.failure else ""))
+    answer = async_endpoint.wait_for_answer(aws, call, timeout=args.timeout, poll=args.poll)
+    if not answer.ok:
+        raise DeployError(f"async inference {call.inference_id} failed ({answer.location}): "
+                          f"{answer.body.decode('utf-8', errors='replace')[:2000]}")
+    if args.output in ("json", "text"):
+        output.emit({**queued, "body": _decoded(answer.body, answer.content_type)}, args.output)
+        return 0
+    _print_response(answer.body, answer.content_type, args.softmax)
     return 0
 
 
@@ -199,6 +235,13 @@ def cmd_status(args, console: Console) -> int:
     d = resources.describe(aws, args.endpoint)
     d["scaling"] = {v["VariantName"]: scaling.scaling_of(aws, args.endpoint, v["VariantName"])
                     for v in (d["config"] or d["endpoint"]).get("ProductionVariants") or []}
+    config = (d["config"] or {}).get("AsyncInferenceConfig")
+    if config:
+        out = config.get("OutputConfig") or {}
+        d["async"] = {"output": out.get("S3OutputPath"), "failure": out.get("S3FailurePath"),
+                      "max_concurrent_invocations": (config.get("ClientConfig") or {}).get(
+                          "MaxConcurrentInvocationsPerInstance"),
+                      "backlog": async_endpoint.backlog(aws, args.endpoint)}
     output.emit(d, "json" if args.json else args.output, table=_status_table)
     return 0
 
@@ -230,9 +273,21 @@ def _status_table(d) -> list[str]:
         for k, val in sorted((c.get("Environment") or {}).items()):
             lines.append(f"  env        {k}={val}")
         scaling = (d.get("scaling") or {}).get(v["VariantName"])
-        if scaling:
+        if scaling and d.get("async"):
+            lines.append(f"  scaling    {scaling['min']}..{scaling['max']} instances, target "
+                         f"{scaling['target']} queued requests per instance")
+        elif scaling:
             lines.append(f"  scaling    {scaling['min']}..{scaling['max']} instances, target "
                          f"{scaling['target']} invocations per instance per minute")
+    if d.get("async"):
+        a = d["async"]
+        lines.append(f"async        answers to {a['output']}"
+                     + (f", failures to {a['failure']}" if a.get("failure") else ""))
+        instances = sum(v.get("CurrentInstanceCount", 0) for v in live.values())
+        backlog = a.get("backlog")
+        lines.append(f"  instances  {instances}")
+        lines.append(f"  backlog    " + (f"{backlog['size']:g} queued requests ({_age(backlog['at'])})" if backlog
+                                         else "no ApproximateBacklogSize datapoint in the last 10 minutes"))
     lines.append(f"created      {_age(ep.get('CreationTime'))}, modified {_age(ep.get('LastModifiedTime'))}")
     return lines
 
@@ -337,6 +392,15 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p, required=True)
     p.add_argument("--name", help="endpoint name (default tf-graviton-TIMESTAMP)")
     p.add_argument("--no-wait", action="store_true", help="return once the endpoint is Creating")
+    a = p.add_argument_group("asynchronous endpoint (--async; docs/deploy.md)")
+    a.add_argument("--async", dest="async_inference", action="store_true",
+                   help="an asynchronous inference endpoint: requests and answers are S3 objects")
+    a.add_argument("--async-output", metavar="s3://...", help="where SageMaker writes the answers (required)")
+    a.add_argument("--async-failure-output", metavar="s3://...", help="where it writes failures")
+    a.add_argument("--max-concurrent-invocations", type=int, metavar="N",
+                   help="requests each instance works on at once (1..1000; default SageMaker's choice)")
+    a.add_argument("--min-instances", type=int, metavar="N",
+                   help="auto scale on the backlog between N and --instance-count; 0 scales to zero when idle")
     p.set_defaults(func=cmd_create)
 
     p = sub.add_parser("invoke", help="send one request to an endpoint", parents=[common])
@@ -348,6 +412,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--custom-attributes")
     p.add_argument("--softmax", action="store_true",
                    help='turn logits in {"predictions": [[...]]} into probabilities')
+    a = p.add_argument_group("asynchronous endpoint (--async)")
+    a.add_argument("--async", dest="async_invoke", action="store_true",
+                   help="queue the request on an async endpoint; prints where the answer will be")
+    a.add_argument("--input", metavar="s3://BUCKET/KEY", help="the request body, an object in S3")
+    a.add_argument("--wait", action="store_true", help="wait for the answer (or the failure) and print it")
+    a.add_argument("--timeout", type=_positive_float, default=3600.0,
+                   help="seconds --wait waits (default 3600)")
+    a.add_argument("--poll", type=_positive_float, default=5.0, help="seconds between looks in S3 (default 5)")
     p.set_defaults(func=cmd_invoke)
 
     p = sub.add_parser("update", help="new model/config, blue/green update_endpoint, remove the old ones",

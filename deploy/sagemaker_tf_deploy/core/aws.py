@@ -89,6 +89,10 @@ class Aws:
     def autoscaling(self):
         return self.client("application-autoscaling")
 
+    @property
+    def cloudwatch(self):
+        return self.client("cloudwatch")
+
     def ecr(self, region: str | None = None):
         return self.client("ecr", region)
 

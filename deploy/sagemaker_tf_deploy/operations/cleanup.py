@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import botocore.exceptions
 
 from ..core import interrupts
-from . import staging, waiting
+from . import scaling, staging, waiting
 from ..core.aws import Aws, error_message, not_found
 from ..core.output import Reporter
 
@@ -26,9 +26,12 @@ class Created:
     model: str | None = None
     endpoint_config: str | None = None
     endpoint: str | None = None
+    scaling: tuple[str, str] | None = None        # (endpoint, variant) whose auto scaling this run set
 
     def labels(self) -> list[str]:
         out = []
+        if self.scaling:
+            out.append(f"auto scaling of {scaling.resource_id(*self.scaling)}")
         if self.endpoint:
             out.append(f"endpoint {self.endpoint}")
         if self.endpoint_config:
@@ -58,6 +61,8 @@ def rollback(aws: Aws, created: Created, reporter: Reporter, *, timeout: float =
              shield: interrupts.Shield | None = None) -> list[str]:
     """Delete what this run created, newest first. Returns what could not be deleted."""
     left = []
+    if created.scaling:
+        scaling.deregister(aws, created.scaling[0], [created.scaling[1]], reporter)
     if created.endpoint:
         name = created.endpoint
         if waiting.delete_endpoint_when_possible(aws, name, reporter, timeout=timeout, poll=poll, shield=shield):

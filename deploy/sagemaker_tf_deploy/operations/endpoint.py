@@ -18,7 +18,7 @@ from pathlib import Path
 import botocore.exceptions
 
 from ..core import checks, instance, interrupts
-from . import cleanup, registry, resources, scaling, staging, waiting
+from . import async_endpoint, cleanup, registry, resources, scaling, staging, waiting
 from ..core.aws import Aws, error_message
 from ..core.errors import DeployError, UsageError
 from ..core.output import Reporter
@@ -41,6 +41,7 @@ class CreateSpec:
     arch_check: bool = True
     instance_check: bool = True
     on_interrupt: str = interrupts.DEFAULT_ON_INTERRUPT
+    async_inference: async_endpoint.AsyncSpec | None = None     # --async: an asynchronous endpoint
 
     @classmethod
     def from_args(cls, args) -> "CreateSpec":
@@ -49,7 +50,25 @@ class CreateSpec:
                    instance_type=args.instance_type, instance_count=args.instance_count,
                    env=checks.parse_env(args.env), bucket=args.bucket, wait=not args.no_wait,
                    timeout=args.timeout, poll=args.poll, arch_check=not args.skip_arch_check,
-                   instance_check=not args.skip_instance_check, on_interrupt=args.on_interrupt)
+                   instance_check=not args.skip_instance_check, on_interrupt=args.on_interrupt,
+                   async_inference=_async_from_args(args))
+
+
+def _async_from_args(args) -> async_endpoint.AsyncSpec | None:
+    flags = {"--async-output": getattr(args, "async_output", None),
+             "--async-failure-output": getattr(args, "async_failure_output", None),
+             "--max-concurrent-invocations": getattr(args, "max_concurrent_invocations", None),
+             "--min-instances": getattr(args, "min_instances", None)}
+    if not getattr(args, "async_inference", False):
+        given = [flag for flag, value in flags.items() if value is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} only with --async (an asynchronous endpoint)")
+        return None
+    if flags["--async-output"] is None:
+        raise UsageError("--async needs --async-output s3://BUCKET/PREFIX: where SageMaker writes the answers")
+    return async_endpoint.AsyncSpec(output=args.async_output, failure_output=args.async_failure_output,
+                                    max_concurrent_invocations=args.max_concurrent_invocations,
+                                    min_instances=args.min_instances)
 
 
 def check_architecture(aws: Aws, image: str, instance_type: str, reporter: Reporter) -> None:
@@ -70,6 +89,8 @@ def check_create_locally(spec: CreateSpec, region: str, defer_unknown: bool = Fa
     unknown = checks.check_instance_type(spec.instance_type, skip_list=not spec.instance_check,
                                          defer_unknown=defer_unknown)
     checks.check_image(spec.image, region)
+    if spec.async_inference is not None:
+        async_endpoint.check_spec(spec.async_inference, spec.instance_count, spec.wait)
     return unknown
 
 
@@ -131,24 +152,32 @@ def create(aws: Aws, spec: CreateSpec, reporter: Reporter, model: SingleModel | 
                                        Tags=[resources.TAG])
             reporter.info(f"created model {model_name}{label}")
             created.endpoint_config = model_name
-            aws.sagemaker.create_endpoint_config(
-                EndpointConfigName=model_name,
-                ProductionVariants=[{
-                    "VariantName": spec.variant,
-                    "ModelName": model_name,
-                    "InstanceType": spec.instance_type,
-                    "InitialInstanceCount": spec.instance_count,
-                    "InitialVariantWeight": 1.0,
-                }],
-                Tags=[resources.TAG],
-            )
-            reporter.info(f"created endpoint config {model_name} ({spec.instance_count} x {spec.instance_type})")
+            config = {"EndpointConfigName": model_name, "Tags": [resources.TAG], "ProductionVariants": [{
+                "VariantName": spec.variant,
+                "ModelName": model_name,
+                "InstanceType": spec.instance_type,
+                "InitialInstanceCount": spec.instance_count,
+                "InitialVariantWeight": 1.0,
+            }]}
+            if spec.async_inference is not None:
+                config["AsyncInferenceConfig"] = async_endpoint.inference_config(spec.async_inference)
+            aws.sagemaker.create_endpoint_config(**config)
+            reporter.info(f"created endpoint config {model_name} ({spec.instance_count} x {spec.instance_type}"
+                          + (f", asynchronous: answers to {spec.async_inference.output})"
+                             if spec.async_inference is not None else ")"))
             created.endpoint = endpoint_name
             aws.sagemaker.create_endpoint(EndpointName=endpoint_name, EndpointConfigName=model_name, Tags=[resources.TAG])
             reporter.info(f"creating endpoint {endpoint_name}")
             desc = None
             if spec.wait:
                 desc = waiting.wait_for_endpoint(aws, endpoint_name, reporter, timeout=spec.timeout, poll=spec.poll)
+            if spec.async_inference is not None:
+                result["async_output"] = spec.async_inference.output
+                if spec.async_inference.min_instances is not None:
+                    created.scaling = (endpoint_name, spec.variant)
+                    result["scaling"] = async_endpoint.scale_on_backlog(
+                        aws, endpoint_name, spec.variant, spec.async_inference.min_instances,
+                        spec.instance_count, reporter)
             return {"endpoint": endpoint_name, "endpoint_config": model_name, "model": model_name, **result,
                     "status": desc["EndpointStatus"] if desc else "Creating", "region": aws.region}
         except BaseException as exc:

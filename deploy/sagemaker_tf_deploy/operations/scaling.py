@@ -16,6 +16,18 @@ from ..core.errors import DeployError, UsageError
 from ..core.output import Reporter
 
 
+DIMENSION = "sagemaker:variant:DesiredInstanceCount"
+
+
+def resource_id(endpoint: str, variant: str) -> str:
+    return f"endpoint/{endpoint}/variant/{variant}"
+
+
+def backlog_alarm_name(endpoint: str, variant: str) -> str:
+    """The CloudWatch alarm an async endpoint's scale-from-zero policy hangs on (async_endpoint.py)."""
+    return f"{endpoint}-{variant}-has-backlog-without-capacity"
+
+
 def autoscale(aws: Aws, name: str, *, min_count: int, max_count: int, target: float,
               scale_in_cooldown: int = 300, scale_out_cooldown: int = 60,
               variant: str | None = None) -> dict:
@@ -50,8 +62,17 @@ def autoscale(aws: Aws, name: str, *, min_count: int, max_count: int, target: fl
 
 
 def deregister(aws: Aws, name: str, variants: list[str], reporter: Reporter) -> None:
+    """The variants' scalable targets (their policies go with them) and the scale-from-zero alarm
+    an async endpoint has (async_endpoint.scale_on_backlog)."""
     for variant in variants:
         resource_id = f"endpoint/{name}/variant/{variant}"
+        alarm = backlog_alarm_name(name, variant)
+        try:
+            if aws.cloudwatch.describe_alarms(AlarmNames=[alarm])["MetricAlarms"]:
+                aws.cloudwatch.delete_alarms(AlarmNames=[alarm])
+                reporter.info(f"deleted CloudWatch alarm {alarm}")
+        except botocore.exceptions.ClientError as exc:
+            reporter.info(f"could not delete CloudWatch alarm {alarm}: {error_message(exc)}")
         try:
             targets = aws.autoscaling.describe_scalable_targets(
                 ServiceNamespace="sagemaker", ResourceIds=[resource_id])["ScalableTargets"]
