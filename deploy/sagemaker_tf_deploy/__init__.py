@@ -31,6 +31,9 @@ modules, each with one reason to change:
                the failing records, `<file>.out` in order, progress
 - local/async_runtime.py  an async endpoint's runtime played here (a folder for S3)
 - operations/transform_cost.py  the cost line: instance-hours, cost per million records, batch's estimate
+- operations/transform_async.py  `deploy transform --engine async` on AWS: async endpoint scaled 0..N,
+               the loop, clean-up, the interruption rule
+- operations/async_io.py  its plumbing: S3 input/output, requests staged and invoked, answers collected
 - operations/migrate.py   `deploy migrate/promote/rollback`: x86 endpoint to Graviton through variants
 - operations/compare.py   `deploy compare`, `deploy local --fpmath-check`: latency and agreement (no NumPy)
 - operations/multimodel.py  multi-model endpoints: create --multi-model, `deploy models`, local proxy

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from . import records as rec
+from ..core import interrupts
 from ..core.errors import DeployError
 
 MAX_REPORTED = 20                      # failing records listed per run (the count is always exact)
@@ -302,7 +303,7 @@ def _assemble(f: _FileState, options: Options, sink: Sink, run: RunResult) -> No
 
 def run(source: Source, sink: Sink, sender: Sender, options: Options, parameters: dict, *,
         in_flight: int | None = None, retries: int = RETRIES, retry_delay: float = RETRY_DELAY,
-        quiet: bool = False, stream=None) -> RunResult:
+        quiet: bool = False, stream=None, timeout: float | None = None) -> RunResult:
     """Transform every file of SOURCE into SINK through SENDER (see the module's docstring).
 
     Files are read one at a time; the next file's requests go out while the last ones of the
@@ -339,7 +340,10 @@ def run(source: Source, sink: Sink, sender: Sender, options: Options, parameters
 
         def drain(limit: int) -> None:
             while len(futures) > limit:
-                done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                left = None if timeout is None else timeout - (time.monotonic() - start)
+                if left is not None and left <= 0:
+                    raise interrupts.WaitTimedOut(f"the transform was not done after {timeout:.0f} s (--timeout)")
+                done, _ = wait(futures, timeout=left, return_when=FIRST_COMPLETED)
                 for fut in done:
                     settle(futures.pop(fut), fut.result())
 

@@ -408,6 +408,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     en = p.add_argument_group("async engine (--engine async)")
     en.add_argument("--max-in-flight", type=_positive_int, metavar="N",
                     help="requests out at once (default: twice the requests the instances take at once)")
+    en.add_argument("--max-instances", type=_positive_int, default=1, metavar="N",
+                    help="auto scaling from 0 to N instances on the backlog (default 1)")
+    en.add_argument("--keep", action="store_true",
+                    help="at the end, keep the endpoint scaled to zero instead of removing it")
     sm = p.add_argument_group("SageMaker job (without --local)")
     sm.add_argument("--role", default=os.environ.get("SAGEMAKER_ROLE_ARN"),
                     help="execution role ARN (default: $SAGEMAKER_ROLE_ARN)")
@@ -436,8 +440,7 @@ def cmd_transform(args, console) -> int:
     if args.local:
         return _cmd_local(args, console, env)
     if args.engine == "async":
-        raise UsageError("--engine async runs with --local for now: on AWS it needs the async endpoints "
-                         "of `deploy create --async` (issue 24)")
+        return _cmd_async(args, console, env)
     spec = TransformSpec(
         image=args.image, model_data=args.model_data, input=args.input, output=args.output, role=args.role,
         name=args.name, instance_type=args.instance_type, instance_count=args.instance_count,
@@ -454,6 +457,38 @@ def cmd_transform(args, console) -> int:
         f"  instances   {o['instance_count']} x {o['instance_type']}",
         f"  model       {o['model']} {'deleted' if o['model_deleted'] else 'NOT deleted'}",
         f"  logs        {o['logs']}"])
+    return 0
+
+
+def _cmd_async(args, console, env: dict[str, str]) -> int:
+    from . import transform_async
+
+    spec = transform_async.AsyncTransformSpec(
+        image=args.image, model_data=args.model_data, input=args.input, output=args.output, role=args.role,
+        name=args.name, instance_type=args.instance_type, max_instances=args.max_instances,
+        content_type=args.content_type, accept=args.accept, split_type=args.split_type, strategy=args.strategy,
+        max_payload_mb=args.max_payload_mb, max_concurrent=args.max_concurrent, max_in_flight=args.max_in_flight,
+        join_source=args.join_source, env=env, bucket=args.bucket, arch_check=not args.skip_arch_check,
+        timeout=args.timeout, poll=args.poll, collect_poll=min(1.0, args.poll), on_interrupt=args.on_interrupt,
+        keep=args.keep)
+    transform_async.check_spec(spec)     # before AWS is even configured
+    aws = Aws(region=args.region, profile=args.profile, endpoint_url=args.endpoint_url)
+    out = transform_async.run(aws, spec, console, quiet=args.quiet)
+    result = out["result"]
+    doc = {**run_document(result, "async"), "endpoint": out["endpoint"], "kept": out["kept"],
+           "output": out["output"], "instance_type": out["instance_type"], "max_instances": out["max_instances"],
+           "model_data": out["model_data"]}
+    doc["cost"] = transform_cost.summary(
+        records=result.records, seconds=result.seconds, instance_type=args.instance_type,
+        batch_type=BATCH_X86_DEFAULT, instance_seconds=result.instance_seconds, price=args.price_per_hour,
+        batch_price=args.batch_price_per_hour)
+
+    def table(d):
+        lines = run_table(d)
+        where = (f"kept, scaled to zero (`deploy delete {d['endpoint']}` removes it)" if d["kept"] else "removed")
+        return lines[:1] + [f"  endpoint {d['endpoint']} ({d['instance_type']}, 0..{d['max_instances']}): {where}"] + lines[1:]
+    output.emit(doc, args.format, table=table)
+    _report_failures(result)
     return 0
 
 
