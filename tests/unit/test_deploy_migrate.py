@@ -200,6 +200,23 @@ def test_replace_mode_then_rollback(capsys, x86_endpoint, ecr_images):
     assert state() == before                                         # scaling back on AllTraffic too
 
 
+def test_canary_with_an_x86_fallback_pool_then_promote(capsys, x86_endpoint, ecr_images):
+    """Graviton first, x86 if Graviton capacity is short: one variant, two pools (issue 24)."""
+    code, out, err = run(capsys, "migrate", "digits", "--image", ecr_images["multi"], "--mode", "canary",
+                         "--fallback-instance-types", "ml.c6i.xlarge")
+    assert code == 0, err
+    assert "ml.c7g.xlarge is arm64, ml.c6i.xlarge is amd64: ok" in err
+    graviton = next(v for v in migration_config()["ProductionVariants"] if v["VariantName"] == "Graviton")
+    assert graviton["InstancePools"] == [{"InstanceType": "ml.c7g.xlarge", "Priority": 1},
+                                         {"InstanceType": "ml.c6i.xlarge", "Priority": 2}]
+    code, out, err = run(capsys, "promote", "digits")
+    assert code == 0, err
+    assert "(Graviton alone, 2 x ml.c7g.xlarge, then ml.c6i.xlarge)" in err
+    code, out, err = run(capsys, "migrate", "digits", "--image", ecr_images["arm64"], "--fallback-instance-types",
+                         "ml.c6i.xlarge")
+    assert code == 1 and "has architectures [arm64] but ml.c6i.xlarge is amd64" in err
+
+
 def test_replace_mode_then_promote(capsys, x86_endpoint, ecr_images):
     code, out, err = run(capsys, "migrate", "digits", "--image", ecr_images["multi"], "--mode", "replace")
     assert code == 0, err
@@ -240,12 +257,12 @@ def test_refusals_create_nothing(capsys, x86_endpoint, ecr_images):
     code, out, err = run(capsys, "migrate", "digits", "--image", ecr_images["amd64"])
     assert code == 1 and "has architectures [amd64]" in err
     code, out, err = run(capsys, "migrate", "digits", "--image", ecr_images["multi"], "--instance-type", "ml.c6i.large")
-    assert code == 1 and "not a Graviton instance type" in err
+    assert code == 2 and "not a Graviton instance type" in err      # a bad argument: docs/deploy.md's table
     code, out, err = run(capsys, "migrate", "nope", "--image", ecr_images["multi"])
     assert code == 1 and "no endpoint named nope" in err
     code, out, err = run(capsys, "migrate", "digits", "--image", ecr_images["multi"], "--mode", "replace",
                          "--weight", "0.5")
-    assert code == 1 and "--weight applies to" in err
+    assert code == 2 and "--weight applies to" in err
     code, out, err = run(capsys, "migrate", "digits", "--image", ecr_images["multi"], "--weight", "2")
     assert code == 2
     code, out, err = run(capsys, "promote", "digits")

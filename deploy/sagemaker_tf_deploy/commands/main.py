@@ -66,7 +66,7 @@ def cmd_update(args, console: Console) -> int:
         instance_type=args.instance_type, instance_count=args.instance_count, role=args.role,
         env=checks.parse_env(args.env), bucket=args.bucket, timeout=args.timeout, poll=args.poll,
         arch_check=not args.skip_arch_check, instance_check=not args.skip_instance_check,
-        on_interrupt=args.on_interrupt)
+        on_interrupt=args.on_interrupt, fallback_instance_types=args.fallback_instance_types)
     out = endpoint.update(aws, spec, console)
     output.emit(out, args.output, table=lambda o: [
         f"endpoint {o['endpoint']} is {o['status']} on {o['endpoint_config']} ({o['image']}, {o['instance_type']})"])
@@ -261,7 +261,15 @@ def _status_table(d) -> list[str]:
     for v in (cfg or {}).get("ProductionVariants") or list(live.values()):
         cur = live.get(v["VariantName"], {})
         count = cur.get("CurrentInstanceCount", v.get("InitialInstanceCount"))
-        lines.append(f"variant      {v['VariantName']}: {count} x {v.get('InstanceType', '?' if not cfg else 'serverless')}")
+        if v.get("InstancePools"):
+            serving = {p["InstanceType"]: p.get("CurrentInstanceCount", 0) for p in cur.get("InstancePools") or []}
+            lines.append(f"variant      {v['VariantName']}: {count} instance(s) in pools")
+            for pool in sorted(v["InstancePools"], key=lambda p: p["Priority"]):
+                n = serving.get(pool["InstanceType"], 0)
+                lines.append(f"  pool {pool['Priority']}     {pool['InstanceType']}: {n} serving"
+                             + (f" (model {pool['ModelNameOverride']})" if pool.get("ModelNameOverride") else ""))
+        else:
+            lines.append(f"variant      {v['VariantName']}: {count} x {v.get('InstanceType', '?' if not cfg else 'serverless')}")
         if "ModelName" not in v:
             continue
         model = d["models"].get(v["ModelName"])
@@ -377,6 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                     else " (default: the current model's)"))
         p.add_argument("--instance-type", default="ml.c7g.xlarge" if required else None,
                        help="instance type" + (" (default ml.c7g.xlarge)" if required else ""))
+        p.add_argument("--fallback-instance-types", metavar="T1,T2",
+                       help="capacity fallback: instance pools tried in this order after --instance-type when "
+                            "it has no capacity (up to 4; the image must run on each)"
+                            + ("" if required else "; '' drops the variant's pools"))
         p.add_argument("--instance-count", type=int, default=1 if required else None)
         p.add_argument("--env", action="append", metavar="K=V", help="container environment (repeatable); "
                        "overrides the defaults")

@@ -77,6 +77,33 @@ def check_instance_type(instance_type: str, skip_list: bool = False,
     return None
 
 
+MAX_POOLS = 5          # InstancePoolList holds 1..5 pools (Priority 1..5) in botocore's SageMaker model
+
+
+def check_fallbacks(primary: str | None, text: str | None, skip_list: bool = False) -> list[str]:
+    """--fallback-instance-types T1,T2: hosting types (unless SKIP_LIST), none repeated nor equal to
+    the primary, at most MAX_POOLS - 1 of them. Returns them in priority order."""
+    if text is None:
+        return []
+    types = [t.strip() for t in text.split(",")]
+    if not all(types):
+        raise UsageError(f"--fallback-instance-types {text!r}: give types separated by commas, e.g. "
+                         "ml.c7g.xlarge,ml.c6i.xlarge")
+    if len(types) > MAX_POOLS - 1:
+        raise UsageError(f"--fallback-instance-types: at most {MAX_POOLS - 1} (a variant has at most "
+                         f"{MAX_POOLS} instance pools, --instance-type being the first)")
+    seen = {primary} if primary else set()
+    for t in types:
+        if t in seen:
+            raise UsageError(f"--fallback-instance-types: {t} is listed twice (with --instance-type)")
+        seen.add(t)
+        if skip_list:
+            instance._parse_usage(t)
+        else:
+            instance.check_hosting_type(t)
+    return types
+
+
 def check_image(image: str, region: str):
     return registry.check_ecr_location(image, region)
 

@@ -42,6 +42,12 @@ class CreateSpec:
     instance_check: bool = True
     on_interrupt: str = interrupts.DEFAULT_ON_INTERRUPT
     async_inference: async_endpoint.AsyncSpec | None = None     # --async: an asynchronous endpoint
+    fallback_instance_types: str | None = None     # --fallback-instance-types T1,T2: InstancePools
+
+    @property
+    def fallbacks(self) -> list[str]:
+        return checks.check_fallbacks(self.instance_type, self.fallback_instance_types,
+                                      skip_list=not self.instance_check)
 
     @classmethod
     def from_args(cls, args) -> "CreateSpec":
@@ -51,7 +57,8 @@ class CreateSpec:
                    env=checks.parse_env(args.env), bucket=args.bucket, wait=not args.no_wait,
                    timeout=args.timeout, poll=args.poll, arch_check=not args.skip_arch_check,
                    instance_check=not args.skip_instance_check, on_interrupt=args.on_interrupt,
-                   async_inference=_async_from_args(args))
+                   async_inference=_async_from_args(args),
+                   fallback_instance_types=getattr(args, "fallback_instance_types", None))
 
 
 def _async_from_args(args) -> async_endpoint.AsyncSpec | None:
@@ -71,11 +78,14 @@ def _async_from_args(args) -> async_endpoint.AsyncSpec | None:
                                     min_instances=args.min_instances)
 
 
-def check_architecture(aws: Aws, image: str, instance_type: str, reporter: Reporter) -> None:
-    instance.instance_arch(instance_type)   # refuse a malformed type before reading the registry
+def check_architecture(aws: Aws, image: str, instance_type: str | list[str], reporter: Reporter) -> None:
+    """The image's architectures against the instance type, or against every pool's type."""
+    types = [instance_type] if isinstance(instance_type, str) else list(instance_type)
+    for t in types:
+        instance.instance_arch(t)   # refuse a malformed type before reading the registry
     archs = registry.image_architectures(image, aws)
-    arch = instance.check_compatible(image, archs, instance_type)
-    reporter.info(f"image {image}: {', '.join(sorted(archs))}; {instance_type} is {arch}: ok")
+    found = [f"{t} is {instance.check_compatible(image, archs, t)}" for t in types]
+    reporter.info(f"image {image}: {', '.join(sorted(archs))}; {', '.join(found)}: ok")
 
 
 def check_create_locally(spec: CreateSpec, region: str, defer_unknown: bool = False):
@@ -88,6 +98,7 @@ def check_create_locally(spec: CreateSpec, region: str, defer_unknown: bool = Fa
     checks.check_role(spec.role)
     unknown = checks.check_instance_type(spec.instance_type, skip_list=not spec.instance_check,
                                          defer_unknown=defer_unknown)
+    spec.fallbacks     # noqa: B018 -- checked here, before any call
     checks.check_image(spec.image, region)
     if spec.async_inference is not None:
         async_endpoint.check_spec(spec.async_inference, spec.instance_count, spec.wait)
@@ -136,7 +147,7 @@ def create(aws: Aws, spec: CreateSpec, reporter: Reporter, model: SingleModel | 
         if unknown_type is not None:
             instance.confirm_with_service(aws, unknown_type, reporter)
         if spec.arch_check:
-            check_architecture(aws, spec.image, spec.instance_type, reporter)
+            check_architecture(aws, spec.image, [spec.instance_type, *spec.fallbacks], reporter)
         else:
             reporter.info("architecture check skipped (--skip-arch-check)")
         existing = waiting.describe_endpoint_or_none(aws, endpoint_name)
@@ -152,17 +163,18 @@ def create(aws: Aws, spec: CreateSpec, reporter: Reporter, model: SingleModel | 
                                        Tags=[resources.TAG])
             reporter.info(f"created model {model_name}{label}")
             created.endpoint_config = model_name
-            config = {"EndpointConfigName": model_name, "Tags": [resources.TAG], "ProductionVariants": [{
+            variant = resources.with_pools({
                 "VariantName": spec.variant,
                 "ModelName": model_name,
-                "InstanceType": spec.instance_type,
                 "InitialInstanceCount": spec.instance_count,
                 "InitialVariantWeight": 1.0,
-            }]}
+            }, spec.instance_type, spec.fallbacks)
+            config = {"EndpointConfigName": model_name, "Tags": [resources.TAG], "ProductionVariants": [variant]}
             if spec.async_inference is not None:
                 config["AsyncInferenceConfig"] = async_endpoint.inference_config(spec.async_inference)
             aws.sagemaker.create_endpoint_config(**config)
-            reporter.info(f"created endpoint config {model_name} ({spec.instance_count} x {spec.instance_type}"
+            reporter.info(f"created endpoint config {model_name} ({spec.instance_count} x "
+                          f"{resources.describe_types(variant)}"
                           + (f", asynchronous: answers to {spec.async_inference.output})"
                              if spec.async_inference is not None else ")"))
             created.endpoint = endpoint_name
@@ -242,15 +254,19 @@ class UpdateSpec:
     arch_check: bool = True
     instance_check: bool = True
     on_interrupt: str = interrupts.DEFAULT_ON_INTERRUPT
+    fallback_instance_types: str | None = None     # "" drops the pools; None keeps what the variant has
 
 
 def check_update_locally(spec: UpdateSpec, region: str):
     """Every update check that needs no network; returns an instance type to confirm with the
     service (see check_create_locally) or None."""
     checks.check_count(spec.instance_count)
-    if not any([spec.image, spec.model_data, spec.instance_type, spec.instance_count, spec.env, spec.role]):
+    if not any([spec.image, spec.model_data, spec.instance_type, spec.instance_count, spec.env, spec.role,
+                spec.fallback_instance_types is not None]):
         raise UsageError("nothing to update: give --image, --model-data, --instance-type, "
-                         "--instance-count, --role or --env")
+                         "--fallback-instance-types, --instance-count, --role or --env")
+    if spec.fallback_instance_types:
+        checks.check_fallbacks(spec.instance_type, spec.fallback_instance_types, skip_list=not spec.instance_check)
     checks.check_name(spec.name, "endpoint")
     if spec.role:
         checks.check_role(spec.role)
@@ -302,12 +318,26 @@ def _new_container(aws: Aws, spec: UpdateSpec, container: dict, image: str, mode
     return new_container
 
 
-def _new_variant(old_variant: dict, new_name: str, instance_type: str, instance_count: int | None) -> dict:
+def _new_variant(old_variant: dict, new_name: str, instance_type: str, instance_count: int | None,
+                 fallbacks: list[str]) -> dict:
     variant = {k: v for k, v in old_variant.items() if k in resources.VARIANT_KEYS}
-    variant.update(ModelName=new_name, InstanceType=instance_type)
+    variant = resources.with_pools({**variant, "ModelName": new_name}, instance_type, fallbacks)
     if instance_count:
         variant["InitialInstanceCount"] = instance_count
     return variant
+
+
+def _update_types(spec: UpdateSpec, old_variant: dict) -> tuple[str, list[str]]:
+    """(instance type, fallbacks) of the updated variant: the flags given, else the old variant's
+    (--instance-type alone keeps the old fallbacks; --fallback-instance-types '' drops them)."""
+    old = resources.variant_types(old_variant)
+    instance_type = spec.instance_type or old[0]
+    if spec.fallback_instance_types is None:
+        fallbacks = [t for t in old[1:] if t != instance_type]
+    else:
+        fallbacks = checks.check_fallbacks(instance_type, spec.fallback_instance_types or None,
+                                           skip_list=not spec.instance_check)
+    return instance_type, fallbacks
 
 
 def update(aws: Aws, spec: UpdateSpec, reporter: Reporter) -> dict:
@@ -327,9 +357,9 @@ def update(aws: Aws, spec: UpdateSpec, reporter: Reporter) -> dict:
         config, old_variant, old_model = _updatable(aws, spec)
         container = old_model["PrimaryContainer"]
         image = spec.image or container["Image"]
-        instance_type = spec.instance_type or old_variant["InstanceType"]
-        if spec.arch_check and (spec.image or spec.instance_type):
-            check_architecture(aws, image, instance_type, reporter)
+        instance_type, fallbacks = _update_types(spec, old_variant)
+        if spec.arch_check and (spec.image or spec.instance_type or fallbacks):
+            check_architecture(aws, image, [instance_type, *fallbacks], reporter)
         old_config_name = config["EndpointConfigName"]
         new_name = resources.resource_name(spec.name, resources.timestamp())
         created = cleanup.Created()
@@ -340,11 +370,12 @@ def update(aws: Aws, spec: UpdateSpec, reporter: Reporter) -> dict:
             aws.sagemaker.create_model(ModelName=new_name, PrimaryContainer=new_container,
                                        ExecutionRoleArn=spec.role or old_model["ExecutionRoleArn"], Tags=[resources.TAG])
             reporter.info(f"created model {new_name}")
-            variant = _new_variant(old_variant, new_name, instance_type, spec.instance_count)
+            variant = _new_variant(old_variant, new_name, instance_type, spec.instance_count, fallbacks)
             created.endpoint_config = new_name
             aws.sagemaker.create_endpoint_config(EndpointConfigName=new_name, ProductionVariants=[variant],
                                                  Tags=[resources.TAG])
-            reporter.info(f"created endpoint config {new_name} ({variant['InitialInstanceCount']} x {instance_type})")
+            reporter.info(f"created endpoint config {new_name} ({variant['InitialInstanceCount']} x "
+                          f"{resources.describe_types(variant)})")
             state["scaling"] = scaling.suspend(aws, spec.name, variant["VariantName"], reporter)
             state["sent"] = True
             aws.sagemaker.update_endpoint(EndpointName=spec.name, EndpointConfigName=new_name)
@@ -558,7 +589,7 @@ def list_endpoints(aws: Aws, name_contains: str | None = None) -> list[dict]:
                 desc = aws.sagemaker.describe_endpoint(EndpointName=ep["EndpointName"])
                 cfg = aws.sagemaker.describe_endpoint_config(EndpointConfigName=desc["EndpointConfigName"])
                 pv = cfg["ProductionVariants"][0]
-                row["instance_type"] = pv.get("InstanceType", "serverless")
+                row["instance_type"] = resources.describe_types(pv)
                 live = (desc.get("ProductionVariants") or [{}])[0]
                 row["count"] = live.get("CurrentInstanceCount", pv.get("InitialInstanceCount", ""))
             except botocore.exceptions.ClientError:

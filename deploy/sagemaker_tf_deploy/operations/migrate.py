@@ -37,7 +37,7 @@ from ..core.aws import Aws, error_code, error_message
 from .cleanup import Created
 from ..core.output import Reporter
 from .resources import TAG
-from ..core.errors import DeployError
+from ..core.errors import DeployError, UsageError
 
 MODES = ("shadow", "canary", "replace")
 PREFIX = "tf-graviton-migrate:"
@@ -63,6 +63,7 @@ class MigrateSpec:
     timeout: float = 1800.0
     poll: float = 15.0
     on_interrupt: str = interrupts.ROLLBACK
+    fallback_instance_types: str | None = None    # capacity fallback pools after the Graviton type
 
 
 @dataclass
@@ -263,22 +264,24 @@ def _pick_variant_name(taken: set[str]) -> str:
 
 def migrate(aws: Aws, spec: MigrateSpec, reporter: Reporter) -> dict:
     if spec.mode not in MODES:
-        raise DeployError(f"--mode must be one of {', '.join(MODES)}")
+        raise UsageError(f"--mode must be one of {', '.join(MODES)}")
     if spec.instance_count is not None and spec.instance_count < 1:
-        raise DeployError("--instance-count must be at least 1")
+        raise UsageError("--instance-count must be at least 1")
     weight = spec.weight
     if weight is None:
         weight = {"shadow": 1.0, "canary": 0.1, "replace": 1.0}[spec.mode]
     if spec.mode == "replace" and spec.weight is not None:
-        raise DeployError("--weight applies to --mode canary (traffic share) and shadow (copied share)")
+        raise UsageError("--weight applies to --mode canary (traffic share) and shadow (copied share)")
     if not 0.0 <= weight <= 1.0:
-        raise DeployError("--weight is a share between 0 and 1 (0.1 = 10%)")
+        raise UsageError("--weight is a share between 0 and 1 (0.1 = 10%)")
     if spec.mode == "shadow" and weight == 0:
-        raise DeployError("--weight 0 in shadow mode would copy no traffic; use --mode canary --weight 0 "
+        raise UsageError("--weight 0 in shadow mode would copy no traffic; use --mode canary --weight 0 "
                           "for a variant reachable only with TargetVariant")
     if instance.instance_arch(spec.instance_type) != instance.ARM64:
-        raise DeployError(f"{spec.instance_type} is not a Graviton instance type (migrate moves to "
+        raise UsageError(f"{spec.instance_type} is not a Graviton instance type (migrate moves to "
                           "Graviton: ml.c7g.xlarge, ml.m7g.large, ml.c6g.2xlarge, ...)")
+    # exit 2 for all of the above: a bad argument, refused before any call (docs/deploy.md's table)
+    fallbacks = checks.check_fallbacks(spec.instance_type, spec.fallback_instance_types)
 
     # read the endpoint; nothing is created before every check passed
     current = resources.describe(aws, spec.name)
@@ -297,10 +300,11 @@ def migrate(aws: Aws, spec: MigrateSpec, reporter: Reporter) -> dict:
         raise DeployError(f"endpoint {spec.name} has {len(config['ProductionVariants'])} production variants "
                           f"({names}); migrate moves an endpoint with one")
     old_variant = config["ProductionVariants"][0]
-    if "InstanceType" not in old_variant:
+    old_types = resources.variant_types(old_variant)
+    if not old_types:
         raise DeployError(f"variant {old_variant['VariantName']} is serverless: migrate moves instance-backed endpoints")
-    if instance.instance_arch(old_variant["InstanceType"]) == instance.ARM64:
-        reporter.info(f"note: {old_variant['VariantName']} already runs on {old_variant['InstanceType']} (Graviton)")
+    if instance.instance_arch(old_types[0]) == instance.ARM64:
+        reporter.info(f"note: {old_variant['VariantName']} already runs on {old_types[0]} (Graviton)")
     old_model = current["models"].get(old_variant["ModelName"])
     if not old_model:
         raise DeployError(f"model {old_variant['ModelName']} of {spec.name} cannot be read")
@@ -317,7 +321,9 @@ def migrate(aws: Aws, spec: MigrateSpec, reporter: Reporter) -> dict:
             raise DeployError(f"image {spec.image} has architectures [{', '.join(sorted(archs)) or 'none'}] but "
                               f"{spec.instance_type} is arm64: migrate needs this project's image built for "
                               "linux/arm64 (./build.sh --platform linux/arm64,linux/amd64 --push ...)")
-        reporter.info(f"image {spec.image}: {', '.join(sorted(archs))}; {spec.instance_type} is arm64: ok")
+        pools = [f"{t} is {instance.check_compatible(spec.image, archs, t)}" for t in fallbacks]
+        reporter.info(f"image {spec.image}: {', '.join(sorted(archs))}; {spec.instance_type} is arm64"
+                      + "".join(f", {p}" for p in pools) + ": ok")
     else:
         reporter.info("architecture check skipped (--skip-arch-check)")
 
@@ -354,8 +360,8 @@ def migrate(aws: Aws, spec: MigrateSpec, reporter: Reporter) -> dict:
                       + (f"; added {', '.join(f'{k}={env[k]}' for k in added)}" if added else "") + ")")
 
         x86 = {k: v for k, v in old_variant.items() if k in resources.VARIANT_KEYS or k == "ModelName"}
-        graviton = {"VariantName": variant_name, "ModelName": new_name, "InstanceType": spec.instance_type,
-                    "InitialInstanceCount": count}
+        graviton = resources.with_pools({"VariantName": variant_name, "ModelName": new_name,
+                                         "InitialInstanceCount": count}, spec.instance_type, fallbacks)
         for key in ("ModelDataDownloadTimeoutInSeconds", "ContainerStartupHealthCheckTimeoutInSeconds",
                     "VolumeSizeInGB"):
             if key in old_variant:
@@ -383,7 +389,7 @@ def migrate(aws: Aws, spec: MigrateSpec, reporter: Reporter) -> dict:
         aws.sagemaker.create_endpoint_config(**cfg)
         created.endpoint_config = new_name
         reporter.info(f"created endpoint config {new_name} ({spec.mode}: {shape}; "
-                      f"{count} x {spec.instance_type})")
+                      f"{count} x {resources.describe_types(graviton)})")
         scaling_to = variant_name if spec.mode == "replace" else x86_name
         desc = _switch(aws, spec.name, new_name, reporter, scaling_from=x86_name, scaling_to=scaling_to,
                        timeout=spec.timeout, poll=spec.poll, started=updated)
@@ -453,7 +459,7 @@ def promote(aws: Aws, name: str, reporter: Reporter, *, timeout: float = 1800.0,
             aws.sagemaker.create_endpoint_config(**cfg)
             created.endpoint_config = final
             reporter.info(f"created endpoint config {final} ({mig.variant} alone, "
-                          f"{variant['InitialInstanceCount']} x {variant['InstanceType']})")
+                          f"{variant['InitialInstanceCount']} x {resources.describe_types(variant)})")
             _switch(aws, name, final, reporter, scaling_from=mig.x86_variant, scaling_to=mig.variant,
                     timeout=timeout, poll=poll, started=updated)
         except BaseException as exc:
@@ -466,7 +472,7 @@ def promote(aws: Aws, name: str, reporter: Reporter, *, timeout: float = 1800.0,
     configs = [c for c in (mig.from_config, config_name) if c != final]
     deleted = _delete(aws, reporter, configs, [x86_model] if x86_model else [])
     return {"endpoint": name, "endpoint_config": final, "variant": mig.variant, "model": mig.model,
-            "instance_type": graviton["InstanceType"], "deleted": deleted}
+            "instance_type": resources.variant_types(graviton)[0], "deleted": deleted}
 
 
 def rollback(aws: Aws, name: str, reporter: Reporter, *, timeout: float = 1800.0, poll: float = 15.0) -> dict:
@@ -498,7 +504,8 @@ def cmd_migrate(args, console) -> int:
     spec = MigrateSpec(name=args.endpoint, image=args.image, instance_type=args.instance_type,
                        instance_count=args.instance_count, mode=args.mode, weight=args.weight,
                        env=checks.parse_env(args.env), role=args.role, arch_check=not args.skip_arch_check,
-                       timeout=args.timeout, poll=args.poll, on_interrupt=args.on_interrupt)
+                       timeout=args.timeout, poll=args.poll, on_interrupt=args.on_interrupt,
+                       fallback_instance_types=args.fallback_instance_types)
     result = migrate(_aws(args), spec, console)
 
     def table(r):
@@ -561,6 +568,9 @@ def add_parsers(sub, common, waiting) -> None:
     p.add_argument("endpoint", metavar="ENDPOINT")
     p.add_argument("--image", required=True, help="this project's image (arm64 or multi-arch), in ECR")
     p.add_argument("--instance-type", default="ml.c7g.xlarge", help="Graviton instance type (default ml.c7g.xlarge)")
+    p.add_argument("--fallback-instance-types", metavar="T1,T2",
+                   help="capacity fallback for the Graviton variant: instance pools tried in this order after "
+                        "--instance-type (x86 types too, with a multi-arch image)")
     p.add_argument("--instance-count", type=int, help="Graviton instances (default: as many as the x86 variant has)")
     p.add_argument("--mode", choices=MODES, default="shadow",
                    help="shadow (default): Graviton gets a copy of live traffic, callers see x86 answers; "

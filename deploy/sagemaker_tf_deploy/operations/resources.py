@@ -23,7 +23,8 @@ VARIANT = "AllTraffic"
 TAG = {"Key": "created-by", "Value": "sagemaker-tf-graviton-deploy"}
 SUBMIT_DIRECTORY = "/opt/ml/model/code"
 # what a production variant carries over when update or migrate copies it to a new config
-VARIANT_KEYS = ("VariantName", "InitialVariantWeight", "InitialInstanceCount", "InstanceType", "AcceleratorType",
+VARIANT_KEYS = ("VariantName", "InitialVariantWeight", "InitialInstanceCount", "InstanceType", "InstancePools",
+                "AcceleratorType",
                 "ModelDataDownloadTimeoutInSeconds", "ContainerStartupHealthCheckTimeoutInSeconds",
                 "VolumeSizeInGB")
 
@@ -166,3 +167,28 @@ def owned_archives(aws: Aws, name: str, buckets: set[str]) -> list[str]:
             if error_code(exc) not in ("NoSuchBucket", "404", "AccessDenied", "403"):
                 raise
     return found
+
+
+def with_pools(variant: dict, instance_type: str, fallbacks: list[str]) -> dict:
+    """VARIANT on INSTANCE_TYPE alone, or with FALLBACKS as InstancePools in priority order after it
+    (SageMaker provisions from the first pool it has capacity in). With pools the variant names its
+    types only there. No pool gets a ModelNameOverride: the image is the same multi-arch one, and
+    what differs per CPU (BF16 fast math) the server decides at start from the CPU it finds."""
+    variant = {k: v for k, v in variant.items() if k not in ("InstanceType", "InstancePools")}
+    if not fallbacks:
+        return {**variant, "InstanceType": instance_type}
+    pools = [{"InstanceType": t, "Priority": i} for i, t in enumerate([instance_type, *fallbacks], 1)]
+    return {**variant, "InstancePools": pools}
+
+
+def variant_types(variant: dict) -> list[str]:
+    """The instance types of a variant (config or request), its pools' in priority order."""
+    pools = variant.get("InstancePools")
+    if pools:
+        return [p["InstanceType"] for p in sorted(pools, key=lambda p: p.get("Priority", 0))]
+    return [variant["InstanceType"]] if variant.get("InstanceType") else []
+
+
+def describe_types(variant: dict) -> str:
+    """'ml.c7g.xlarge' or 'ml.c7g.xlarge, then ml.c6i.xlarge' (pools in priority order)."""
+    return ", then ".join(variant_types(variant)) or "serverless"
