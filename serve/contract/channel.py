@@ -1,11 +1,12 @@
 """The channel between an HTTP worker and a model process: arrays by shared memory, a small
 descriptor over a Unix socket.
 
-Each HTTP worker thread holds one connection (``multiprocessing.connection`` framing over
-AF_UNIX) to a model process, and one shared-memory segment it writes request arrays into; the
-model process answers into a segment of its own per connection. Only a descriptor crosses the
-socket: the operation, the target, and for each array its name, dtype, shape and offset. Array
-data is never pickled: the reader makes NumPy views of the segment in place.
+Each request in flight in an HTTP worker holds one connection (a Unix stream socket; each message
+is a 4-byte length and a pickle, ``send``/``Reader``) to a model process, and one shared-memory
+segment it writes request arrays into; the model process answers into a segment of its own per
+connection. Only a descriptor crosses the socket: the operation, the target, and for each array
+its name, dtype, shape and offset. Array data is never pickled: the reader makes NumPy views of
+the segment in place.
 
 Segments are files in /dev/shm mapped with mmap. ``multiprocessing.shared_memory`` does the
 same underneath, but before Python 3.13 it registers every attached segment with a resource
@@ -21,6 +22,8 @@ from __future__ import annotations
 
 import mmap
 import os
+import pickle
+import struct
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -32,6 +35,59 @@ import numpy as np
 SHM_DIR = Path("/dev/shm") if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) \
     else Path(tempfile.gettempdir())
 ALIGN = 64
+_LENGTH = struct.Struct("<I")
+
+
+def send(sock, message) -> None:
+    """One message: its length, then its pickle, in one write."""
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    sock.sendall(_LENGTH.pack(len(data)) + data)
+
+
+def receive(sock):
+    """The next message from a blocking socket; EOFError when the other side closed."""
+    head = _read_exactly(sock, _LENGTH.size)
+    return pickle.loads(_read_exactly(sock, _LENGTH.unpack(head)[0]))
+
+
+def _read_exactly(sock, n: int) -> bytes:
+    data = sock.recv(n)
+    if len(data) == n:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < n:
+        if not data:
+            raise EOFError("the other side closed the channel")
+        data = sock.recv(n - got)
+        parts.append(data)
+        got += len(data)
+    return b"".join(parts)
+
+
+class Reader:
+    """Messages from a socket that a selector said is readable: ``feed`` reads what is there and
+    returns the whole messages in it (a message may arrive in parts)."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self._buffer = b""
+
+    def feed(self) -> list:
+        data = self.sock.recv(1 << 16)
+        if not data:
+            raise EOFError("the other side closed the channel")
+        buffer = self._buffer + data if self._buffer else data
+        messages, at = [], 0
+        while len(buffer) - at >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(buffer, at)
+            end = at + _LENGTH.size + length
+            if end > len(buffer):
+                break
+            messages.append(pickle.loads(buffer[at + _LENGTH.size:end]))
+            at = end
+        self._buffer = buffer[at:]
+        return messages
 
 
 class Segment:

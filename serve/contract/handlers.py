@@ -113,6 +113,9 @@ class DefaultHandler:
     @contextmanager
     def _admitted(self):
         """TF Serving's max_enqueued_batches: past it a request is refused at once, not queued."""
+        if self._max_queued is None:   # no bound: nothing to count (and no lock on every request)
+            yield
+            return
         with self._lock:
             if self._max_queued is not None and self._queued >= self._max_queued:
                 raise Overloaded(f"{self._queued} requests are already queued "

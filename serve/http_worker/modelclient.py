@@ -1,5 +1,7 @@
-"""The HTTP worker's side of the model channel: one connection and one shared-memory segment per
-thread, to the model processes, chosen round-robin as threads first need one.
+"""The HTTP worker's side of the model channel: a pool of links (a connection and a shared-memory
+segment each) to the model processes, chosen round-robin as links are made. A request takes a link
+for its round trip and gives it back: the worker holds as many as it ever had requests in flight
+at once, and no request's answer waits on another's.
 
 A model process that goes away is noticed at once: the pending ``recv`` ends, and the caller
 gets a 503 (never a hang); the next request reconnects once the master has restarted it. A
@@ -11,8 +13,8 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import socket
 import threading
-from multiprocessing.connection import Client, Connection
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,7 @@ log = logging.getLogger(__name__)
 class _Link:
     """One thread's connection to one model process, with its request segment."""
 
-    def __init__(self, conn: Connection, index: int):
+    def __init__(self, conn: socket.socket, index: int):
         self.conn = conn
         self.index = index
         self.out: channel.Segment | None = None      # ours: request arrays
@@ -64,7 +66,7 @@ class ModelClient:
     def __init__(self, run_dir: Path, count: int):
         self.run_dir = Path(run_dir)
         self.count = count
-        self._local = threading.local()
+        self._idle: list[_Link] = []     # links no request holds now
         self._next = itertools.count()
         self._links: set[_Link] = set()
         self._lock = threading.Lock()
@@ -86,8 +88,13 @@ class ModelClient:
         request = {"model": model.name, "version": model.version, "signature": signature, "origin": os.getpid()}
         if examples is not None:
             request["examples"] = examples
-        reply, link = self._exchange("infer", request, inputs or {}, timeout)
-        return channel.views(link.answer_segment(reply["segment"]), reply["arrays"])
+        link = self._link()
+        reply = self._exchange(link, "infer", request, inputs or {}, timeout)
+        # copied out, so that the link can serve the next request while this answer is encoded
+        out = {name: array.copy() for name, array in
+               channel.views(link.answer_segment(reply["segment"]), reply["arrays"]).items()}
+        self._give_back(link)
+        return out
 
     def script(self, invocation: Invocation, timeout: float) -> Result:
         """A toolkit-style script's request, handed over whole to the model process where it runs."""
@@ -98,58 +105,71 @@ class ModelClient:
         request = {**request, "content_type": invocation.content_type, "accept": invocation.accept,
                    "custom_attributes": invocation.custom_attributes}
         body = {"body": np.frombuffer(invocation.body, np.uint8)}
-        reply, link = self._exchange(op, request, body, timeout)
-        out = channel.views(link.answer_segment(reply["segment"]), reply["arrays"])["body"]
-        return Result(out.tobytes(), reply["content_type"])
+        link = self._link()
+        reply = self._exchange(link, op, request, body, timeout)
+        out = channel.views(link.answer_segment(reply["segment"]), reply["arrays"])["body"].tobytes()
+        self._give_back(link)
+        return Result(out, reply["content_type"])
 
     def call(self, op: str, request: dict, timeout: float):
         """An operation without arrays (describe; multi-model load, unload, list, get)."""
-        return self._round_trip(self._link(), op, request, timeout)
-
-    def _exchange(self, op: str, request: dict, arrays: dict, timeout: float):
         link = self._link()
-        if arrays:
-            segment = link.request_segment(channel.room(arrays))
-            request["segment"] = str(segment.path)
-            request["arrays"] = channel.place(segment, arrays)
-        return self._round_trip(link, op, request, timeout), link
+        reply = self._exchange(link, op, request, {}, timeout)
+        self._give_back(link)
+        return reply
 
-    def _round_trip(self, link: _Link, op: str, request: dict, timeout: float):
+    def _exchange(self, link: _Link, op: str, request: dict, arrays: dict, timeout: float):
+        """One round trip on LINK; a link that failed is dropped (the caller gets the error), one that
+        answered stays the caller's until it gives it back."""
         try:
-            link.conn.send((op, request))
-            if not link.conn.poll(timeout):
-                self._drop(link)
-                raise RequestTimeout(f"inference did not finish within {timeout:.0f} s "
-                                     f"(SAGEMAKER_MODEL_SERVER_TIMEOUT)")
-            reply = link.conn.recv()
+            if arrays:
+                segment = link.request_segment(channel.room(arrays))
+                request["segment"] = str(segment.path)
+                request["arrays"] = channel.place(segment, arrays)
+            link.conn.settimeout(timeout)
+            channel.send(link.conn, (op, request))
+            reply = channel.receive(link.conn)
+        except (socket.timeout, TimeoutError):
+            self._drop(link)
+            raise RequestTimeout(f"inference did not finish within {timeout:.0f} s "
+                                 f"(SAGEMAKER_MODEL_SERVER_TIMEOUT)") from None
         except (EOFError, OSError) as exc:
             self._drop(link)
             raise ModelNotReady(f"the model process went away ({type(exc).__name__}); it is being restarted, "
                                 f"retry when GET /ping answers 200") from None
+        except BaseException:
+            self._drop(link)
+            raise
         if reply[0] == "error":
+            self._give_back(link)
             raise ServeError(reply[2], status=reply[1], plain=reply[3])
         return reply[1]
 
+    def _give_back(self, link: _Link) -> None:
+        self._idle.append(link)
+
     def _link(self) -> _Link:
-        link = getattr(self._local, "link", None)
-        if link is not None:
-            return link
+        try:
+            return self._idle.pop()
+        except IndexError:
+            pass
         index = next(self._next) % self.count
         if not ready_path(self.run_dir, index).exists():
             raise ModelNotReady("the model process is loading; retry when GET /ping answers 200")
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            conn = Client(str(socket_path(self.run_dir, index)), family="AF_UNIX")
+            conn.settimeout(10.0)
+            conn.connect(str(socket_path(self.run_dir, index)))
         except OSError as exc:
+            conn.close()
             raise ModelNotReady(f"cannot reach the model process ({exc.strerror or exc}); retry when GET /ping "
                                 f"answers 200") from None
-        link = self._local.link = _Link(conn, index)
+        link = _Link(conn, index)
         with self._lock:
             self._links.add(link)
         return link
 
     def _drop(self, link: _Link) -> None:
-        if getattr(self._local, "link", None) is link:
-            self._local.link = None
         with self._lock:
             self._links.discard(link)
         link.close()
@@ -157,6 +177,7 @@ class ModelClient:
     def close(self) -> None:
         with self._lock:
             links, self._links = list(self._links), set()
+            self._idle = []
         for link in links:
             link.close()
 

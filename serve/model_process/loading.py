@@ -53,7 +53,6 @@ def make_servable(model: Model, settings) -> Servable:
     unbatched = unbatched_signatures(model, settings.tfs_enable_batching)
     batcher = Batcher(lambda sig, feed: model.signatures[sig].call(feed),
                       max_batch_size=settings.tfs_max_batch_size if settings.tfs_enable_batching else 1,
-                      max_wait=settings.batch_timeout_s,
                       batchable=lambda sig: model.signatures[sig].batched and sig not in unbatched)
     return Servable(model, batcher)
 

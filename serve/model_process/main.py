@@ -5,8 +5,9 @@ transform_fn), which runs here next to the model.
 Started by the ``serve`` master (``python -m serve.model_process.main INDEX COUNT RUN_DIR [CODE_DIR PROGRAM [PACKAGES_DIR]]``), one per
 ``SAGEMAKER_TFS_INSTANCE_COUNT``, each owning its share of the vCPUs, with the user code the
 master located (``CODE_DIR PROGRAM``, when there is any). It listens on
-``RUN_DIR/model-INDEX.sock``; each HTTP worker thread connects once and sends descriptors
-(``serve.contract.channel``), one request at a time. Once every model is loaded and warm it writes
+``RUN_DIR/model-INDEX.sock``; an HTTP worker connects once for each request it has in flight at
+once and sends descriptors (``serve.contract.channel``), one request at a time per connection;
+one loop reads them all (``Server``). Once every model is loaded and warm it writes
 ``RUN_DIR/model-INDEX.ready``; a start-up failure writes ``model-INDEX.failed`` with the reason
 and exits 3, which ends the server. It exits when the master goes.
 """
@@ -15,16 +16,20 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import selectors
 import signal
+import socket
 import sys
 import threading
 import time
-from multiprocessing.connection import Connection, Listener
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from serve.contract import channel, handlers
+from serve.model_process import batching
 
 from serve import usercode
 from serve.usercode import main_thread
@@ -66,60 +71,182 @@ def load(settings, code: usercode.CodeLocation | None) -> ModelService:
     return ModelService(models.servables, models.style, models.handler)
 
 
-class Server:
-    """The socket side: one thread per connection, one request at a time on each."""
+class _Peer:
+    """One connection from an HTTP worker (one request at a time on it): its reader, the request
+    segments it sent, and the segment our answers go into."""
 
-    def __init__(self, service: ModelService, address: Path, timeout: float):
+    __slots__ = ("sock", "reader", "attached", "answer", "closed", "off_loop")
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.reader = channel.Reader(sock)
+        self.attached: dict[str, channel.Segment] = {}
+        self.answer: channel.Segment | None = None
+        self.closed = False
+        self.off_loop = False       # its request runs on a thread of the pool (not inference)
+
+
+_ACCEPT, _WAKE = object(), object()
+
+
+class Server:
+    """One loop for every connection: it reads the descriptors that arrived (selectors over all of
+    them), queues inference in the models' batchers, runs one batch, answers, and reads again.
+    Inference has no thread and no hand-off; what is not inference (describe, toolkit scripts,
+    multi-model loads and invokes) runs on a pool of threads, whose own inference goes through the
+    same batchers, and whose answers the loop sends."""
+
+    def __init__(self, service: ModelService, address: Path, timeout: float, threads: int = 64):
         self.service = service
         self.timeout = timeout
         self._infer = local_infer(service.servables) if service.servables is not None else None
-        self.listener = Listener(str(address), family="AF_UNIX")
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(address))
+        self.listener.listen(1024)
+        self.listener.setblocking(False)
         self.trimmer = Trimmer()
+        self.scheduler = batching.scheduler()
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="model-op")
+        self._posted: deque = deque()     # (peer, reply) from the pool's threads, for the loop to send
+        self._selector = selectors.DefaultSelector()
+        self.busy_since: float | None = None   # when the loop's current step began (None: waiting)
 
     def serve_forever(self) -> None:
+        self.scheduler.loop_thread = threading.get_ident()
+        selector = self._selector
+        selector.register(self.listener, selectors.EVENT_READ, _ACCEPT)
+        selector.register(self.scheduler.fileno(), selectors.EVENT_READ, _WAKE)
+        scheduler = self.scheduler
+        while True:
+            self.busy_since = None
+            events = selector.select(0 if scheduler.has_work() else None)
+            self.busy_since = time.monotonic()
+            for key, _ in events:
+                if key.data is _ACCEPT:
+                    if not self._accept():
+                        return
+                elif key.data is _WAKE:
+                    scheduler.woken()
+                else:
+                    self._readable(key.data)
+            while self._posted:
+                self._send(*self._posted.popleft())
+            if scheduler.has_work():
+                scheduler.run_one()
+
+    def _accept(self) -> bool:
         while True:
             try:
-                conn = self.listener.accept()
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return True
             except OSError:
-                return
-            threading.Thread(target=self._connection, args=(conn,), name="model-conn", daemon=True).start()
+                return False
+            sock.settimeout(10.0)   # sends only: the loop reads what a selector said is there
+            peer = _Peer(sock)
+            self._selector.register(sock, selectors.EVENT_READ, peer)
 
-    def _connection(self, conn: Connection) -> None:
-        attached: dict[str, channel.Segment] = {}
-        answer: channel.Segment | None = None
+    def _readable(self, peer: _Peer) -> None:
         try:
-            while True:
-                try:
-                    op, request = conn.recv()
-                except (EOFError, OSError):
-                    return
-                self.trimmer.begin()
-                try:
-                    reply, answer = self._dispatch(op, request, attached, answer)
-                except ServeError as exc:
-                    reply = ("error", exc.status, exc.message, exc.plain)
-                except MemoryError as exc:  # decoding or building a request's arrays: the request's size
-                    log.warning("model process: %s: %s: %s", op, type(exc).__name__, exc)
-                    refused = TooMuchMemory.of(exc)
-                    reply = ("error", refused.status, refused.message, False)
-                except Exception as exc:
-                    log.exception("model process: %s failed", op)
-                    reply = ("error", 500, f"internal error in the model process: {type(exc).__name__}: {exc}", False)
-                for path in [p for p, segment in attached.items() if segment.size > channel.KEEP]:
-                    channel.done_with(attached.pop(path))  # a large request's segment is never sent again
-                try:
-                    conn.send(reply)
-                except (OSError, ValueError):  # the worker gave up (timeout) or went away
-                    return
-                finally:
-                    self.trimmer.end()  # the request's arrays are gone; the answer is in its segment
+            messages = peer.reader.feed()
+        except (EOFError, OSError):
+            self._close(peer)
+            return
+        for op, request in messages:
+            self.trimmer.begin()
+            if op == "infer":
+                self._queue_inference(peer, request)
+            else:
+                peer.off_loop = True
+                self.pool.submit(self._off_loop, peer, op, request)
+
+    def _queue_inference(self, peer: _Peer, request: dict) -> None:
+        try:
+            servables = self.service.servables
+            if servables is None:
+                raise ServeError("this server's model comes from model_fn; only its inference.py can call it", 400)
+            inputs = channel.views(self._segment(request["segment"], peer.attached), request["arrays"]) \
+                if request.get("arrays") else {}
+            servable = servables.get(request["model"], request["version"])
+            signature = request["signature"]
+            examples = request.get("examples")
+            if examples is not None:
+                from serve.model_process.examples import serialize
+
+                inputs = {servable.model.signatures[signature].example_input: serialize(*examples)}
+            servable.batcher.add(signature, inputs, lambda outputs, error: self._inferred(peer, outputs, error),
+                                 lambda: peer.closed, request.get("origin"))
+        except BaseException as exc:
+            self._send(peer, self._error_reply("infer", exc))
+
+    def _inferred(self, peer: _Peer, outputs, error) -> None:
+        if peer.closed:
+            self.trimmer.end()
+            return
+        if error is None:
+            try:
+                reply, peer.answer = self._answer(outputs, peer.answer)
+            except BaseException as exc:
+                reply = self._error_reply("infer", exc)
+        else:
+            reply = self._error_reply("infer", error)
+        self._send(peer, reply)
+
+    def _off_loop(self, peer: _Peer, op: str, request: dict) -> None:
+        try:
+            reply, peer.answer = self._dispatch(op, request, peer.attached, peer.answer)
+        except BaseException as exc:
+            reply = self._error_reply(op, exc)
+        self._posted.append((peer, reply))
+        self.scheduler.wake()
+
+    @staticmethod
+    def _error_reply(op: str, exc: BaseException) -> tuple:
+        if isinstance(exc, ServeError):
+            return "error", exc.status, exc.message, exc.plain
+        if isinstance(exc, MemoryError):  # decoding or building a request's arrays: the request's size
+            log.warning("model process: %s: %s: %s", op, type(exc).__name__, exc)
+            refused = TooMuchMemory.of(exc)
+            return "error", refused.status, refused.message, False
+        log.error("model process: %s failed", op, exc_info=exc)
+        return "error", 500, f"internal error in the model process: {type(exc).__name__}: {exc}", False
+
+    def _send(self, peer: _Peer, reply) -> None:
+        """Answer PEER's request (on the loop's thread)."""
+        peer.off_loop = False
+        try:
+            for path in [p for p, segment in peer.attached.items() if segment.size > channel.KEEP]:
+                channel.done_with(peer.attached.pop(path))  # a large request's segment is never sent again
+            if not peer.closed:
+                channel.send(peer.sock, reply)
+        except (OSError, ValueError):  # the worker gave up (timeout) or went away
+            self._close(peer)
         finally:
-            conn.close()
-            if answer is not None:
-                answer.unlink()
-                answer.close()
-            for segment in attached.values():
-                segment.close()
+            self.trimmer.end()  # the request's arrays are gone; the answer is in its segment
+        if peer.closed:
+            self._release(peer)
+
+    def _close(self, peer: _Peer) -> None:
+        if peer.closed:
+            return
+        peer.closed = True
+        try:
+            self._selector.unregister(peer.sock)
+        except (KeyError, ValueError):
+            pass
+        peer.sock.close()
+        if not peer.off_loop:   # else a pool thread still uses its segments: released after its answer
+            self._release(peer)
+
+    @staticmethod
+    def _release(peer: _Peer) -> None:
+        if peer.answer is not None:
+            peer.answer.unlink()
+            peer.answer.close()
+            peer.answer = None
+        for segment in peer.attached.values():
+            segment.close()
+        peer.attached.clear()
 
     def _segment(self, path: str, attached: dict) -> channel.Segment:
         segment = attached.get(path)
@@ -147,16 +274,6 @@ class Server:
     def _dispatch(self, op: str, request: dict, attached: dict, answer):
         if op == "describe":
             return ("ok", self.service.describe()), answer
-        if op == "infer":
-            inputs = channel.views(self._segment(request["segment"], attached), request["arrays"]) \
-                if request.get("arrays") else {}
-            servables = self.service.servables
-            if servables is None:
-                raise ServeError("this server's model comes from model_fn; only its inference.py can call it", 400)
-            model = servables.get(request["model"], request["version"]).model
-            outputs = self._infer(model, request["signature"], inputs, request.get("examples"), self.timeout,
-                                  request.get("origin"))
-            return self._answer(outputs, answer)
         if op == "script":
             return self._whole_request(request, attached, answer, self.service.handler.handle)
         mme = self.service
@@ -214,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     gc.freeze()  # TensorFlow's objects never die; keep full collections from walking them
     address = socket_path(run_dir, index)
     address.unlink(missing_ok=True)
-    server = Server(service, address, settings.model_server_timeout)
+    server = Server(service, address, settings.model_server_timeout, settings.model_server_threads)
     watchdog = getattr(service, "handler", None) and getattr(service.handler, "_watchdog", None)
     if watchdog is not None:
         hung = hung_path(run_dir, index)

@@ -1,6 +1,7 @@
 """The adaptive batcher: same answers as unbatched calls, each to its caller. The model is
 tests/unit/stubs.py's NumPy stand-in for multi_io_model_dir (the real SavedModel is batched
-through the model process in tests/host/test_modelproc.py)."""
+through the model process in tests/host/test_modelproc.py). Here a loop of its own on a thread
+runs the batches (``Scheduler.run_in_thread``), as the model process's loop does."""
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -8,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from serve.model_process.batching import Batcher
+from serve.model_process.batching import Batcher, Scheduler
 from tests.unit import stubs
 
 
@@ -36,9 +37,11 @@ def model():
     return stubs.multi_io()
 
 
-def make(model, delay=0.0, max_batch=32, wait=0.002):
+def make(model, delay=0.0, max_batch=32):
     rec = Recorder(model, delay)
-    return rec, Batcher(rec, max_batch, wait, batchable=lambda s: model.signatures[s].batched)
+    runner = Scheduler()
+    runner.run_in_thread()
+    return rec, Batcher(rec, max_batch, batchable=lambda s: model.signatures[s].batched, runner=runner)
 
 
 def submit_all(batcher, requests, timeout=30):
@@ -48,12 +51,22 @@ def submit_all(batcher, requests, timeout=30):
 
 
 def test_lone_request_runs_at_once(model):
-    rec, batcher = make(model, wait=1.0)
+    rec, batcher = make(model)
     start = time.perf_counter()
     out = batcher.wait(batcher.submit("sum_only", {"x": np.ones((1, 3), np.float32)}), 10)
-    assert time.perf_counter() - start < 0.5  # the 1 s wait applies only while a batch is forming
+    assert time.perf_counter() - start < 0.5  # nothing waits for requests that may come
     np.testing.assert_array_equal(out["s"], [3.0])
-    assert rec.threads == [threading.current_thread().name]  # ran inline: no hand-off to the model thread
+    assert rec.threads == ["batcher"]  # the loop ran it
+
+
+def test_what_arrived_during_a_call_is_the_next_batch(model):
+    rec, batcher = make(model, delay=0.2)
+    first = batcher.submit("sum_only", {"x": np.ones((1, 3), np.float32)})
+    time.sleep(0.05)                   # the first call is running
+    rest = [batcher.submit("sum_only", {"x": np.ones((1, 3), np.float32)}) for _ in range(5)]
+    for f in [first, *rest]:
+        batcher.wait(f, 10)
+    assert [shape["x"][0] for _, shape in rec.calls] == [1, 5]
 
 
 def test_concurrent_requests_are_stacked_and_split_back(model):
@@ -121,34 +134,6 @@ def test_timeout_answers_504(model):
     busy.join()
 
 
-def test_arriving_requests_are_waited_for(model):
-    rec, batcher = make(model, wait=0.5)
-    with batcher.arriving():
-        first = batcher.submit("sum_only", {"x": np.ones((1, 3), np.float32)})
-        with batcher.arriving():
-            time.sleep(0.05)
-            second = batcher.submit("sum_only", {"x": np.ones((1, 3), np.float32)})
-    batcher.wait(first, 5), batcher.wait(second, 5)
-    assert [shape["x"][0] for _, shape in rec.calls] == [2]
-
-
-def test_newcomers_do_not_hold_a_forming_batch(model):
-    rec, batcher = make(model, wait=2.0)
-    one = np.ones((1, 3), np.float32)
-    x_announced = batcher.arriving()
-    x = x_announced.__enter__()                       # being decoded when the batch starts forming
-    first = batcher.submit("sum_only", {"x": one})    # queued: x is on its way
-    time.sleep(0.1)
-    with batcher.arriving():                          # a newcomer, announced after forming began
-        start = time.monotonic()
-        second = batcher.submit("sum_only", {"x": one}, x)
-        batcher.wait(first, 5), batcher.wait(second, 5)
-        took = time.monotonic() - start
-    x_announced.__exit__(None, None, None)
-    assert [shape["x"][0] for _, shape in rec.calls] == [2]
-    assert took < 1.0, "the batch waited for a request announced after it started forming"
-
-
 # --- a batch transform mini-batch: thousands of records in one request ----------------------------
 
 def test_large_request_is_split_into_calls_no_larger_than_the_maximum(model):
@@ -214,12 +199,12 @@ def test_the_model_thread_keeps_no_finished_batch(model):
     rec, batcher = make(model, delay=0.2)
     first = threading.Thread(target=lambda: batcher.wait(batcher.submit("sum_only", {"x": np.ones((1, 3), np.float32)}), 10))
     first.start()
-    time.sleep(0.05)                       # the first runs inline; the second queues for the model thread
+    time.sleep(0.05)                       # the first is running; the second queues behind it
     x = np.ones((1, 3), np.float32)
     gone = weakref.ref(x)
     out = batcher.wait(batcher.submit("sum_only", {"x": x}), 10)
     first.join()
-    assert rec.threads[-1] == "batcher"    # the premise: it ran on the model thread
+    assert rec.threads[-1] == "batcher"    # the premise: it ran on the loop's thread
     del x
     time.sleep(0.05)
     gc.collect()
