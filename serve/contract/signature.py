@@ -179,7 +179,7 @@ class Model:
                  loader: str = "tf2"):
         self.location = location
         self.signatures = signatures
-        self.loader = loader            # "tf2", "session" (TF1/estimator) or "keras"
+        self.loader = loader            # "session" (SavedModels), "keras", or "tf2" for one a model_fn built
         self._keep_alive = keep_alive   # the loaded object owns the variables the functions use
 
     @property

@@ -1,11 +1,13 @@
 """Load the models that ``layout.find_models`` located, describe their signatures, check inputs, call them.
 
-Two loaders, chosen by what the SavedModel is, as TF Serving would load it:
-- TF2 SavedModels (they carry an object graph) through ``tf.saved_model.load``;
-- TF1 and ``tf.estimator`` exports (no object graph: placeholders of unknown rank, ``ParseExample``
-  graphs with classify and regress signatures) in a ``tf.compat.v1`` session, which is how TF
-  Serving runs them; the TF2 loader cannot convert many of them. A TF2 load that fails falls
-  back to the session too.
+Every model runs as a graph in a ``tf.compat.v1`` session, as TF Serving runs SavedModels, and each
+signature is called through a prepared callable (``Session.make_callable``: the feeds and fetches
+resolved once), which costs far less per call than an eager or ``tf.function`` call (measured in
+docs/performance.md):
+- SavedModels, TF2 and TF1 alike (``tf.estimator`` exports too: placeholders of unknown rank,
+  ``ParseExample`` graphs with classify and regress signatures), through the SavedModel loader;
+- Keras files (.keras, .h5): the model is traced once as a function of its inputs, its weights
+  folded into that graph as constants, and the graph imported into a session.
 """
 from __future__ import annotations
 
@@ -33,11 +35,6 @@ def _np_dtype(tf_dtype) -> np.dtype:
     import tensorflow as tf
 
     return np.dtype(object) if tf_dtype == tf.string else np.dtype(tf_dtype.as_numpy_dtype)
-
-
-def _info(name: str, spec) -> TensorInfo:
-    shape = tuple(spec.shape.as_list()) if spec.shape.rank is not None else None
-    return TensorInfo(name, shape, _np_dtype(spec.dtype))
 
 
 def _model_complaint(exc: Exception) -> str:
@@ -93,23 +90,6 @@ def _meta_graph(path: Path):
     return saved.meta_graphs[0]
 
 
-def _tensor_out(result) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in result.items()}
-
-
-def _saved_model_signature(name: str, fn, method: str) -> Signature:
-    import tensorflow as tf
-
-    _, kwargs = fn.structured_input_signature
-    inputs = {k: _info(k, spec) for k, spec in kwargs.items()}
-    outputs = {k: _info(k, spec) for k, spec in fn.structured_outputs.items()}
-
-    def call(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return _tensor_out(fn(**{k: tf.convert_to_tensor(v) for k, v in feed.items()}))
-
-    return Signature(name, inputs, outputs, _guarded(name, inputs, call), method)
-
-
 def _session_info(name: str, tensor_info, graph, signature: str) -> TensorInfo:
     """An input or output as TF Serving reads it: it feeds and fetches by tensor name, so the graph's
     own tensor has the last word. A TensorInfo without a tensor_shape field says nothing about the
@@ -143,78 +123,94 @@ def _session_info(name: str, tensor_info, graph, signature: str) -> TensorInfo:
     return TensorInfo(name, dims, _np_dtype(dtype))
 
 
-def _load_in_session(location: ModelLocation, meta) -> Model:
-    """A TF1 / estimator SavedModel in a tf.compat.v1 Session, with the thread pools already set."""
+def _session(graph):
+    """A session on GRAPH with the process's thread pools."""
     import tensorflow as tf
 
     v1 = tf.compat.v1
     threads = tf.config.threading
     config = v1.ConfigProto(intra_op_parallelism_threads=threads.get_intra_op_parallelism_threads(),
                             inter_op_parallelism_threads=threads.get_inter_op_parallelism_threads())
+    return v1.Session(graph=graph, config=config)
+
+
+def _prepared_call(session, feeds: dict[str, str], fetches: dict[str, str]):
+    """The signature's call: a callable the session prepared once for these feeds and fetches
+    (C++ ``Session::MakeCallable``, as TF Serving runs a signature; Python's ``Session.make_callable``
+    with feeds is only ``Session.run`` again), one per set of inputs given, in case a caller leaves
+    an optional input out."""
+    from tensorflow.core.protobuf.config_pb2 import CallableOptions
+
+    keys = list(fetches)
+    fetch_names = [fetches[k] for k in keys]
+    prepared: dict[tuple, object] = {}
+
+    def call(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = tuple(feed)
+        run = prepared.get(names)
+        if run is None:
+            options = CallableOptions(feed=[feeds[n] for n in names], fetch=fetch_names)
+            run = prepared[names] = session._make_callable_from_options(options)
+        return dict(zip(keys, run(*feed.values())))
+
+    return call
+
+
+def _load_in_session(location: ModelLocation, meta) -> Model:
+    """A SavedModel (TF2, TF1, estimator) in a tf.compat.v1 Session, with the thread pools already set."""
+    import tensorflow as tf
+
     graph = tf.Graph()
-    session = v1.Session(graph=graph, config=config)
-    v1.saved_model.loader.load(session, list(meta.meta_info_def.tags), str(location.path))
+    session = _session(graph)
+    tf.compat.v1.saved_model.loader.load(session, list(meta.meta_info_def.tags), str(location.path))
     signatures = {}
     for key, sig in meta.signature_def.items():
         if key == "__saved_model_init_op":
             continue
         inputs = {n: _session_info(n, t, graph, key) for n, t in sig.inputs.items()}
         outputs = {n: _session_info(n, t, graph, key) for n, t in sig.outputs.items()}
-        feeds = {n: t.name for n, t in sig.inputs.items()}
-        fetches = {n: t.name for n, t in sig.outputs.items()}
-
-        def call(feed, feeds=feeds, fetches=fetches):
-            return session.run(fetches, {feeds[n]: v for n, v in feed.items()})
-
+        call = _prepared_call(session, {n: t.name for n, t in sig.inputs.items()},
+                              {n: t.name for n, t in sig.outputs.items()})
         signatures[key] = Signature(key, inputs, outputs, _guarded(key, inputs, call), _method(sig.method_name))
     return Model(location, signatures, session, loader="session")
 
 
-def _keras_signature(model) -> Signature:
+def _keras_signature(model):
+    """The Keras model's signature, and the session that runs it (the model itself is not kept)."""
     import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     in_names = [t.name for t in model.inputs]
     out_names = list(getattr(model, "output_names", None) or [t.name for t in model.outputs])
     inputs = {n: TensorInfo(n, tuple(t.shape), np.dtype(str(t.dtype))) for n, t in zip(in_names, model.inputs)}
     outputs = {n: TensorInfo(n, tuple(t.shape), np.dtype(str(t.dtype))) for n, t in zip(out_names, model.outputs)}
-    spec = [tf.TensorSpec(t.shape, t.dtype.name, name=t.name) for t in inputs.values()]
+    spec = [tf.TensorSpec(t.shape, t.dtype.name) for t in inputs.values()]
 
-    @tf.function(input_signature=spec, reduce_retracing=True)
+    @tf.function(input_signature=spec)
     def serve_fn(*args):
         out = model(list(args) if len(args) > 1 else args[0], training=False)
         if isinstance(out, dict):
-            return out
-        out = out if isinstance(out, (list, tuple)) else [out]
-        return dict(zip(out_names, out))
+            return [out[n] for n in out_names]
+        return list(out) if isinstance(out, (list, tuple)) else [out]
 
-    def call(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return _tensor_out(serve_fn(*(tf.convert_to_tensor(feed[n]) for n in in_names)))
-
-    return Signature(DEFAULT_SIGNATURE, inputs, outputs, _guarded(DEFAULT_SIGNATURE, inputs, call))
+    frozen = convert_variables_to_constants_v2(serve_fn.get_concrete_function())
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(frozen.graph.as_graph_def(), name="")
+    session = _session(graph)
+    call = _prepared_call(session, {n: t.name for n, t in zip(in_names, frozen.inputs)},
+                          {n: t.name for n, t in zip(out_names, frozen.outputs)})
+    return Signature(DEFAULT_SIGNATURE, inputs, outputs, _guarded(DEFAULT_SIGNATURE, inputs, call)), session
 
 
 def load_model(location: ModelLocation) -> Model:
-    import tensorflow as tf
-
     if location.kind == "keras":
         import keras
 
-        loaded = keras.models.load_model(location.path, compile=False)
-        return Model(location, {DEFAULT_SIGNATURE: _keras_signature(loaded)}, loaded, loader="keras")
+        signature, session = _keras_signature(keras.models.load_model(location.path, compile=False))
+        return Model(location, {DEFAULT_SIGNATURE: signature}, session, loader="keras")
     meta = _meta_graph(location.path)
-    if not meta.HasField("object_graph_def"):
-        model = _load_in_session(location, meta)
-    else:
-        try:
-            loaded = tf.saved_model.load(str(location.path))
-            methods = {k: _method(v.method_name) for k, v in meta.signature_def.items()}
-            signatures = {name: _saved_model_signature(name, fn, methods.get(name, "predict"))
-                          for name, fn in loaded.signatures.items()}
-            model = Model(location, signatures, loaded)
-        except Exception as exc:
-            log.info("the TF2 loader cannot serve %s (%s: %s); loading it in a TF1 session",
-                     location.path, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-            model = _load_in_session(location, meta)
+    model = _load_in_session(location, meta)
     if not model.signatures:
         raise ModelNotFound(f"SavedModel at {location.path} has no signatures to serve")
     return model
