@@ -1,7 +1,7 @@
 """The process model: a gunicorn master, its HTTP workers and the model processes.
 
     serve (gunicorn master)
-      ├─ HTTP worker x N   gthread + Flask: decode, TF-container handlers, encode; no TensorFlow
+      ├─ HTTP worker x N   gevent + Flask: decode, TF-container handlers, encode; no TensorFlow
       └─ model process x M serve.model_process.main: TensorFlow, every model once, the batcher for all workers
 
 The master starts the model processes before it forks the workers, watches them from its
@@ -41,8 +41,9 @@ def gunicorn_options(settings: Settings, tuning: Tuning) -> dict:
         "bind": [f"0.0.0.0:{settings.bind_to_port}"],
         "workers": tuning.workers,
         "worker_class": "serve.http_worker.gunicorn_worker.ServeWorker",
-        "threads": settings.model_server_threads,
-        # gthread workers heartbeat from their main loop, so this only catches a wedged worker.
+        "threads": settings.model_server_threads,   # the request slots of each worker (ServeWorker)
+        "worker_connections": 1000,                  # connections per worker, idle ones and /ping included
+        # gevent workers heartbeat from their main loop, so this only catches a wedged worker.
         "timeout": settings.model_server_timeout + 30,
         "graceful_timeout": GRACEFUL_TIMEOUT,
         "keepalive": KEEPALIVE,

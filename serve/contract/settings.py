@@ -78,8 +78,9 @@ class Settings(BaseSettings):
                                                       "request never waits)")
     tfs_max_batch_size: int = Field(32, ge=1, le=4096, description="most instances in one model call")
     tfs_batch_timeout_micros: int = Field(
-        2000, ge=0, le=10_000_000, description="longest wait for a forming batch, in microseconds, spent only "
-                                               "while more requests are known to be arriving")
+        2000, ge=0, le=10_000_000, description="accepted as AWS's container takes it; the model process never "
+                                               "waits for a forming batch: a batch is what arrived while the "
+                                               "call before it ran")
     tfs_intra_op_parallelism: Optional[int] = Field(
         None, ge=1, le=1024, description="TensorFlow intra-op threads per model process; default: vCPUs / "
                                          "model processes")
@@ -174,7 +175,7 @@ AWS_CONTAINER_UNUSED = {
     "SAGEMAKER_TFS_NUM_BATCH_THREADS": "each model process runs one batch at a time per model; batches run in "
                                        "parallel across model processes (SAGEMAKER_TFS_INSTANCE_COUNT)",
     "SAGEMAKER_SAFE_PORT_RANGE": "no internal ports are opened; only SAGEMAKER_BIND_TO_PORT",
-    "SAGEMAKER_GUNICORN_WORKER_CLASS": "the worker class is fixed (gthread, see docs/architecture.md)",
+    "SAGEMAKER_GUNICORN_WORKER_CLASS": "the worker class is fixed (gevent, as AWS's default; see docs/architecture.md)",
     "SAGEMAKER_TFS_VERSION": "TensorFlow's version is the image's",
 }
 # Set by SageMaker itself for purposes outside the server; not worth a log line.

@@ -337,18 +337,6 @@ def test_ping_answers_while_every_request_thread_is_busy(mlp_model_dir, tmp_path
         server.stop()
 
 
-def test_is_ping_takes_only_whole_bodiless_ping_heads():
-    from serve.http_worker.gunicorn_worker import is_ping
-
-    assert is_ping(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert is_ping(b"GET /ping?x=1 HTTP/1.1\r\n\r\nPOST /invocations HTTP/1.1\r\nContent-Length: 5\r\n\r\n")
-    assert not is_ping(b"GET /ping HTTP/1.1\r\nHost: x\r\n")                       # head not complete
-    assert not is_ping(b"GET /pingx HTTP/1.1\r\n\r\n")
-    assert not is_ping(b"POST /ping HTTP/1.1\r\n\r\n")
-    assert not is_ping(b"GET /ping HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello")    # a body to read
-    assert not is_ping(b"GET /ping HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n")
-
-
 def test_lingering_closes_do_not_hold_the_accepting_thread(mlp_model_dir):
     """An answer that closes its connection lingers up to 2 s for the client's unread bytes; clients that
     keep their socket open must not make /ping wait for those lingers one after another."""
