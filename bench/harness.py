@@ -125,6 +125,65 @@ def memory_mib(pids) -> dict:
     return {"rss_mib": round(rss / 1024, 1), "pss_mib": round(pss / 1024, 1), "processes": n}
 
 
+# ---------------------------------------------------------------- CPU per process
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_of(stat_path: str) -> float:
+    with open(stat_path) as f:
+        s = f.read()
+    rest = s[s.rindex(")") + 2:].split()
+    return (int(rest[11]) + int(rest[12])) / _TICK      # utime + stime
+
+
+def role_of(pid: int, root: int) -> str:
+    """master (the server's first process), model (serve.model_process.main) or http (the other
+    processes: gunicorn workers; BYOC's workers hold TensorFlow)."""
+    if pid == root:
+        return "master"
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read()
+    except OSError:
+        return "http"
+    return "model" if b"serve.model_process.main" in cmd else "http"
+
+
+def cpu_snapshot(pids, root: int) -> dict:
+    """{pid: (role, CPU seconds, {thread name: CPU seconds})} of a server's processes now."""
+    out = {}
+    for pid in pids:
+        try:
+            threads: dict[str, float] = {}
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                    comm = f.read().strip().rstrip("0123456789") or "?"
+                threads[comm] = threads.get(comm, 0.0) + _cpu_of(f"/proc/{pid}/task/{tid}/stat")
+            out[pid] = (role_of(pid, root), _cpu_of(f"/proc/{pid}/stat"), threads)
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def cpu_per_request(before: dict, after: dict, requests: int) -> dict:
+    """CPU ms per request by process role, all roles together, and by thread name within each role
+    (where it goes: a model process's Python loop against TensorFlow's compute threads, say)."""
+    n = max(1, requests)
+    roles: dict[str, float] = {}
+    threads: dict[str, dict[str, float]] = {}
+    for pid, (role, cpu, thr) in after.items():
+        was = before.get(pid, (role, 0.0, {}))
+        roles[role] = roles.get(role, 0.0) + cpu - was[1]
+        bucket = threads.setdefault(role, {})
+        for name, seconds in thr.items():
+            bucket[name] = bucket.get(name, 0.0) + seconds - was[2].get(name, 0.0)
+    return {"roles": {r: round(v * 1e3 / n, 3) for r, v in sorted(roles.items())},
+            "total": round(sum(roles.values()) * 1e3 / n, 3),
+            "threads": {r: {k: round(v * 1e3 / n, 3) for k, v in sorted(t.items(), key=lambda kv: -kv[1])
+                            if v * 1e3 / n >= 0.005} for r, t in threads.items()}}
+
+
 # ---------------------------------------------------------------- servers
 
 class HostServer:
@@ -144,6 +203,10 @@ class HostServer:
 
     def pids(self):
         return session_pids(self.sid)
+
+    @property
+    def root(self) -> int:
+        return self.proc.pid
 
     def memory(self):
         return memory_mib(self.pids())
@@ -208,6 +271,10 @@ class ContainerServer:
     def pids(self):
         pid = self._init_pid()
         return tree_pids(pid) if pid else []
+
+    @property
+    def root(self) -> int:
+        return self._init_pid()
 
     def memory(self):
         return memory_mib(self.pids())

@@ -118,6 +118,33 @@ def target_rows(results):
     return rows
 
 
+def cpu_table(runs, levels) -> list[str]:
+    """CPU time per request of each kind of process, per level: steadier than req/s on a shared machine."""
+    rows = []
+    byoc = next((r for r in runs if r["stack"] == "byoc" and r.get("status") == "ok"), None)
+    for r in runs:
+        if r.get("status") != "ok":
+            continue
+        for c in levels:
+            l = _level(r, c)
+            cpu = (l or {}).get("cpu_ms_per_request")
+            if not cpu:
+                continue
+            ref = ((_level(byoc, c) or {}).get("cpu_ms_per_request") or {}).get("total") if byoc else None
+            roles = cpu["roles"]
+            where = "; ".join(f"{role}: " + ", ".join(f"{k} {v:.3f}" for k, v in list(t.items())[:4])
+                              for role, t in cpu.get("threads", {}).items() if t)
+            rows.append(f"| {label(r)} | c{c} | {roles.get('master', 0):.3f} | {roles.get('http', 0):.3f} | "
+                        f"{roles.get('model', 0):.3f} | **{cpu['total']:.3f}** | "
+                        f"{_ratio(cpu['total'], ref) if ref else ''} | {where} |")
+    if not rows:
+        return []
+    return ["\nServer CPU per request (ms of CPU time, summed over each kind of process and all its threads, over the "
+            "measured window, divided by the requests answered; BYOC's HTTP workers hold TensorFlow):\n",
+            "| stack | level | master | HTTP workers | model process | all | vs BYOC | by thread name (ms) |",
+            "|---|---|---|---|---|---|---|---|", *rows, ""]
+
+
 def write_markdown(results, path):
     meta = results["meta"]
     L = []
@@ -184,6 +211,7 @@ def write_markdown(results, path):
         if bp:
             bpr = next(x for x in runs if x["stack"] == bp[0])
             L.append(f"\nBest peer at c{top}: {label(bpr)} ({_fmt(bp[1]['rps'])} req/s).\n")
+        L.extend(cpu_table(runs, levels))
     rows = target_rows(results)
     if rows:
         L.append("\n## Targets (issue 5), ratios from this run\n")

@@ -20,8 +20,8 @@ import time
 import traceback
 
 from . import stacks as S
-from .harness import (BENCH, REPO, RESULTS, TMP, ensure_venv, have_docker, image_exists, log,
-                      wait_ready, wrk, wrk_script)
+from .harness import (BENCH, REPO, RESULTS, TMP, cpu_per_request, cpu_snapshot, ensure_venv, have_docker,
+                      image_exists, log, wait_ready, wrk, wrk_script)
 from .models import MODELS, saved_model_dir, write_bodies
 
 
@@ -144,9 +144,13 @@ def run_http(stack, model, base, a, bodies):
         for c in levels:
             if a.warmup > 0:
                 wrk(url, script, c, a.warmup, timeout=30 if heavy else 10)
+            pids, root = server.pids(), server.root
+            before = cpu_snapshot(pids, root)
             m = wrk(url, script, c, duration, timeout=30 if heavy else 10)
+            m["cpu_ms_per_request"] = cpu_per_request(before, cpu_snapshot(pids, root), m["requests"])
             log(f"  {stack:15s} {model:10s} c{c:<3d} {m['rps']:8.1f} req/s  p50 {m['p50_ms']:8.2f} ms  "
-                f"p99 {m['p99_ms']:8.2f} ms  non2xx {m['non_2xx']} err {m['socket_errors']}")
+                f"p99 {m['p99_ms']:8.2f} ms  non2xx {m['non_2xx']} err {m['socket_errors']}  "
+                f"CPU ms/req {m['cpu_ms_per_request']['total']} {m['cpu_ms_per_request']['roles']}")
             rec["levels"].append(m)
         time.sleep(1.0)
         rec["memory_after"] = server.memory()
