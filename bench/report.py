@@ -102,6 +102,49 @@ TARGETS = [
 ]
 
 
+def _byoc(results, model):
+    """The BYOC pattern as issue 22 names it: Flask + gunicorn sync, 2 workers (the peer count here)."""
+    runs = [r for r in _runs(results, model) if r["stack"] in ("byoc", "byoc-same") and r.get("status") == "ok"]
+    two = [r for r in runs if r.get("workers") == 2]
+    return (two or runs or [None])[0]
+
+
+def hot_path_rows(results):
+    """Issue 22's targets, each a ratio of two results of this run: (target, measured, wanted, met)."""
+    rows = []
+
+    def add(text, value, op, want):
+        if value is None:
+            return
+        ok = value >= want if op == ">=" else value <= want
+        rows.append((text, value, f"{op} {want}", "met" if ok else "MISSED"))
+
+    def ours(model):
+        return next((r for r in _runs(results, model) if r["stack"] == "ours" and r.get("status") == "ok"), None)
+
+    for model, top, name in (("cifar_cnn", 32, "CIFAR CNN"), ("mlp", 32, "MLP"), ("resnet50", 8, "ResNet50")):
+        o, b = ours(model), _byoc(results, model)
+        if not o or not b:
+            continue
+        lo, lb = _level(o, top), _level(b, top)
+        if lo and lb and lb["rps"]:
+            add(f"{name} c{top} req/s vs BYOC", lo["rps"] / lb["rps"], ">=", 2.0)
+        o1, b1 = _level(o, 1), _level(b, 1)
+        if o1 and b1 and model != "resnet50":
+            add(f"{name} c1 p50 vs BYOC's", o1["p50_ms"] / b1["p50_ms"], "<=", 0.8)
+            add(f"{name} c1 p99 vs BYOC's p99", o1["p99_ms"] / b1["p99_ms"], "<=", 1.0)
+        if model == "cifar_cnn" and lo and lb:
+            co, cb = lo.get("cpu_ms_per_request"), lb.get("cpu_ms_per_request")
+            if co and cb and cb["total"]:
+                add("CNN c32 server CPU per request vs BYOC's", co["total"] / cb["total"], "<=", 0.4)
+            tf = results["inprocess"].get(model, {})
+            if tf.get("status") == "ok":
+                add("CNN c32 req/s vs TF in-process best batch", lo["rps"] / tf["best_items_per_s"], ">=", 0.25)
+        if model == "cifar_cnn" and o.get("memory_idle") and b.get("memory_idle"):
+            add("CNN idle PSS vs BYOC's", o["memory_idle"]["pss_mib"] / b["memory_idle"]["pss_mib"], "<=", 1.0)
+    return rows
+
+
 def target_rows(results):
     rows = []
     rs = ratios(results)
@@ -212,6 +255,13 @@ def write_markdown(results, path):
             bpr = next(x for x in runs if x["stack"] == bp[0])
             L.append(f"\nBest peer at c{top}: {label(bpr)} ({_fmt(bp[1]['rps'])} req/s).\n")
         L.extend(cpu_table(runs, levels))
+    hot = hot_path_rows(results)
+    if hot:
+        L.append("\n## Targets (issue 22: the hot path), ratios from this run\n")
+        L.append("| target | measured | wanted | |")
+        L.append("|---|---|---|---|")
+        for t, v, want, ok in hot:
+            L.append(f"| {t} | {v:.2f} | {want} | {ok} |")
     rows = target_rows(results)
     if rows:
         L.append("\n## Targets (issue 5), ratios from this run\n")

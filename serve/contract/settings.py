@@ -37,8 +37,8 @@ class Settings(BaseSettings):
                                         "vCPUs up to 4, then vCPUs / 2 (at most 64)")
     model_server_threads: int = Field(
         64, ge=2, le=1024,
-        description="HTTP request threads per worker; requests mostly wait on the batcher, so this "
-                    "bounds how many can be in flight per worker (/ping has threads of its own)",
+        description="request slots per HTTP worker: how many requests one worker has in flight at once "
+                    "(they mostly wait on the model process; /ping takes no slot)",
     )
     model_server_timeout: int = Field(60, ge=1, le=3600, description="seconds any one request may take, end "
                                                                        "to end; past it the caller gets a 504")

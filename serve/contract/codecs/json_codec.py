@@ -10,7 +10,7 @@ import base64
 import itertools
 import json
 import re
-import threading
+import types
 from typing import Mapping
 
 import numpy as np
@@ -117,24 +117,25 @@ def _numeric_array(node) -> tuple[np.ndarray, int] | None:
     arrays = sum(int(np.prod(shape[:i])) for i in range(len(shape)))
     return flat.reshape(shape), arrays
 
-_parsers = threading.local()
+_parsers = types.SimpleNamespace(parser=None)   # one per process: a parse holds the GIL throughout
 
 # A parser keeps buffers of about 3.5x the largest document it parsed, for as long as it lives.
 KEEP_PARSER_MAX_BYTES = 1 << 20
 
 
 def _parse(body: bytes):
-    """simdjson with one reusable parser per thread (a new parser costs more than a small body);
-    a large body gets a parser of its own, freed with its document, so that no thread keeps
-    megabytes of buffers for the largest body it ever saw."""
+    """simdjson with one reusable parser per process (a new parser costs more than a small body; the
+    HTTP worker's requests are greenlets of one thread, so a parser per thread would be one per
+    connection); a large body gets a parser of its own, freed with its document, so that no process
+    keeps megabytes of buffers for the largest body it ever saw."""
     if len(body) > KEEP_PARSER_MAX_BYTES:
         return simdjson.Parser().parse(body)
-    parser = getattr(_parsers, "parser", None)
+    parser = _parsers.parser
     if parser is None:
         parser = _parsers.parser = simdjson.Parser()
     try:
         return parser.parse(body)
-    except RuntimeError:  # a document from this parser is still referenced somewhere
+    except RuntimeError:  # a document from this parser is still referenced somewhere (another request's)
         _parsers.parser = simdjson.Parser()
         return _parsers.parser.parse(body)
 
