@@ -81,12 +81,20 @@ def test_digits_jsonlines_byte_identical_on_both_engines(image_amd64, tmp_path, 
 
 # --- on AWS, against moto -------------------------------------------------------------------------
 
-def put_csv(keys=("in/part-0.csv", "in/sub/part-1.csv"), rows=3):
+def put_csv(files: dict[str, bytes]):
     import boto3
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="batch-data", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-    for key in keys:
-        s3.put_object(Bucket="batch-data", Key=key, Body="".join(f"{i},{i + 1}\n" for i in range(rows)).encode())
+    for key, body in files.items():
+        s3.put_object(Bucket="batch-data", Key=f"in/{key}", Body=body)
+
+
+def mlp_csv(rows: int, seed: int, bad: dict[int, str] | None = None) -> bytes:
+    values = np.random.default_rng(seed).normal(size=(rows, 4)).astype(np.float32)
+    lines = [",".join(f"{v:.6f}" for v in row) for row in values]
+    for index, text in (bad or {}).items():
+        lines[index] = text
+    return ("\n".join(lines) + "\n").encode()
 
 
 def left_in_aws():
@@ -108,66 +116,87 @@ def left_in_aws():
 NOTHING = {"endpoints": [], "configs": [], "models": [], "scaling": [], "alarms": [], "staged": []}
 
 
-@pytest.mark.deploy
-def test_async_on_moto_creates_scales_invokes_assembles_and_removes_everything(capsys, aws_env, ecr_images, model_tgz):
-    from sagemaker_tf_deploy.commands.main import main
-    import boto3
-    put_csv()
-    code = main(["transform", "--engine", "async", "--image", ecr_images["multi"], "--model-data", str(model_tgz),
-                 "--role", aws_env["role"], "--input", "s3://batch-data/in/", "--output", "s3://batch-data/out/",
-                 "--instance-type", "ml.c7g.4xlarge", "--max-instances", "3", "--strategy", "SingleRecord",
-                 "--accept", "application/json", "--poll", "0.05", "--format", "json"])
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    doc = json.loads(out)
-    assert doc["engine"] == "async" and doc["records"] == 6 and doc["failed"] == 0 and doc["kept"] is False
-    s3 = boto3.client("s3")
-    for key in ("out/part-0.csv.out", "out/sub/part-1.csv.out"):
-        # moto's own async stub answers {"default": "response"} to every request (the real answers are
-        # the container tests' and, with issue 24's fixture, the moto tests' to come)
-        assert s3.get_object(Bucket="batch-data", Key=key)["Body"].read() == b'{"default":"response"}\n' * 3
-    assert "auto scaling endpoint/" in err and "0..3 instances on the backlog" in err
-    assert left_in_aws() == NOTHING, err
-
-
-def async_args(aws_env, ecr_images, model_tgz, name, *extra):
+def async_args(env, ecr_images, model_tgz, name, *extra):
     return ("transform", "--engine", "async", "--image", ecr_images["multi"], "--model-data", str(model_tgz),
-            "--role", aws_env["role"], "--input", "s3://batch-data/in/", "--output", "s3://batch-data/out/",
-            "--name", name, "--strategy", "SingleRecord", "--accept", "application/json", "--max-in-flight", "1",
-            *extra)
+            "--role", env["role"], "--input", "s3://batch-data/in/", "--output", "s3://batch-data/out/",
+            "--name", name, "--instance-type", "ml.c7g.4xlarge", *extra)
 
 
-def outputs_written():
+def s3_outputs() -> dict[str, bytes]:
     import boto3
-    return [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="batch-data", Prefix="out/").get("Contents", [])]
+    s3 = boto3.client("s3")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="batch-data", Prefix="out/").get("Contents", [])]
+    return {k[len("out/"):]: s3.get_object(Bucket="batch-data", Key=k)["Body"].read() for k in keys}
+
+
+@pytest.mark.deploy
+def test_async_on_moto_gives_batchs_bytes_and_removes_everything(capsys, async_moto, ecr_images, model_tgz,
+                                                                  mlp_server, tmp_path):
+    """The endpoint's requests run against the host server (tests/fixtures/moto_async.py); the batch
+    engine's loop runs against the same server on the same files: the outputs and the failures
+    are the same, byte for byte."""
+    from sagemaker_tf_deploy.commands.main import main
+    from sagemaker_tf_deploy.local import transform as tl
+    from tests.fixtures import moto_async as ma
+    files = {"part-0.csv": mlp_csv(3000, 1), "sub/part-1.csv": mlp_csv(500, 2),
+             "bad.csv": mlp_csv(200, 3, bad={41: "1,2,oops,4"})}
+    put_csv(files)
+    ma.route_async("scoring", mlp_server.url)
+    code = main(list(async_args(async_moto, ecr_images, model_tgz, "scoring", "--max-instances", "3",
+                                "--max-payload-mb", "1", "--join-source", "Input", "--poll", "0.05",
+                                "--format", "json")))
+    out, err = capsys.readouterr()
+    assert code == 1, err                                  # bad.csv:42 failed
+    doc = json.loads(out)
+    assert doc["engine"] == "async" and doc["records"] == 3700 and doc["failed"] == 1
+    assert [(f["file"], f["line"]) for f in doc["failures"]] == [("bad.csv", 42)]
+    # a failure object has no status (halved as a 500), and is named with the container's message
+    assert "FAILED bad.csv:42: async failure: " in err
+    assert "0..3 instances, target 5 queued requests per instance; from zero on alarm" in err
+    got = s3_outputs()
+    assert sorted(got) == ["part-0.csv.out", "sub/part-1.csv.out"]
+    # the same files through the batch engine's loop, against the same server
+    for name, body in files.items():
+        (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / name).write_bytes(body)
+    spec = tl.LocalTransformSpec(image="-", model_data="-", input=tmp_path / "in", output=tmp_path / "out",
+                                 join_source="Input")
+    batch = tl.transform_files(mlp_server.url, spec, {"BatchStrategy": "MultiRecord", "MaxPayloadInMB": 1,
+                                                      "MaxConcurrentTransforms": 4}, quiet=True)
+    assert [(f, line) for f, line, _ in batch.failures] == [("bad.csv", 42)]
+    assert got == {n: (tmp_path / "out" / n).read_bytes() for n in got}
+    assert {i["inference_id"].rsplit("-", 1)[0] for i in ma.ASYNC_INVOCATIONS} == {"scoring"}
+    ma.wait_async_idle()
+    assert left_in_aws() == NOTHING, err
 
 
 @pytest.mark.deploy
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
-def test_async_signal_before_the_endpoint_exists_undoes_the_run(aws_env, ecr_images, model_tgz, sig):
+def test_async_signal_before_the_endpoint_exists_undoes_the_run(async_moto, ecr_images, model_tgz, sig):
     from tests.deploy.test_deploy_interrupts import CODES, Deploy
     from tests.fixtures.moto import gate_operation
-    put_csv()
+    put_csv({"a.csv": mlp_csv(10, 4)})
     with gate_operation("create_endpoint_config") as gate:
-        run = Deploy(*async_args(aws_env, ecr_images, model_tgz, "early", "--poll", "0.05", "--on-interrupt", "keep"))
+        run = Deploy(*async_args(async_moto, ecr_images, model_tgz, "early", "--poll", "0.05",
+                                 "--on-interrupt", "keep"))
         assert gate["entered"].wait(60), run.err
         run.signal(sig)
         run.wait_for("rollback complete")
         gate["fail"] = True                           # the call in flight when the signal came fails
     code, out, err = run.finish()
     assert code == CODES[sig], err
-    assert "deleting what this run created" in err and "rollback complete: nothing from this run is left" in err
+    assert "deleting what this run created" in err
     assert left_in_aws() == NOTHING, err
-    assert outputs_written() == [] and "Traceback" not in err
+    assert s3_outputs() == {} and "Traceback" not in err
 
 
 @pytest.mark.deploy
-def test_async_signal_while_the_endpoint_is_creating_waits_and_deletes_it(aws_env, ecr_images, model_tgz):
+def test_async_signal_while_the_endpoint_is_creating_waits_and_deletes_it(async_moto, ecr_images, model_tgz):
     from tests.deploy.test_deploy_interrupts import Deploy
     from tests.fixtures.moto import endpoint_state, hold_endpoint, release_endpoint
-    put_csv()
+    put_csv({"a.csv": mlp_csv(10, 5)})
     hold_endpoint("creating", "Creating")
-    run = Deploy(*async_args(aws_env, ecr_images, model_tgz, "creating", "--poll", "0.05"))
+    run = Deploy(*async_args(async_moto, ecr_images, model_tgz, "creating", "--poll", "0.05"))
     run.wait_for("creating: Creating")
     run.signal("SIGHUP")
     run.wait_for("SageMaker cannot delete endpoint creating while it is Creating")
@@ -178,48 +207,61 @@ def test_async_signal_while_the_endpoint_is_creating_waits_and_deletes_it(aws_en
     assert left_in_aws() == NOTHING, err
 
 
+def _interrupt_while_out(async_moto, ecr_images, model_tgz, mlp_server, name, sig, *extra):
+    """A run whose requests SageMaker holds in its queue (hold_async) gets SIG once they are out;
+    returns (exit code, stderr, what is left) as seen before the queue lets go."""
+    from tests.deploy.test_deploy_interrupts import Deploy
+    from tests.fixtures import moto_async as ma
+    put_csv({"a.csv": mlp_csv(40, 6), "b.csv": mlp_csv(40, 7)})
+    ma.route_async(name, mlp_server.url)
+    with ma.hold_async():
+        run = Deploy(*async_args(async_moto, ecr_images, model_tgz, name, "--poll", "0.05",
+                                 "--strategy", "SingleRecord", "--max-in-flight", "4", *extra))
+        run.wait_for("from zero on alarm")
+        deadline = time.monotonic() + 30
+        while len(ma.ASYNC_INVOCATIONS) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(ma.ASYNC_INVOCATIONS) == 4, run.err            # the bound: 4 out, none answered
+        run.signal(sig)
+        code, out, err = run.finish()
+        left = left_in_aws()
+    return code, err, left
+
+
 @pytest.mark.deploy
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGHUP"])
-def test_async_signal_while_invoking_cancels_and_removes_everything(aws_env, ecr_images, model_tgz, sig):
-    """--poll 1: each answer is collected about a second after its request, one at a time, so the
-    run is in its invoke phase for about 40 s."""
-    from tests.deploy.test_deploy_interrupts import CODES, Deploy
-    put_csv(keys=("in/a.csv", "in/b.csv"), rows=20)
-    run = Deploy(*async_args(aws_env, ecr_images, model_tgz, "invoking", "--poll", "1"))
-    run.wait_for("0..1 instances on the backlog")
-    time.sleep(2.5)                                   # requests out, answers being collected
-    run.signal(sig)
-    code, out, err = run.finish()
+def test_async_signal_while_requests_are_out_cancels_and_removes_everything(async_moto, ecr_images, model_tgz,
+                                                                            mlp_server, sig):
+    from tests.deploy.test_deploy_interrupts import CODES
+    code, err, left = _interrupt_while_out(async_moto, ecr_images, model_tgz, mlp_server, "out", sig)
     assert code == CODES[sig], err
     assert f"transform interrupted by {sig}; deleting what this run created" in err
-    assert "deleted alarm invoking-has-backlog-without-capacity" in err
-    assert left_in_aws() == NOTHING, err
-    assert "out/b.csv.out" not in outputs_written()   # no half file
+    assert "deleted CloudWatch alarm out-AllTraffic-has-backlog-without-capacity" in err
+    assert left == NOTHING, err
+    assert s3_outputs() == {}                                     # no half file
 
 
 @pytest.mark.deploy
-def test_async_keep_on_interrupt_leaves_the_endpoint_scaled_to_zero_and_names_it(aws_env, ecr_images, model_tgz):
-    from tests.deploy.test_deploy_interrupts import Deploy
-    put_csv(keys=("in/a.csv",), rows=20)
-    run = Deploy(*async_args(aws_env, ecr_images, model_tgz, "kept", "--poll", "1", "--on-interrupt", "keep"))
-    run.wait_for("0..1 instances on the backlog")
-    time.sleep(2.5)
-    run.signal("SIGINT")
-    code, out, err = run.finish()
+def test_async_keep_on_interrupt_leaves_the_endpoint_scaled_to_zero_and_names_it(async_moto, ecr_images,
+                                                                                 model_tgz, mlp_server):
+    code, err, left = _interrupt_while_out(async_moto, ecr_images, model_tgz, mlp_server, "kept", "SIGINT",
+                                           "--on-interrupt", "keep")
     assert code == 130, err
     assert "keeping what exists (--on-interrupt keep)" in err
-    assert "remove them:  deploy delete kept; aws cloudwatch delete-alarms --alarm-names kept-has-backlog-without-capacity" in err
-    left = left_in_aws()
-    assert left["endpoints"] == ["kept"] and left["alarms"] == ["kept-has-backlog-without-capacity"]
-    assert left["scaling"][0]["MinCapacity"] == 0
+    assert "remove them:  deploy delete kept; aws s3 rm --recursive s3://sagemaker-eu-west-1-123456789012/kept/async/" in err
+    assert left["endpoints"] == ["kept"] and left["alarms"] == ["kept-AllTraffic-has-backlog-without-capacity"]
+    assert left["scaling"][0]["MinCapacity"] == 0 and left["staged"]
 
 
 @pytest.mark.deploy
-def test_async_timeout_while_invoking_rolls_back_and_exits_1(capsys, aws_env, ecr_images, model_tgz):
+def test_async_timeout_while_requests_are_out_rolls_back_and_exits_1(capsys, async_moto, ecr_images, model_tgz):
     from sagemaker_tf_deploy.commands.main import main
-    put_csv(keys=("in/a.csv",), rows=20)
-    code = main(list(async_args(aws_env, ecr_images, model_tgz, "slow", "--poll", "1", "--timeout", "3")))
-    out, err = capsys.readouterr()
+    from tests.fixtures import moto_async as ma
+    put_csv({"a.csv": mlp_csv(10, 8)})
+    with ma.hold_async():
+        code = main(list(async_args(async_moto, ecr_images, model_tgz, "slow", "--poll", "0.05", "--timeout", "3")))
+        out, err = capsys.readouterr()
+        left = left_in_aws()
     assert code == 1, err
     assert "not done after 3 s (--timeout)" in err and "rollback complete" in err
-    assert left_in_aws() == NOTHING, err
+    assert left == NOTHING, err

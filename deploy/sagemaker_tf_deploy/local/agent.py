@@ -50,6 +50,7 @@ class Reply:
     body: bytes
     content_type: str = ""
     transient: bool = False     # worth sending again as it is, whatever the status
+    origin: str | None = None   # what a failure is reported as, when not "HTTP <status>"
 
 
 class Sender(Protocol):
@@ -209,12 +210,14 @@ class Progress:
                 pass
 
 
-def error_text(status: int, body: bytes) -> str:
+def error_text(status: int, body: bytes, origin: str | None = None) -> str:
     try:
         message = json.loads(body).get("error")
     except (ValueError, AttributeError):
         message = None
     text = message or body.decode("utf-8", errors="replace").strip()[:500]
+    if origin:
+        return f"{origin}: {text}"
     return f"HTTP {status}: {text}" if status else text
 
 
@@ -274,7 +277,7 @@ class _Agent:
             except ValueError as exc:
                 problem = str(exc)
         else:
-            problem = error_text(reply.status, reply.body)
+            problem = error_text(reply.status, reply.body, reply.origin)
         if len(batch) == 1 or reply.status not in BISECTED_STATUSES or self.stopping.is_set():
             return [(r, None, problem) for r in batch]
         half = len(batch) // 2

@@ -3,8 +3,10 @@
   * S3Source / S3Sink: the --input prefix's objects (sorted by key, names relative to the prefix,
     as batch transform's S3Prefix) and `<name>.out` under the --output prefix;
   * AsyncS3Sender (agent.Sender): a request body is staged as s3://BUCKET/RUN/requests/<id>,
-    InvokeEndpointAsync(InputLocation=...) is called, and the answer is read back from the
-    OutputLocation or FailureLocation SageMaker named. One collector thread lists the prefixes
+    InvokeEndpointAsync(InputLocation=...) is called (async_endpoint.invoke), and the answer is
+    read back from the OutputLocation or FailureLocation SageMaker named (not with
+    async_endpoint.wait_for_answer, which polls one request's objects: with many out, listing
+    the prefixes costs one call however many are waiting). One collector thread lists the prefixes
     of the requests in flight every POLL seconds (two LIST calls however many are out), reads
     what appeared and deletes it, staged request included. A throttled or failed invoke call
     and a request SageMaker expired are transient (the agent sends them again); any other
@@ -23,9 +25,10 @@ from dataclasses import dataclass, field
 
 import botocore.exceptions
 
-from ..core.aws import Aws, error_message
+from ..core.aws import Aws, error_code, error_message
 from ..core.errors import DeployError
 from ..local.agent import InputFile, Reply
+from . import async_endpoint
 
 TRANSIENT_CODES = frozenset({"ThrottlingException", "Throttling", "ThrottledException", "ServiceUnavailable",
                              "ServiceUnavailableException", "InternalFailure", "InternalServerError",
@@ -119,27 +122,22 @@ class AsyncS3Sender:
     def send(self, body: bytes) -> Reply:
         if self._stop.is_set():
             return Reply(0, b"stopped before the request was sent")
-        inference_id = f"{self.run_prefix.rsplit('/', 1)[-1]}-{next(self._ids):08d}"[-64:]
+        inference_id = f"{self.endpoint}-{next(self._ids):08d}"[-64:]
         key = f"{self.run_prefix}/requests/{inference_id}"
         try:
             self.aws.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=self.content_type)
         except botocore.exceptions.ClientError as exc:
             return Reply(0, f"could not stage the request in S3: {error_message(exc)}".encode(), transient=True)
-        args = {"EndpointName": self.endpoint, "InputLocation": f"s3://{self.bucket}/{key}",
-                "ContentType": self.content_type, "InferenceId": inference_id}
-        if self.accept:
-            args["Accept"] = self.accept
         try:
-            answer = self.aws.runtime.invoke_endpoint_async(**args)
-        except botocore.exceptions.ClientError as exc:
+            invocation = async_endpoint.invoke(self.aws, self.endpoint, f"s3://{self.bucket}/{key}",
+                                               self.content_type, self.accept, inference_id)
+        except DeployError as exc:                              # SageMaker refused or throttled the call
             self._delete(self.bucket, key)
-            code = exc.response.get("Error", {}).get("Code", "")
-            return Reply(0, f"InvokeEndpointAsync: {error_message(exc)}".encode(),
-                         transient=code in TRANSIENT_CODES)
+            return Reply(0, str(exc).encode(), transient=error_code(exc.__cause__) in TRANSIENT_CODES)
         except botocore.exceptions.BotoCoreError as exc:       # the network
             self._delete(self.bucket, key)
             return Reply(0, f"InvokeEndpointAsync: {exc}".encode(), transient=True)
-        waiter = _Waiter(key, parse_s3(answer["OutputLocation"]), parse_s3(answer.get("FailureLocation") or ""))
+        waiter = _Waiter(key, parse_s3(invocation.output), parse_s3(invocation.failure or ""))
         with self._lock:
             if self._stop.is_set():                   # cancelled while the invoke call was out
                 return Reply(0, b"stopped before the answer came")
@@ -222,7 +220,8 @@ class AsyncS3Sender:
             reply = Reply(200, body, content_type)
         else:
             text = body.decode("utf-8", errors="replace").lower()
-            reply = Reply(500, body, transient=any(w in text for w in EXPIRED_WORDS))
+            reply = Reply(500, body, transient=any(w in text for w in EXPIRED_WORDS),
+                          origin="async failure")    # its object is deleted once read
         with self._lock:
             self._waiting.pop(waiter.output, None)
             self._waiting.pop(waiter.failure, None)

@@ -8,11 +8,13 @@ In order:
   1. the local checks (no network): S3 URIs, role, a hosting instance type, the batch options;
   2. read-only calls: the image in ECR in the region and its architectures against the type, the
      input prefix's objects;
-  3. the model archive staged (as `deploy create` does), the model, an endpoint config with
-     AsyncInferenceConfig (answers to s3://BUCKET/RUN/outputs/, failures to .../failures/), the
-     endpoint (one instance to start), then auto scaling from 0 to --max-instances on the
-     backlog (ApproximateBacklogSizePerInstance, and the step policy on HasBacklogWithoutCapacity
-     with its CloudWatch alarm that AWS documents for scaling up from zero);
+  3. `deploy create --async` (endpoint.create with async_endpoint.AsyncSpec): the model archive
+     staged, the model, an endpoint config with AsyncInferenceConfig (answers to
+     s3://BUCKET/RUN/outputs/, failures to .../failures/), the endpoint with --max-instances
+     instances, then auto scaling from 0 to --max-instances on the backlog
+     (async_endpoint.scale_on_backlog: ApproximateBacklogSizePerInstance, and the step policy on
+     HasBacklogWithoutCapacity with its CloudWatch alarm for scaling up from zero); create's own
+     interruption rule covers this phase;
   4. the transform loop (local/agent.py) with async_io.AsyncS3Sender: requests staged under
      s3://BUCKET/RUN/requests/, invoked asynchronously, up to --max-in-flight out, answers read
      back, transient failures sent again; `<file>.out` written under --output as files complete;
@@ -34,24 +36,21 @@ names them with the commands that remove them. The clean-up runs shielded.
 from __future__ import annotations
 
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import botocore.exceptions
 
-from ..core import checks, instance, interrupts
+from ..core import checks, interrupts
 from ..core.aws import Aws, error_message
 from ..core.errors import DeployError, UsageError
 from ..core.output import Reporter
 from ..local import agent, records as rec
-from . import async_io, cleanup, endpoint, registry, resources, staging, waiting
+from . import async_endpoint, async_io, endpoint, resources, staging, waiting
 
 ROLLBACK, KEEP = interrupts.ROLLBACK, interrupts.KEEP
 DEFAULT_INSTANCE_TYPE = "ml.c7g.4xlarge"
 DEFAULT_PER_INSTANCE = 4          # requests in flight per instance when --max-concurrent is not given
-BACKLOG_PER_INSTANCE = 5.0        # the target of ApproximateBacklogSizePerInstance
 
 
 @dataclass
@@ -114,51 +113,6 @@ def check_spec(spec: AsyncTransformSpec) -> None:
         checks.check_name(spec.name, "endpoint")
 
 
-def _scale_from_zero(aws: Aws, name: str, variant: str, spec: AsyncTransformSpec, reporter: Reporter) -> str:
-    """Auto scaling 0..max_instances on the backlog; returns the CloudWatch alarm's name."""
-    resource_id = f"endpoint/{name}/variant/{variant}"
-    dimension = "sagemaker:variant:DesiredInstanceCount"
-    aws.autoscaling.register_scalable_target(ServiceNamespace="sagemaker", ResourceId=resource_id,
-                                             ScalableDimension=dimension, MinCapacity=0,
-                                             MaxCapacity=spec.max_instances)
-    aws.autoscaling.put_scaling_policy(
-        PolicyName=f"{name}-backlog", ServiceNamespace="sagemaker", ResourceId=resource_id,
-        ScalableDimension=dimension, PolicyType="TargetTrackingScaling",
-        TargetTrackingScalingPolicyConfiguration={
-            "TargetValue": BACKLOG_PER_INSTANCE,
-            "CustomizedMetricSpecification": {
-                "MetricName": "ApproximateBacklogSizePerInstance", "Namespace": "AWS/SageMaker",
-                "Dimensions": [{"Name": "EndpointName", "Value": name}], "Statistic": "Average"},
-            "ScaleInCooldown": 300, "ScaleOutCooldown": 60})
-    step = aws.autoscaling.put_scaling_policy(
-        PolicyName=f"{name}-from-zero", ServiceNamespace="sagemaker", ResourceId=resource_id,
-        ScalableDimension=dimension, PolicyType="StepScaling",
-        StepScalingPolicyConfiguration={"AdjustmentType": "ChangeInCapacity", "MetricAggregationType": "Average",
-                                        "Cooldown": 300,
-                                        "StepAdjustments": [{"MetricIntervalLowerBound": 0, "ScalingAdjustment": 1}]})
-    alarm = f"{name}-has-backlog-without-capacity"
-    aws.client("cloudwatch").put_metric_alarm(
-        AlarmName=alarm, MetricName="HasBacklogWithoutCapacity", Namespace="AWS/SageMaker",
-        Dimensions=[{"Name": "EndpointName", "Value": name}], Statistic="Average", Period=60,
-        EvaluationPeriods=2, DatapointsToAlarm=2, Threshold=1, ComparisonOperator="GreaterThanOrEqualToThreshold",
-        TreatMissingData="missing", AlarmActions=[step["PolicyARN"]])
-    reporter.info(f"auto scaling {resource_id}: 0..{spec.max_instances} instances on the backlog "
-                  f"(target {BACKLOG_PER_INSTANCE:g} per instance; alarm {alarm} scales up from zero)")
-    return alarm
-
-
-def _remove_alarm(aws: Aws, alarm: str | None, reporter: Reporter) -> bool:
-    if not alarm:
-        return True
-    try:
-        aws.client("cloudwatch").delete_alarms(AlarmNames=[alarm])
-        reporter.info(f"deleted alarm {alarm}")
-        return True
-    except botocore.exceptions.ClientError as exc:
-        reporter.info(f"could not delete alarm {alarm}: {error_message(exc)}")
-        return False
-
-
 def _remove_staged(aws: Aws, bucket: str, prefix: str, reporter: Reporter) -> bool:
     """Everything under s3://BUCKET/PREFIX/ (requests, answers, failures not yet collected)."""
     try:
@@ -187,61 +141,33 @@ def _scale_to_zero(aws: Aws, name: str, variant: str, reporter: Reporter) -> Non
 
 def run(aws: Aws, spec: AsyncTransformSpec, reporter: Reporter, *, quiet: bool = False) -> dict:
     check_spec(spec)
-    registry.check_ecr_location(spec.image, aws.region)   # SageMaker pulls only from ECR in the region
     parameters, sources = rec.effective_parameters(spec.given, None, spec.split_type)
     source, sink = async_io.S3Source(aws, spec.input), async_io.S3Sink(aws, spec.output)
-    with tempfile.TemporaryDirectory(prefix="deploy-transform-async-") as tmp:
-        local = staging.prepare_model_data(spec.model_data, Path(tmp), reporter)
-        if spec.arch_check:
-            endpoint.check_architecture(aws, spec.image, spec.instance_type, reporter)
-        else:
-            reporter.info("architecture check skipped (--skip-arch-check)")
-        files = source.files()
-        reporter.info(f"input {spec.input}: {len(files)} object(s), {sum(f.size for f in files):,} bytes")
-        reporter.info("async: " + ", ".join(f"{k} {parameters[k]} ({sources[k]})" for k in rec.PARAMETERS
-                                            if k != "MaxConcurrentTransforms")
-                      + f", SplitType {spec.split_type}, MaxConcurrentInvocationsPerInstance "
-                      + (f"{spec.max_concurrent} (flag)" if spec.max_concurrent else "SageMaker's choice")
-                      + f", up to {spec.in_flight} in flight")
-        return _run(aws, spec, local, parameters, sources, source, sink, reporter, quiet)
-
-
-def _run(aws, spec, local, parameters, sources, source, sink, reporter, quiet) -> dict:
+    files = source.files()          # read-only: an empty or unreadable input is refused before anything is made
+    reporter.info(f"input {spec.input}: {len(files)} object(s), {sum(f.size for f in files):,} bytes")
+    reporter.info("async: " + ", ".join(f"{k} {parameters[k]} ({sources[k]})" for k in rec.PARAMETERS
+                                        if k != "MaxConcurrentTransforms")
+                  + f", SplitType {spec.split_type}, MaxConcurrentInvocationsPerInstance "
+                  + (f"{spec.max_concurrent} (flag)" if spec.max_concurrent else "SageMaker's choice")
+                  + f", up to {spec.in_flight} in flight")
     stamp = resources.timestamp()
     name = spec.name or resources.resource_name("tf-graviton-transform", stamp)
-    model = resources.resource_name(name if spec.name else "tf-graviton-transform", stamp)
     bucket = spec.bucket or aws.default_bucket()
     prefix = f"{name}/async"                           # the run prefix: requests, outputs, failures
-    variant = resources.VARIANT
-    created = cleanup.Created()
-    state = {"alarm": None, "staged": False, "sender": None, "endpoint_up": False}
+    env = {"SAGEMAKER_MAX_PAYLOAD_IN_MB": str(parameters["MaxPayloadInMB"]),
+           **rec.batch_env({**spec.given, "MaxPayloadInMB": None}), **spec.env}
+    create = endpoint.CreateSpec(
+        image=spec.image, model_data=spec.model_data, role=spec.role, name=name, instance_type=spec.instance_type,
+        instance_count=spec.max_instances, env=env, bucket=spec.bucket, timeout=spec.timeout, poll=spec.poll,
+        arch_check=spec.arch_check, on_interrupt=spec.on_interrupt,
+        async_inference=async_endpoint.AsyncSpec(
+            output=f"s3://{bucket}/{prefix}/outputs", failure_output=f"s3://{bucket}/{prefix}/failures",
+            max_concurrent_invocations=spec.max_concurrent, min_instances=0))
     start = time.monotonic()
+    made = endpoint.create(aws, create, reporter)     # create's interruption rule covers this phase
+    state = {"staged": False, "sender": None}
     try:
-        model_url, has_code = staging.stage_model_data(aws, local, spec.bucket, model, reporter, created)
-        env = {**resources.default_env(aws.region, has_code),
-               "SAGEMAKER_MAX_PAYLOAD_IN_MB": str(parameters["MaxPayloadInMB"]),
-               **rec.batch_env({**spec.given, "MaxPayloadInMB": None}), **spec.env}
-        created.model = model
-        aws.sagemaker.create_model(ModelName=model, ExecutionRoleArn=spec.role, Tags=[resources.TAG],
-                                   PrimaryContainer={"Image": spec.image, "ModelDataUrl": model_url, "Environment": env})
-        reporter.info(f"created model {model}")
-        async_config = {"OutputConfig": {"S3OutputPath": f"s3://{bucket}/{prefix}/outputs/",
-                                         "S3FailurePath": f"s3://{bucket}/{prefix}/failures/"}}
-        if spec.max_concurrent:
-            async_config["ClientConfig"] = {"MaxConcurrentInvocationsPerInstance": spec.max_concurrent}
-        created.endpoint_config = model
-        aws.sagemaker.create_endpoint_config(
-            EndpointConfigName=model, Tags=[resources.TAG], AsyncInferenceConfig=async_config,
-            ProductionVariants=[{"VariantName": variant, "ModelName": model, "InstanceType": spec.instance_type,
-                                 "InitialInstanceCount": 1, "InitialVariantWeight": 1.0}])
-        reporter.info(f"created endpoint config {model} (async: answers to s3://{bucket}/{prefix}/)")
-        created.endpoint = name
-        aws.sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=model, Tags=[resources.TAG])
-        reporter.info(f"creating endpoint {name} (1 x {spec.instance_type} to start)")
-        waiting.wait_for_endpoint(aws, name, reporter, timeout=spec.timeout, poll=spec.poll)
-        state["endpoint_up"] = True
-        state["alarm"] = f"{name}-has-backlog-without-capacity"
-        state["alarm"] = _scale_from_zero(aws, name, variant, spec, reporter)
+        staging.ensure_bucket(aws, bucket, reporter)
         state["staged"] = True
         sender = state["sender"] = async_io.AsyncS3Sender(
             aws, name, bucket, prefix, spec.content_type, spec.accept or spec.content_type,
@@ -262,43 +188,36 @@ def _run(aws, spec, local, parameters, sources, source, sink, reporter, quiet) -
             sender.cancel()
             sender.close()
         with interrupts.shielded(reporter.info) as shield:
-            _stop(aws, spec, exc, created, state, bucket, prefix, variant, reporter, shield)
+            _stop(aws, spec, exc, name, state, bucket, prefix, reporter, shield)
         raise AssertionError("unreachable")  # pragma: no cover
-    kept = _finish(aws, spec, created, state, bucket, prefix, variant, reporter)
+    kept = _finish(aws, spec, name, bucket, prefix, reporter)
     return {"engine": "async", "endpoint": name, "kept": kept, "result": result, "bucket": bucket,
             "run_prefix": f"s3://{bucket}/{prefix}/", "output": spec.output, "instance_type": spec.instance_type,
-            "max_instances": spec.max_instances, "model_data": model_url}
+            "max_instances": spec.max_instances, "model_data": made.get("model_data")}
 
 
-def _finish(aws, spec, created, state, bucket, prefix, variant, reporter) -> bool:
+def _finish(aws, spec, name, bucket, prefix, reporter) -> bool:
     """The end of a run that finished: remove everything, or keep the endpoint scaled to zero."""
     _remove_staged(aws, bucket, prefix, reporter)
-    name = created.endpoint
     if spec.keep:
-        _scale_to_zero(aws, name, variant, reporter)
-        reporter.info(f"kept endpoint {name} (--keep), scaled to zero; remove it with "
-                      f"`deploy delete {name}` and `aws cloudwatch delete-alarms --alarm-names {state['alarm']}`")
+        _scale_to_zero(aws, name, resources.VARIANT, reporter)
+        reporter.info(f"kept endpoint {name} (--keep), scaled to zero; remove it with `deploy delete {name}`")
         return True
-    _remove_alarm(aws, state["alarm"], reporter)
     endpoint.delete(aws, name, reporter, wait=False, timeout=waiting.rollback_wait(spec.timeout), poll=spec.poll)
     return False
 
 
-def _stop(aws, spec, exc, created, state, bucket, prefix, variant, reporter, shield) -> None:
-    """The interruption rule for the async engine; always raises."""
+def _stop(aws, spec, exc, name, state, bucket, prefix, reporter, shield) -> None:
+    """The interruption rule once the endpoint is up and requests go out; always raises."""
     what = interrupts.describe_stop(exc) if interrupts.is_stop(exc) else \
         f"failed: {exc if isinstance(exc, DeployError) else error_message(exc)}"
-    name = created.endpoint
-    if name and interrupts.is_stop(exc) and spec.on_interrupt == KEEP:
+    if interrupts.is_stop(exc) and spec.on_interrupt == KEEP:
         reporter.info(f"transform {what}; keeping what exists (--on-interrupt keep):")
-        if state["endpoint_up"]:
-            _scale_to_zero(aws, name, variant, reporter)
-        for label in created.labels():
-            reporter.info(f"  {label}")
+        _scale_to_zero(aws, name, resources.VARIANT, reporter)
+        reporter.info(f"  endpoint {name}, its config, model and auto scaling")
         if state["staged"]:
             reporter.info(f"  staged requests and answers under s3://{bucket}/{prefix}/")
         reporter.info(f"  remove them:  deploy delete {name}"
-                      + (f"; aws cloudwatch delete-alarms --alarm-names {state['alarm']}" if state["alarm"] else "")
                       + (f"; aws s3 rm --recursive s3://{bucket}/{prefix}/" if state["staged"] else ""))
         if isinstance(exc, interrupts.WaitTimedOut):
             raise DeployError(f"{exc}; kept (--on-interrupt keep): `deploy delete {name}`") from exc
@@ -307,17 +226,19 @@ def _stop(aws, spec, exc, created, state, bucket, prefix, variant, reporter, shi
     left = []
     if state["staged"] and not _remove_staged(aws, bucket, prefix, reporter):
         left.append(f"s3://{bucket}/{prefix}/")
-    if not _remove_alarm(aws, state["alarm"], reporter):
-        left.append(f"alarm {state['alarm']}")
-    if name:
-        from . import scaling
-        scaling.deregister(aws, name, [variant], reporter)
-    left += cleanup.rollback(aws, created, reporter, timeout=waiting.rollback_wait(spec.timeout), poll=spec.poll,
-                             shield=shield)
+    try:
+        if not shield.interrupted:
+            endpoint.delete(aws, name, reporter, wait=False, timeout=waiting.rollback_wait(spec.timeout),
+                            poll=spec.poll)
+        else:
+            left.append(f"endpoint {name}")
+    except (DeployError, botocore.exceptions.ClientError) as err:
+        reporter.info(f"could not delete endpoint {name}: {err if isinstance(err, DeployError) else error_message(err)}")
+        left.append(f"endpoint {name}")
     if left:
         reporter.info(f"still there: {', '.join(left)}")
-        if name:
-            reporter.info(f"  remove it:    deploy delete {name}")
+        reporter.info(f"  remove it:    deploy delete {name}"
+                      + (f"; aws s3 rm --recursive s3://{bucket}/{prefix}/" if state["staged"] else ""))
     else:
         reporter.info("rollback complete: nothing from this run is left")
     if isinstance(exc, (interrupts.Interrupted, KeyboardInterrupt, DeployError)):
