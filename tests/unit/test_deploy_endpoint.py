@@ -531,6 +531,13 @@ def test_exit_codes_version_and_help(capsys):
         text = capsys.readouterr().out
         assert f"example:\n  {EXAMPLES[command]}" in text, command
         assert "--output {table,json,text}" in text
+    # every subcommand ends its --help with an example (deploy models had none)
+    from sagemaker_tf_deploy.commands.main import _finish_parser, build_parser
+    parser = _finish_parser(build_parser())
+    commands = next(a for a in parser._subparsers._group_actions).choices
+    for command in commands:
+        assert main([command, "--help"]) == 0
+        assert "example" in capsys.readouterr().out.rsplit("\n\n", 1)[-1], command
     main(["create", "--help"])
     text = capsys.readouterr().out
     assert "--on-interrupt {rollback,keep}" in text and "default rollback" in text

@@ -229,6 +229,9 @@ def test_replace_mode_then_promote(capsys, x86_endpoint, ecr_images):
     assert not any(k.startswith("tf-graviton-migrate:") for k in tags)
     code, out, err = run(capsys, "promote", "digits")
     assert code == 1 and "no migration in progress" in err
+    code, out, err = run(capsys, "rollback", "digits")       # after promote: says what happened, and the way back
+    assert code == 1 and "it was promoted to Graviton" in err and "made by `deploy promote`" in err
+    assert "was not made by `deploy migrate`" not in err
 
 
 @pytest.mark.parametrize("how", ["create_endpoint_config", "update_endpoint", "update Failed"])

@@ -518,6 +518,7 @@ EXAMPLES = {
     "list": "deploy list --output json",
     "status": "deploy status digits --output json",
     "wait": "deploy wait digits --timeout 1800",
+    "models": "deploy models list digits-mme",
     "local": "deploy local --image sagemaker-tf-graviton:dev-amd64 --model-data examples/digits/model.tar.gz "
              "--invoke examples/digits/request.json",
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 
 import boto3
 import botocore.config
@@ -113,12 +114,30 @@ def error_code(exc: BaseException) -> str:
     return ""
 
 
+MAX_MESSAGE = 500
+
+
+def summarized(message: str, status: int | str | None = None) -> str:
+    """A service's error text as one short line: an HTML page (a proxy's or a load balancer's, which
+    botocore passes on as the message when the body is no AWS error) becomes its <title> and
+    status, anything else is cut at MAX_MESSAGE characters."""
+    text = (message or "").strip()
+    if re.match(r"(?is)\s*(<!doctype html|<html)", text):
+        title = re.search(r"(?is)<title[^>]*>(.*?)</title>", text)
+        what = f" ({' '.join(title.group(1).split())})" if title else ""
+        return f"the service answered with an HTML page{what}" + (f", HTTP {status}" if status else "") + \
+            ", not an AWS error: a proxy or an outage between here and AWS?"
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE] + "..."
+
+
 def error_message(exc: BaseException) -> str:
     """A short, credential-free description of an AWS error."""
     if isinstance(exc, botocore.exceptions.ClientError):
         err = exc.response.get("Error", {})
         op = getattr(exc, "operation_name", "")
-        return f"{op}: {err.get('Code', '')}: {err.get('Message', '')}".strip(": ")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return f"{op}: {err.get('Code', '')}: {summarized(err.get('Message', ''), status)}".strip(": ")
     if isinstance(exc, botocore.exceptions.BotoCoreError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"

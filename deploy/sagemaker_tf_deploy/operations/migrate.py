@@ -44,6 +44,7 @@ PREFIX = "tf-graviton-migrate:"
 K_FROM, K_MODEL, K_VARIANT, K_X86, K_MODE = (PREFIX + k for k in
                                              ("from-config", "model", "variant", "x86-variant", "mode"))
 MIGRATION_TAGS = (K_FROM, K_MODEL, K_VARIANT, K_X86, K_MODE)
+K_PROMOTED = "tf-graviton-promoted-from"     # on the config promote leaves: the x86 config it replaced
 GRAVITON_VARIANT = "Graviton"
 CONFIG_KEYS = ("DataCaptureConfig", "KmsKeyId", "AsyncInferenceConfig")
 _TRANSIENT = {"Creating", "Updating", "SystemUpdating", "RollingBack", "UpdateRollbackFailed"}
@@ -415,8 +416,15 @@ def _require(aws: Aws, name: str, reporter: Reporter, timeout: float, poll: floa
     current = resources.describe(aws, name)
     mig = read_migration(aws, name, current)
     if mig is None:
+        config = current["config"]["EndpointConfigName"]
+        promoted = _tags(aws, current["config"]["EndpointConfigArn"]).get(K_PROMOTED)
+        if promoted:
+            raise DeployError(f"endpoint {name} has no migration in progress: it was promoted to Graviton (config "
+                              f"{config}, made by `deploy promote` from {promoted}), which removed the x86 "
+                              f"variant; to go back to x86, `deploy update {name} --image X86_IMAGE "
+                              "--instance-type ml.c6i.xlarge` (or `deploy migrate` again to try Graviton)")
         raise DeployError(f"endpoint {name} has no migration in progress (its config "
-                          f"{current['config']['EndpointConfigName']} was not made by `deploy migrate`)")
+                          f"{config} was not made by `deploy migrate`)")
     if desc["EndpointStatus"] != "InService":
         raise DeployError(f"endpoint {name} is {desc['EndpointStatus']}"
                           + (f": {desc['FailureReason']}" if desc.get("FailureReason") else ""))
@@ -444,12 +452,15 @@ def promote(aws: Aws, name: str, reporter: Reporter, *, timeout: float = 1800.0,
     if mig.mode == "replace":
         final = config_name
         aws.sagemaker.delete_tags(ResourceArn=mig.config["EndpointConfigArn"], TagKeys=list(MIGRATION_TAGS))
+        aws.sagemaker.add_tags(ResourceArn=mig.config["EndpointConfigArn"],
+                               Tags=[{"Key": K_PROMOTED, "Value": mig.from_config}])
         reporter.info(f"{mig.variant} already takes all traffic on {config_name}; migration record removed")
     else:
         final = resources.resource_name(f"{name}-graviton", resources.timestamp())
         variant = {k: v for k, v in graviton.items() if k in resources.VARIANT_KEYS or k == "ModelName"}
         variant["InitialVariantWeight"] = 1.0
-        cfg = {"EndpointConfigName": final, "ProductionVariants": [variant], "Tags": [TAG]}
+        cfg = {"EndpointConfigName": final, "ProductionVariants": [variant],
+               "Tags": [TAG, {"Key": K_PROMOTED, "Value": mig.from_config}]}
         for key in CONFIG_KEYS:
             if mig.config.get(key):
                 cfg[key] = mig.config[key]

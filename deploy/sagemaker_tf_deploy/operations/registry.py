@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import requests
 
+from ..core.aws import error_message
 from ..core.errors import DeployError, UsageError
 
 MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -147,8 +148,7 @@ def _ecr_architectures(ref: ImageRef, aws) -> set[str]:
         out = ecr.batch_get_image(registryId=account, repositoryName=ref.repository,
                                   imageIds=[image_id], acceptedMediaTypes=ACCEPT)
     except botocore.exceptions.ClientError as exc:
-        err = exc.response.get("Error", {})
-        raise DeployError(f"cannot read {ref} from ECR: {err.get('Code')}: {err.get('Message')}") from exc
+        raise DeployError(f"cannot read {ref} from ECR: {error_message(exc)}") from exc
     if not out.get("images"):
         failures = out.get("failures") or [{}]
         f = failures[0]
@@ -166,9 +166,7 @@ def _ecr_architectures(ref: ImageRef, aws) -> set[str]:
         url = ecr.get_download_url_for_layer(registryId=account, repositoryName=ref.repository,
                                              layerDigest=digest)["downloadUrl"]
     except botocore.exceptions.ClientError as exc:
-        err = exc.response.get("Error", {})
-        raise DeployError(f"cannot read the config of {ref} from ECR: {err.get('Code')}: "
-                          f"{err.get('Message')}") from exc
+        raise DeployError(f"cannot read the config of {ref} from ECR: {error_message(exc)}") from exc
     resp = requests.get(url, timeout=TIMEOUT)
     if resp.status_code != 200:
         raise DeployError(f"cannot read the config of {ref}: HTTP {resp.status_code}")
