@@ -119,7 +119,7 @@ NOTHING = {"endpoints": [], "configs": [], "models": [], "scaling": [], "alarms"
 def async_args(env, ecr_images, model_tgz, name, *extra):
     return ("transform", "--engine", "async", "--image", ecr_images["multi"], "--model-data", str(model_tgz),
             "--role", env["role"], "--input", "s3://batch-data/in/", "--output", "s3://batch-data/out/",
-            "--name", name, "--instance-type", "ml.c7g.4xlarge", *extra)
+            "--name", name, *extra)          # --engine async: ml.c7g.4xlarge by default
 
 
 def s3_outputs() -> dict[str, bytes]:
@@ -153,6 +153,7 @@ def test_async_on_moto_gives_batchs_bytes_and_removes_everything(capsys, async_m
     # a failure object has no status (halved as a 500), and is named with the container's message
     assert "FAILED bad.csv:42: async failure: " in err
     assert "0..3 instances, target 5 queued requests per instance; from zero on alarm" in err
+    assert "ml.c7g.4xlarge is arm64: ok" in err            # the async engine's default type is Graviton
     got = s3_outputs()
     assert sorted(got) == ["part-0.csv.out", "sub/part-1.csv.out"]
     # the same files through the batch engine's loop, against the same server

@@ -46,7 +46,8 @@ from ..core.errors import UsageError   # exit 2: refused before any network call
 
 ROLLBACK, KEEP = "rollback", "keep"
 ENGINES = ("batch", "async")
-BATCH_X86_DEFAULT = "ml.c5.4xlarge"       # the cost line's comparison: batch transform's x86 default (issue 24)
+BATCH_X86_DEFAULT = instance.DEFAULT_TRANSFORM_TYPE    # the cost line's comparison
+ASYNC_DEFAULT_TYPE = "ml.c7g.4xlarge"     # --engine async: a Graviton hosting type
 TERMINAL = {"Completed", "Failed", "Stopped"}
 CONTENT_TYPES = ("text/csv", "application/jsonlines", "application/json", "application/x-npy")
 
@@ -381,9 +382,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, metavar="s3://.../|DIR", help="input prefix (a folder with --local)")
     p.add_argument("--output", required=True, metavar="s3://.../|DIR",
                    help="output prefix (a folder with --local): FILE.out per input FILE")
-    p.add_argument("--instance-type", default=instance.DEFAULT_TRANSFORM_TYPE,
+    p.add_argument("--instance-type",
                    help=f"default {instance.DEFAULT_TRANSFORM_TYPE} (batch transform has no Graviton types: "
-                        "see --engine async)")
+                        f"see --engine async), {ASYNC_DEFAULT_TYPE} with --engine async")
     p.add_argument("--instance-count", type=_positive_int, default=1)
     p.add_argument("--content-type", default="text/csv", help="of the input records (default text/csv)")
     p.add_argument("--accept", help="media type to ask for (default: the content type, so that the answer "
@@ -437,6 +438,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def cmd_transform(args, console) -> int:
     env = checks.parse_env(args.env)
+    args.instance_type = args.instance_type or (ASYNC_DEFAULT_TYPE if args.engine == "async"
+                                                else instance.DEFAULT_TRANSFORM_TYPE)
     if args.local:
         return _cmd_local(args, console, env)
     if args.engine == "async":
