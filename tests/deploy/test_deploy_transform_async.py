@@ -266,3 +266,31 @@ def test_async_timeout_while_requests_are_out_rolls_back_and_exits_1(capsys, asy
     assert code == 1, err
     assert "not done after 3 s (--timeout)" in err and "rollback complete" in err
     assert left == NOTHING, err
+
+
+@pytest.mark.deploy
+def test_async_on_moto_json_lines_match_the_batch_engine(capsys, async_moto, ecr_images, model_tgz, mlp_server,
+                                                         tmp_path):
+    """JSON Lines in, JSON Lines out, joined with the input (SageMaker's JSON join): the same bytes
+    from the async engine on moto and from the batch engine's loop, against the same server."""
+    from sagemaker_tf_deploy.commands.main import main
+    from sagemaker_tf_deploy.local import transform as tl
+    from tests.fixtures import moto_async as ma
+    rows = np.random.default_rng(9).normal(size=(800, 4)).astype(np.float32)
+    features = "".join(json.dumps([round(float(v), 6) for v in r]) + "\n" for r in rows).encode()
+    put_csv({"rows.jsonl": features})
+    ma.route_async("lines", mlp_server.url)
+    code = main(list(async_args(async_moto, ecr_images, model_tgz, "lines", "--content-type", "application/jsonlines",
+                                "--join-source", "Input", "--poll", "0.05")))
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    got = s3_outputs()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "rows.jsonl").write_bytes(features)
+    spec = tl.LocalTransformSpec(image="-", model_data="-", input=tmp_path / "in", output=tmp_path / "out",
+                                 content_type="application/jsonlines", join_source="Input")
+    tl.transform_files(mlp_server.url, spec, {"BatchStrategy": "MultiRecord", "MaxPayloadInMB": 6,
+                                              "MaxConcurrentTransforms": 4}, quiet=True)
+    assert got == {"rows.jsonl.out": (tmp_path / "out" / "rows.jsonl.out").read_bytes()}
+    first = json.loads(got["rows.jsonl.out"].splitlines()[0])
+    assert first["SageMakerInput"] == json.loads(features.splitlines()[0]) and len(first["SageMakerOutput"]) == 3
