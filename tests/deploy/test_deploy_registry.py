@@ -15,7 +15,7 @@ import json
 import pytest
 import requests
 
-from sagemaker_tf_deploy.operations import registry
+from sagemaker_tf_deploy.core import registry
 from sagemaker_tf_deploy.core.errors import DeployError
 
 BASE_REPO = "debian"

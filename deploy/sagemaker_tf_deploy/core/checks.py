@@ -13,8 +13,7 @@ from __future__ import annotations
 import os
 import re
 
-from . import archive, instance
-from ..operations import registry
+from . import archive, instance, registry
 from .errors import UsageError
 
 NAME_MAX = 63

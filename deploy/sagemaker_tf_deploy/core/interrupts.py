@@ -21,7 +21,7 @@ Use it like this (this is what `create` and `update` in endpoint.py do):
 
     from sagemaker_tf_deploy.core import interrupts
 
-    with interrupts.handle_signals():        # cli.main() already does this for every command
+    with interrupts.handle_signals():        # commands.main.main() already does this for every command
         try:
             ... make things ...
         except BaseException as exc:         # Interrupted is a BaseException, like KeyboardInterrupt

@@ -26,7 +26,7 @@ from typing import Callable
 import requests
 
 from ..core import archive
-from ..operations.resources import default_env
+from ..core.defaults import default_env
 from ..core.errors import DeployError
 
 _SECRETISH = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|API_KEY", re.I)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import botocore.exceptions
 
 from ..core import interrupts
-from . import scaling, staging, waiting
+from . import scaling, waiting
 from ..core.aws import Aws, error_message, not_found
 from ..core.output import Reporter
 
@@ -80,7 +80,18 @@ def rollback(aws: Aws, created: Created, reporter: Reporter, *, timeout: float =
             left.append(f"model {created.model}")
     if created.s3_object:
         bucket, key = created.s3_object
-        staging.abort_uploads(aws, bucket, key)
+        abort_uploads(aws, bucket, key)
         if not gone_or(f"s3://{bucket}/{key}", lambda: aws.s3.delete_object(Bucket=bucket, Key=key), reporter):
             left.append(f"s3://{bucket}/{key}")
     return left
+
+
+def abort_uploads(aws: Aws, bucket: str, key: str) -> None:
+    """Abort multipart uploads of KEY an interrupted upload_file may have left (they bill as storage)."""
+    try:
+        uploads = aws.s3.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads") or []
+        for u in uploads:
+            if u.get("Key") == key:
+                aws.s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=u["UploadId"])
+    except botocore.exceptions.ClientError:
+        pass

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import botocore.exceptions
 
-from ..core import checks, instance, interrupts
-from . import async_endpoint, cleanup, registry, resources, scaling, staging, waiting
+from ..core import checks, defaults, instance, interrupts, registry
+from . import async_endpoint, cleanup, resources, scaling, staging, waiting
 from ..core.aws import Aws, error_message
 from ..core.errors import DeployError, UsageError
 from ..core.output import Reporter
@@ -34,7 +34,7 @@ class CreateSpec:
     instance_count: int = 1
     env: dict[str, str] = field(default_factory=dict)
     bucket: str | None = None
-    variant: str = resources.VARIANT
+    variant: str = defaults.VARIANT
     wait: bool = True
     timeout: float = 1800.0
     poll: float = 15.0
@@ -123,7 +123,7 @@ class SingleModel:
                   created: cleanup.Created) -> tuple[dict, str, dict]:
         """(PrimaryContainer, what "created model NAME" adds, what the result adds); may upload."""
         url, has_code = staging.stage_model_data(aws, self.local, spec.bucket, model_name, reporter, created)
-        env = {**resources.default_env(aws.region, has_code), **spec.env}
+        env = {**defaults.default_env(aws.region, has_code), **spec.env}
         return {"Image": spec.image, "ModelDataUrl": url, "Environment": env}, "", {"model_data": url}
 
 
@@ -308,9 +308,9 @@ def _new_container(aws: Aws, spec: UpdateSpec, container: dict, image: str, mode
     if model is not None:
         model_url, has_code = staging.stage_model_data(aws, model, spec.bucket, new_name, reporter, created)
         for key in ("SAGEMAKER_PROGRAM", "SAGEMAKER_SUBMIT_DIRECTORY"):
-            if env.get(key) == resources.default_env(aws.region, True)[key]:
+            if env.get(key) == defaults.default_env(aws.region, True)[key]:
                 env.pop(key)
-        env = {**resources.default_env(aws.region, has_code), **env}
+        env = {**defaults.default_env(aws.region, has_code), **env}
     env.update(spec.env)
     new_container = {"Image": image, "Environment": env}
     if model_url:

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 
 import botocore.exceptions
 
-from ..core import checks, instance, interrupts
-from . import cleanup, registry, resources, scaling, waiting
+from ..core import checks, defaults, instance, interrupts, registry
+from . import cleanup, resources, scaling, waiting
 from ..core.aws import Aws, error_code, error_message
 from .cleanup import Created
 from ..core.output import Reporter
@@ -119,9 +119,9 @@ def graviton_env(region: str, old_env: dict[str, str], overrides: dict[str, str]
     level) added where the user set nothing, then --env. Returns (env, added). BF16 fast math is
     not among the defaults: the server turns it on where the CPU has bf16 units and the model sets
     no DNNL_DEFAULT_FPMATH_MODE."""
-    defaults = resources.default_env(region, False)
-    added = [k for k in defaults if k not in old_env and k not in overrides]
-    return {**defaults, **old_env, **overrides}, added
+    ours = defaults.default_env(region, False)
+    added = [k for k in ours if k not in old_env and k not in overrides]
+    return {**ours, **old_env, **overrides}, added
 
 
 # --- switching the endpoint, with auto scaling kept -------------------------------------------
@@ -502,111 +502,3 @@ def rollback(aws: Aws, name: str, reporter: Reporter, *, timeout: float = 1800.0
             timeout=timeout, poll=poll)
     deleted = _delete(aws, reporter, [config_name], [mig.model])
     return {"endpoint": name, "endpoint_config": mig.from_config, "deleted": deleted}
-
-
-# --- command line ------------------------------------------------------------------------------
-
-def _aws(args) -> Aws:
-    return Aws(region=args.region, profile=args.profile, endpoint_url=args.endpoint_url)
-
-
-def cmd_migrate(args, console) -> int:
-    from ..core import output
-    spec = MigrateSpec(name=args.endpoint, image=args.image, instance_type=args.instance_type,
-                       instance_count=args.instance_count, mode=args.mode, weight=args.weight,
-                       env=checks.parse_env(args.env), role=args.role, arch_check=not args.skip_arch_check,
-                       timeout=args.timeout, poll=args.poll, on_interrupt=args.on_interrupt,
-                       fallback_instance_types=args.fallback_instance_types)
-    result = migrate(_aws(args), spec, console)
-
-    def table(r):
-        lines = [f"endpoint {r['endpoint']} is {r['status']} on {r['endpoint_config']} ({r['mode']})",
-                 f"  x86      {r['x86_variant']} (previous config {r['previous_config']}, kept for rollback)",
-                 f"  graviton {r['variant']}: {r['instance_count']} x {r['instance_type']}, {r['image']}"]
-        if r["mode"] == "canary":
-            lines.append(f"  traffic  {r['variant']} {r['weight']:.0%}, {r['x86_variant']} {1 - r['weight']:.0%}")
-            lines.append(f"  compare  deploy compare --endpoint {r['endpoint']} --variants "
-                         f"{r['x86_variant']},{r['variant']} --requests FILE")
-        elif r["mode"] == "shadow":
-            lines.append(f"  traffic  {r['x86_variant']} answers; {r['weight']:.0%} of requests copied to "
-                         f"{r['variant']} (see its CloudWatch metrics and data capture)")
-        lines.append(f"  next     deploy promote {r['endpoint']}   |   deploy rollback {r['endpoint']}")
-        return lines
-    output.emit(result, args.output, table=table)
-    return 0
-
-
-def cmd_promote(args, console) -> int:
-    from ..core import output
-    result = promote(_aws(args), args.endpoint, console, timeout=args.timeout, poll=args.poll,
-                     on_interrupt=args.on_interrupt)
-    output.emit(result, args.output, table=lambda r: [
-        f"endpoint {r['endpoint']} runs {r['variant']} alone ({r['instance_type']}) on {r['endpoint_config']}",
-        *[f"  deleted  {d}" for d in r["deleted"]]])
-    return 0
-
-
-def cmd_rollback(args, console) -> int:
-    from ..core import output
-    result = rollback(_aws(args), args.endpoint, console, timeout=args.timeout, poll=args.poll)
-    output.emit(result, args.output, table=lambda r: [
-        f"endpoint {r['endpoint']} is back on {r['endpoint_config']}",
-        *[f"  deleted  {d}" for d in r["deleted"]]])
-    return 0
-
-
-def _share(text: str) -> float:
-    import argparse
-    try:
-        value = float(text.rstrip("%")) / (100.0 if text.endswith("%") else 1.0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError("must be between 0 and 1 (or 0% and 100%)")
-    return value
-
-
-def add_parsers(sub, common, waiting) -> None:
-    """Register migrate, promote and rollback on cli's subparsers."""
-    import argparse
-    p = sub.add_parser("migrate", parents=[common, waiting],
-                       help="move an x86 endpoint to Graviton: shadow, canary or replace (reversible)",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="example:\n  deploy migrate digits --image 123456789012.dkr.ecr.eu-west-1.amazonaws.com/"
-                              "sagemaker-tf-graviton:1.0 --mode canary --weight 0.1\n"
-                              "then: deploy compare --endpoint digits --requests requests.jsonl; "
-                              "deploy promote digits | deploy rollback digits")
-    p.add_argument("endpoint", metavar="ENDPOINT")
-    p.add_argument("--image", required=True, help="this project's image (arm64 or multi-arch), in ECR")
-    p.add_argument("--instance-type", default="ml.c7g.xlarge", help="Graviton instance type (default ml.c7g.xlarge)")
-    p.add_argument("--fallback-instance-types", metavar="T1,T2",
-                   help="capacity fallback for the Graviton variant: instance pools tried in this order after "
-                        "--instance-type (x86 types too, with a multi-arch image)")
-    p.add_argument("--instance-count", type=int, help="Graviton instances (default: as many as the x86 variant has)")
-    p.add_argument("--mode", choices=MODES, default="shadow",
-                   help="shadow (default): Graviton gets a copy of live traffic, callers see x86 answers; "
-                        "canary: a second production variant with --weight of the traffic; "
-                        "replace: blue/green update to Graviton alone")
-    p.add_argument("--weight", type=_share, metavar="W",
-                   help="canary: the Graviton share of traffic, 0..1 (default 0.1; 0 = reachable only "
-                        "with TargetVariant); shadow: the share of requests copied (default 1)")
-    p.add_argument("--env", action="append", metavar="K=V", help="extra or changed container environment")
-    p.add_argument("--role", help="execution role for the Graviton model (default: the x86 model's)")
-    p.add_argument("--skip-arch-check", action="store_true", help="do not check the image for arm64")
-    interrupts.add_on_interrupt_argument(p)
-    p.set_defaults(func=cmd_migrate)
-
-    p = sub.add_parser("promote", parents=[common, waiting],
-                       help="after migrate: Graviton takes all traffic, the x86 variant and model go",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="example:\n  deploy promote digits")
-    p.add_argument("endpoint", metavar="ENDPOINT")
-    interrupts.add_on_interrupt_argument(p)
-    p.set_defaults(func=cmd_promote)
-
-    p = sub.add_parser("rollback", parents=[common, waiting],
-                       help="after migrate: the endpoint back on its old config, what migrate made deleted",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="example:\n  deploy rollback digits")
-    p.add_argument("endpoint", metavar="ENDPOINT")
-    p.set_defaults(func=cmd_rollback)

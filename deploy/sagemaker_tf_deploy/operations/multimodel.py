@@ -26,7 +26,6 @@ removed) and tries again, until the model loads or nothing is left to unload.
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import hashlib
 import json
@@ -50,11 +49,10 @@ from typing import Callable
 import botocore.exceptions
 import requests
 
-from ..core import archive, checks, interrupts, output
-from . import endpoint, resources, staging
+from ..core import archive, checks, defaults, interrupts
+from . import cleanup, endpoint, resources
 from ..core.aws import Aws, error_code, error_message
 from ..core.errors import DeployError, UsageError
-from .invoke import softmax_response
 
 MODE = "MultiModel"
 TARGET_HEADER = "X-Amzn-SageMaker-Target-Model"
@@ -173,7 +171,7 @@ class MultiModel(endpoint.SingleModel):
                       + ("" if self.archives else " (add some with `deploy models add`)"))
 
     def container(self, aws: Aws, spec, model_name, reporter, created) -> tuple[dict, str, dict]:
-        env = {**resources.default_env(aws.region, False), "SAGEMAKER_MULTI_MODEL": "true", **spec.env}
+        env = {**defaults.default_env(aws.region, False), "SAGEMAKER_MULTI_MODEL": "true", **spec.env}
         return ({"Image": spec.image, "ModelDataUrl": self.prefix, "Mode": MODE, "Environment": env},
                 f" (Mode MultiModel, {self.prefix})",
                 {"mode": MODE, "model_data": self.prefix, "archives": len(self.archives)})
@@ -225,7 +223,7 @@ def add(aws: Aws, name: str, source: str, target: str | None, overwrite: bool, r
             aws.s3.upload_file(str(tarball), bucket, key)
         except BaseException:       # a signal or failure mid-upload: no half multipart upload left billing
             with interrupts.shielded(reporter.info):
-                staging.abort_uploads(aws, bucket, key)
+                cleanup.abort_uploads(aws, bucket, key)
             raise
     reporter.info(f"uploaded {target} ({size / 1e6:.1f} MB) -> {uri}" + (" (replaced)" if exists else ""))
     return {"endpoint": name, "target_model": target, "uri": uri, "bytes": size, "model": checked.model,
@@ -501,7 +499,7 @@ def make_handler(proxy: Proxy):
                 return self._error(exc)
             except requests.RequestException as exc:
                 return self._error(ProxyError(424, "ModelError", f"the container did not answer: {exc}"))
-            extra = {"x-Amzn-Invoked-Production-Variant": resources.VARIANT}
+            extra = {"x-Amzn-Invoked-Production-Variant": defaults.VARIANT}
             if r.headers.get(ATTRIBUTES_HEADER):
                 extra[ATTRIBUTES_HEADER] = r.headers[ATTRIBUTES_HEADER]
             self._send(200, r.content, r.headers.get("Content-Type", "application/json"), extra)
@@ -562,7 +560,7 @@ def run_local(spec: LocalMultiSpec, info: Callable[[str], None],
         if plat is None and image_plat.split("/")[-1] != local.host_arch():
             plat = image_plat
             info(f"{spec.image} is {image_plat}: running it under emulation (--platform {plat})")
-        env = {**resources.default_env(spec.region or "", False), "SAGEMAKER_MULTI_MODEL": "true", **spec.env}
+        env = {**defaults.default_env(spec.region or "", False), "SAGEMAKER_MULTI_MODEL": "true", **spec.env}
         if not spec.region and "SAGEMAKER_REGION" not in spec.env:
             env.pop("SAGEMAKER_REGION")
         name = f"deploy-local-{secrets.token_hex(4)}"
@@ -618,155 +616,3 @@ def run_local(spec: LocalMultiSpec, info: Callable[[str], None],
 
 
 # --- command line ------------------------------------------------------------------------------
-
-def _aws(args) -> Aws:
-    return Aws(region=args.region, profile=args.profile, endpoint_url=args.endpoint_url)
-
-
-def cmd_create(args, console) -> int:
-    if args.bucket:
-        raise UsageError("--bucket is where create uploads a local archive; a multi-model endpoint uploads "
-                         "nothing (its archives are under --model-data s3://BUCKET/PREFIX/: `deploy models add`)")
-    aws = _aws(args)
-    spec = endpoint.CreateSpec.from_args(args)
-    out = create(aws, spec, console)
-    output.emit(out, args.output, table=lambda o: [
-        f"endpoint {o['endpoint']} is {o['status']} (multi-model)",
-        f"  model data   {o['model_data']} ({o['archives']} archive(s))",
-        f"  add a model  deploy models add {o['endpoint']} model.tar.gz",
-        f"  try it       deploy invoke {o['endpoint']} --target-model model.tar.gz --json '...'",
-        f"  remove it    deploy delete {o['endpoint']}"])
-    return 0
-
-
-def cmd_models_add(args, console) -> int:
-    aws = _aws(args)
-    out = add(aws, args.endpoint, args.archive, args.name, args.overwrite, console)
-    output.emit(out, args.output, table=lambda o: [
-        f"{o['target_model']}  ({o['uri']}, {o['bytes'] / 1e6:.1f} MB)",
-        f"  invoke it  deploy invoke {o['endpoint']} --target-model {o['target_model']} --json '...'"])
-    return 0
-
-
-def cmd_models_list(args, console) -> int:
-    aws = _aws(args)
-    prefix, _ = endpoint_prefix(aws, args.endpoint)
-    rows = list_archives(aws, prefix)
-    output.emit(rows, args.output, table=lambda rows: _list_table(rows, prefix))
-    return 0
-
-
-def _list_table(rows: list[dict], prefix: str) -> list[str]:
-    if not rows:
-        return [f"no model archives under {prefix} (add one with `deploy models add`)"]
-    width = max(len("NAME"), *(len(r["name"]) for r in rows))
-    lines = [f"{'NAME'.ljust(width)}  {'SIZE':>10}  LAST MODIFIED"]
-    for r in rows:
-        when = r["last_modified"]
-        when = when.astimezone(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if hasattr(when, "astimezone") \
-            else str(when)
-        lines.append(f"{r['name'].ljust(width)}  {_size(r['size']):>10}  {when}")
-    lines.append(f"{len(rows)} archive(s) under {prefix}")
-    return lines
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)  # pragma: no cover
-
-
-def cmd_local(args, console) -> int:
-    region = args.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if args.model_data:
-        raise UsageError("give --multi-model DIR or --model-data, not both")
-    if args.invoke or args.fpmath_check:
-        raise UsageError("--multi-model serves until Ctrl-C: invoke it with "
-                         "`deploy invoke local --local URL --target-model NAME.tar.gz ...`")
-    spec = LocalMultiSpec(image=args.image, archives=Path(args.multi_model), port=args.port, host_ip=args.host_ip,
-                          env=checks.parse_env(args.env), region=region, platform=args.platform,
-                          ping_timeout=args.ping_timeout, stream_logs=not args.no_logs, memory=args.memory)
-    return run_local(spec, console.info)
-
-
-def _dispatch(flag: str, ours, theirs):
-    def func(args, console):
-        return (ours if getattr(args, flag, None) else theirs)(args, console)
-    return func
-
-
-def add_parsers(sub, common) -> None:
-    """Register `deploy models add|list` and the multi-model flags of create, invoke and local
-    (their handlers dispatch here when the flag is given, to cli's own otherwise)."""
-    create_p, invoke_p, local_p = (sub.choices[n] for n in ("create", "invoke", "local"))
-    create_p.add_argument("--multi-model", action="store_true",
-                          help="a multi-model endpoint: --model-data is the S3 prefix holding NAME.tar.gz archives "
-                               "(Mode MultiModel; see docs/multi-model.md)")
-    create_p.set_defaults(func=_dispatch("multi_model", cmd_create, create_p.get_default("func")))
-
-    invoke_p.add_argument("--target-model", metavar="NAME.tar.gz",
-                          help="multi-model endpoint: the archive to use, relative to its S3 prefix (TargetModel)")
-    invoke_p.add_argument("--local", nargs="?", const=LOCAL_URL, metavar="URL",
-                          help=f"invoke `deploy local --multi-model` at URL (default {LOCAL_URL}) instead of AWS")
-    # both go through multimodel.invoke: cli's own invoke has no TargetModel
-    theirs = invoke_p.get_default("func")
-
-    def invoke_func(args, console):
-        if not (args.target_model or args.local):
-            return theirs(args, console)
-        from ..commands import main as cli
-        aws = None if args.local else _aws(args)
-        body = cli._read_body(args)
-        out, content_type = invoke(aws, args, body, cli._content_type(args))
-        if args.output in ("json", "text"):
-            answer = softmax_response(out) if args.softmax else cli._decoded(out, content_type)
-            output.emit({"endpoint": args.endpoint, "target_model": args.target_model,
-                         "content_type": content_type, "body": answer}, args.output)
-            return 0
-        cli._print_response(out, content_type, args.softmax)
-        return 0
-    invoke_p.set_defaults(func=invoke_func)
-
-    for action in local_p._actions:
-        if action.dest == "model_data":     # --multi-model DIR replaces it
-            action.required = False
-            action.help = (action.help or "") + " (required unless --multi-model DIR)"
-    local_p.add_argument("--multi-model", metavar="DIR",
-                         help="serve as a multi-model endpoint: DIR holds NAME.tar.gz archives (as the S3 prefix "
-                              "would); models load on first invoke (see docs/multi-model.md)")
-    local_p.add_argument("--memory", metavar="SIZE",
-                         help="with --multi-model: docker run --memory SIZE (an instance's memory, e.g. 4g)")
-    theirs_local = local_p.get_default("func")
-
-    def local_func(args, console):
-        if args.multi_model:
-            return cmd_local(args, console)
-        if args.memory:
-            raise UsageError("--memory goes with --multi-model DIR")
-        if not args.model_data:
-            raise UsageError("give --model-data DIR|TAR_GZ|S3_URI (or --multi-model DIR)")
-        return theirs_local(args, console)
-    local_p.set_defaults(func=local_func)
-
-    p = sub.add_parser("models", help="multi-model endpoints: add an archive under the endpoint's S3 prefix, "
-                       "list them")
-    msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
-    a = msub.add_parser("add", parents=[common], help="upload an archive (or a model folder, packaged) under the "
-                        "endpoint's model prefix; prints the TargetModel name",
-                        epilog="example:\n  deploy models add digits-mme examples/digits/model.tar.gz --name digits-v1.tar.gz",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    a.add_argument("endpoint", metavar="ENDPOINT")
-    a.add_argument("archive", metavar="ARCHIVE", help="a model.tar.gz, or a model folder (packaged as `deploy package` "
-                   "does)")
-    a.add_argument("--name", metavar="NAME.tar.gz", help="the TargetModel name (default: the archive's file name, "
-                   "or FOLDER.tar.gz)")
-    a.add_argument("--overwrite", action="store_true", help="replace an archive of that name (an instance that has "
-                   "it loaded keeps serving the old one)")
-    a.set_defaults(func=cmd_models_add)
-    lst = msub.add_parser("list", parents=[common], help="archives under the endpoint's model prefix (name, size, "
-                          "last modified)", epilog="example:\n  deploy models list digits-mme --output json",
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    lst.add_argument("endpoint", metavar="ENDPOINT")
-    lst.set_defaults(func=cmd_models_list)

@@ -1,10 +1,10 @@
 """What deploy makes on SageMaker and how it reads it back: names (BASE-TIMESTAMP, cut to 63
-characters, and the pattern that recognises them), the created-by tag, the variant name, the
-environment every model gets, describe() of an endpoint with its config and models, and the
+characters, and the pattern that recognises them), the created-by tag (the variant name and the
+environment every model gets are core/defaults.py), describe() of an endpoint with its config and models, and the
 configs, models and archives deploy made for an endpoint (owned_leftovers, owned_archives: its
 naming pattern and its tag), which `deploy delete` removes.
 
-Reason to change: a new naming or tagging rule, a new default variable, a new field to read.
+Reason to change: a new naming or tagging rule, a new field to read.
 """
 
 from __future__ import annotations
@@ -18,10 +18,7 @@ from . import waiting
 from ..core.aws import Aws, error_code, not_found
 from ..core.errors import DeployError
 
-
-VARIANT = "AllTraffic"
 TAG = {"Key": "created-by", "Value": "sagemaker-tf-graviton-deploy"}
-SUBMIT_DIRECTORY = "/opt/ml/model/code"
 # what a production variant carries over when update or migrate copies it to a new config
 VARIANT_KEYS = ("VariantName", "InitialVariantWeight", "InitialInstanceCount", "InstanceType", "InstancePools",
                 "AcceleratorType",
@@ -38,25 +35,6 @@ def resource_name(base: str, stamp: str) -> str:
     """BASE-STAMP cut to SageMaker's 63 characters."""
     base = re.sub(r"[^a-zA-Z0-9-]+", "-", base).strip("-") or "model"
     return f"{base[:62 - len(stamp)].rstrip('-')}-{stamp}"
-
-
-def default_env(region: str, has_code: bool) -> dict[str, str]:
-    """The environment every model gets unless --env overrides it.
-
-    SAGEMAKER_PROGRAM / SAGEMAKER_SUBMIT_DIRECTORY only when the archive carries
-    code/inference.py: pointing the server at a folder that is not there would fail its start.
-    No DNNL_DEFAULT_FPMATH_MODE: BF16 fast math is decided in one place, by the server at its
-    start (serve/tuning.py: BF16 when the CPU has bf16 units and the variable is unset), so an
-    --env value, or one an x86 model already carries (migrate keeps it), is the only override.
-    """
-    env = {
-        "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
-        "SAGEMAKER_REGION": region,
-        "TF_ENABLE_ONEDNN_OPTS": "1",
-    }
-    if has_code:
-        env = {"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": SUBMIT_DIRECTORY, **env}
-    return env
 
 
 def name_stem(endpoint: str) -> str:

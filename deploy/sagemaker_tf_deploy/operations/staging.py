@@ -1,5 +1,5 @@
 """Model data on its way to S3: the local checks on --model-data (a folder is packaged), the bucket,
-the upload (and the abort of a multipart upload a signal cut short), and reading an s3:// archive
+the upload (cleanup.abort_uploads undoes one a signal cut short), and reading an s3:// archive
 to see whether it carries code/inference.py.
 
 Reason to change: how model data reaches S3 (buckets, keys, uploads, what is read back).
@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import botocore.exceptions
 
@@ -18,9 +17,7 @@ from ..core import archive, checks
 from ..core.aws import Aws, error_code, error_message
 from ..core.errors import DeployError
 from ..core.output import Reporter
-
-if TYPE_CHECKING:
-    from .cleanup import Created
+from .cleanup import Created
 
 
 def split_s3(uri: str) -> tuple[str, str]:
@@ -87,7 +84,7 @@ def prepare_model_data(model_data: str, workdir: Path, reporter: Reporter) -> Lo
 
 
 def stage_model_data(aws: Aws, model: LocalModel, bucket: str | None, key_prefix: str,
-                      reporter: Reporter, created: "Created") -> tuple[str, bool]:
+                      reporter: Reporter, created: Created) -> tuple[str, bool]:
     """Returns (s3 uri, has user code), uploading a local archive."""
     if model.uri is not None:
         bucket_name, key = split_s3(model.uri)
@@ -106,13 +103,3 @@ def stage_model_data(aws: Aws, model: LocalModel, bucket: str | None, key_prefix
     reporter.info(f"uploaded {model.tarball.name} ({size / 1e6:.1f} MB) -> {uri}")
     return uri, bool(model.has_code)
 
-
-def abort_uploads(aws: Aws, bucket: str, key: str) -> None:
-    """Abort multipart uploads of KEY an interrupted upload_file may have left (they bill as storage)."""
-    try:
-        uploads = aws.s3.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads") or []
-        for u in uploads:
-            if u.get("Key") == key:
-                aws.s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=u["UploadId"])
-    except botocore.exceptions.ClientError:
-        pass

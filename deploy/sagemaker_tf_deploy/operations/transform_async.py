@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import botocore.exceptions
 
-from ..core import checks, interrupts
+from ..core import checks, defaults, interrupts
 from ..core.aws import Aws, error_message
 from ..core.errors import DeployError, UsageError
 from ..core.output import Reporter
@@ -200,7 +200,7 @@ def _finish(aws, spec, name, bucket, prefix, reporter) -> bool:
     """The end of a run that finished: remove everything, or keep the endpoint scaled to zero."""
     _remove_staged(aws, bucket, prefix, reporter)
     if spec.keep:
-        _scale_to_zero(aws, name, resources.VARIANT, reporter)
+        _scale_to_zero(aws, name, defaults.VARIANT, reporter)
         reporter.info(f"kept endpoint {name} (--keep), scaled to zero; remove it with `deploy delete {name}`")
         return True
     endpoint.delete(aws, name, reporter, wait=False, timeout=waiting.rollback_wait(spec.timeout), poll=spec.poll)
@@ -213,7 +213,7 @@ def _stop(aws, spec, exc, name, state, bucket, prefix, reporter, shield) -> None
         f"failed: {exc if isinstance(exc, DeployError) else error_message(exc)}"
     if interrupts.is_stop(exc) and spec.on_interrupt == KEEP:
         reporter.info(f"transform {what}; keeping what exists (--on-interrupt keep):")
-        _scale_to_zero(aws, name, resources.VARIANT, reporter)
+        _scale_to_zero(aws, name, defaults.VARIANT, reporter)
         reporter.info(f"  endpoint {name}, its config, model and auto scaling")
         if state["staged"]:
             reporter.info(f"  staged requests and answers under s3://{bucket}/{prefix}/")

@@ -1,0 +1,74 @@
+"""What every subcommand does with its arguments and its answer: the AWS session from --region /
+--profile / --endpoint-url, a request body from --file / --json and its content type, an answer
+printed, and the argument types (positive numbers, shares).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..core import bodies
+from ..core.aws import Aws
+from ..core.errors import UsageError
+from ..operations import invoke
+
+
+def out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def aws_from_args(args) -> Aws:
+    return Aws(region=args.region, profile=args.profile, endpoint_url=args.endpoint_url)
+
+
+def read_body(args) -> bytes:
+    if args.file and args.json is not None:
+        raise UsageError("give --file or --json, not both")
+    if args.file:
+        return (sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes())
+    if args.json is not None:
+        try:
+            json.loads(args.json)
+        except ValueError as exc:
+            raise UsageError(f"--json is not valid JSON: {exc}") from exc
+        return args.json.encode()
+    raise UsageError("give the request body with --file F or --json '...'")
+
+
+def content_type(args) -> str:
+    if args.content_type:
+        return args.content_type
+    if getattr(args, "file", None) and args.file != "-":
+        return bodies.CONTENT_TYPES.get(Path(args.file).suffix.lower(), "application/json")
+    return "application/json"
+
+
+def print_response(body: bytes, content_type: str, softmax: bool) -> None:
+    if softmax:
+        out(json.dumps(invoke.softmax_response(body)))
+        return
+    if content_type.startswith("application/x-npy") or content_type.startswith("application/x-npz"):
+        sys.stdout.buffer.write(body)
+        sys.stdout.flush()
+        return
+    out(body.decode("utf-8", errors="replace").rstrip("\n"))
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def share(text: str) -> float:
+    try:
+        value = float(text.rstrip("%")) / (100.0 if text.endswith("%") else 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 1 (or 0% and 100%)")
+    return value
