@@ -11,7 +11,7 @@ Each model runs in a fresh process per mode (oneDNN reads the mode once; the two
 DNNL_DEFAULT_FPMATH_MODE=BF16 and =STRICT (fp32), TF_ENABLE_ONEDNN_OPTS=1:
   * in the arm64 image under qemu (the emulated CPU has bf16, so these are Graviton3-like numbers),
   * on this host, when TensorFlow is installed here (its own CPU's bf16 support decides).
-Reported with the figures `deploy compare` uses (deploy/sagemaker_tf_deploy/operations/compare.py): max abs / rel diff
+Reported with the figures `deploy compare` uses (deploy/sagemaker_tf_deploy/core/comparison.py): max abs / rel diff
 and top-1 agreement. Writes bench/results/bf16_drift.md.
 """
 from __future__ import annotations
@@ -83,7 +83,7 @@ def _run_host(which: str, mode: str, work: Path, n: int) -> dict:
 
 
 def drift(work: Path, which: str) -> dict:
-    from sagemaker_tf_deploy.operations.compare import OutputAgreement
+    from sagemaker_tf_deploy.core.comparison import OutputAgreement
 
     a, b = np.load(work / f"{which}-STRICT.npy"), np.load(work / f"{which}-BF16.npy")
     agg = OutputAgreement(which)

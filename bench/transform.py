@@ -146,7 +146,7 @@ def measure(name: str, image: str, count: int, wrk_seconds: float, env: dict, ro
         result["engines"] = compare_engines(url, spec, params, rounds)
         harness.log(f"[engines] {name}: {result['engines']}")
         if engines_only:
-            raise tl._Stop
+            raise tl.TransformDone
         single = {**params, "BatchStrategy": "SingleRecord", "MaxConcurrentTransforms": 32}
         n_single = min(count, 5000)
         sub = TMP / "transform" / name / "in-single"
@@ -163,13 +163,13 @@ def measure(name: str, image: str, count: int, wrk_seconds: float, env: dict, ro
         result["single_wrk_32"] = {"records_per_s": w["rps"], "non_2xx": w["non_2xx"],
                                    "p99_ms": w["p99_ms"], "seconds": w["duration_s"]}
         harness.log(f"[one each, wrk, 32] {name}: {result['single_wrk_32']}")
-        raise tl._Stop
+        raise tl.TransformDone
 
     lspec = local.LocalSpec(image=image, model_data=spec.model_data, port=spec.port,
                             env=tl.container_env(spec), stream_logs=False)
     try:
         local.run(lspec, harness.log, None, on_ready=on_ready)
-    except tl._Stop:
+    except tl.TransformDone:
         pass
     if engines_only:
         return result

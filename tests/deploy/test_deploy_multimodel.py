@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 import requests
 
+from sagemaker_tf_deploy.core import target_models
+from sagemaker_tf_deploy.local import multimodel as local_multimodel
 from sagemaker_tf_deploy.operations import multimodel
 from sagemaker_tf_deploy.commands.main import main
 from tests.fixtures import moto_mme
@@ -355,9 +357,9 @@ def standin_proxy(tmp_path, archives):
         models.mkdir()
         stand.host_root = models
         lines = []
-        proxy = multimodel.Proxy(archives, models, stand.url, lines.append, container_root="/opt/ml/models")
+        proxy = local_multimodel.Proxy(archives, models, stand.url, lines.append, container_root="/opt/ml/models")
         port = free_port()
-        server = multimodel.serve_proxy(proxy, "127.0.0.1", port)
+        server = local_multimodel.serve_proxy(proxy, "127.0.0.1", port)
         made.append((stand, server))
         return stand, proxy, f"http://127.0.0.1:{port}", lines
     made = []
@@ -447,9 +449,9 @@ def test_local_multi_model_usage_errors(capsys, tmp_path):
 
 
 def test_container_names():
-    assert multimodel.container_name("digits.tar.gz") == "digits"
-    assert multimodel.container_name("v2/digits.tar.gz").startswith("v2-digits-")
-    assert multimodel.container_name("v2/digits.tar.gz") != multimodel.container_name("v2-digits.tar.gz")
+    assert target_models.container_name("digits.tar.gz") == "digits"
+    assert target_models.container_name("v2/digits.tar.gz").startswith("v2-digits-")
+    assert target_models.container_name("v2/digits.tar.gz") != target_models.container_name("v2-digits.tar.gz")
     assert multimodel.check_prefix("s3://b-1/p") == "s3://b-1/p/"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -20,8 +21,21 @@ def out(text: str = "") -> None:
     print(text, flush=True)
 
 
+def add_aws_arguments(group) -> None:
+    """--region, --profile, --endpoint-url: what aws_from_args reads."""
+    group.add_argument("--region", help="AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / profile)")
+    group.add_argument("--profile", help="named profile from ~/.aws/config")
+    group.add_argument("--endpoint-url", help="send every AWS call here (also AWS_ENDPOINT_URL)")
+
+
 def aws_from_args(args) -> Aws:
     return Aws(region=args.region, profile=args.profile, endpoint_url=args.endpoint_url)
+
+
+def local_region(args) -> str | None:
+    """The region a local run tells the container (SAGEMAKER_REGION): --region, else the
+    environment's; None when neither says (no AWS session is made for it)."""
+    return args.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
 
 
 def read_body(args) -> bytes:

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import argparse
 
-from ..core import checks, output
+from ..core import checks, comparison, output
 from ..core.errors import UsageError
-from ..local import container as local
+from ..local import container as local, fpmath
 from ..operations import compare
 from . import common
 
 
 def _finish(result: dict, args, console) -> int:
-    output.emit(result, args.output, table=compare.table)
+    output.emit(result, args.output, table=comparison.table)
     if not result["ok"]:
         failed = [c for c in result["checks"] if not c["ok"]]
         console.error(f"deploy: compare: {len(failed)} check{'s' if len(failed) != 1 else ''} failed")
@@ -23,7 +23,7 @@ def _finish(result: dict, args, console) -> int:
 
 
 def cmd_compare(args, console) -> int:
-    reqs = compare.load_requests(args.requests)
+    reqs = comparison.load_requests(args.requests)
     if bool(args.endpoint) == bool(args.url):
         raise UsageError("give --endpoint NAME [--variants A,B] or --url URL --url URL")
     if args.variants and not args.endpoint:
@@ -31,7 +31,7 @@ def cmd_compare(args, console) -> int:
     if args.url:
         if len(args.url) < 2:
             raise UsageError("give two servers: --url URL --url URL")
-        targets = [compare.url_target(u) for u in args.url]
+        targets = [comparison.url_target(u) for u in args.url]
         note = None
     else:
         aws = common.aws_from_args(args)
@@ -43,10 +43,10 @@ def cmd_compare(args, console) -> int:
         note = ("latency measured from this machine through SageMaker's runtime API (network included); "
                 "the endpoint's own ModelLatency is in CloudWatch")
     console.info(f"sending {len(reqs)} requests to {', '.join(t.label for t in targets)}")
-    compare.run(targets, reqs, warmup=args.warmup, progress=console.progress)
+    comparison.run(targets, reqs, warmup=args.warmup, progress=console.progress)
     console.progress_done()
-    result = compare.report(targets, reqs, source=str(args.requests), warmup=args.warmup,
-                    max_abs_diff=args.max_abs_diff, min_top1=args.min_top1_agreement, note=note)
+    result = comparison.report(targets, reqs, source=str(args.requests), warmup=args.warmup,
+                               max_abs_diff=args.max_abs_diff, min_top1=args.min_top1_agreement, note=note)
     return _finish(result, args, console)
 
 
@@ -57,8 +57,8 @@ def cmd_fpmath_check(args, console, region: str | None, download) -> int:
         raise UsageError("--fpmath-check and --invoke do not go together")
     spec = local.LocalSpec(image=args.image, model_data=args.model_data, env=checks.parse_env(args.env),
                            region=region, platform=args.platform, ping_timeout=args.ping_timeout)
-    result = compare.fpmath_check(spec, args.requests, console, download, warmup=args.warmup,
-                          max_abs_diff=args.max_abs_diff, min_top1=args.min_top1_agreement)
+    result = fpmath.fpmath_check(spec, args.requests, console, download, warmup=args.warmup,
+                                 max_abs_diff=args.max_abs_diff, min_top1=args.min_top1_agreement)
     return _finish(result, args, console)
 
 

@@ -4,7 +4,6 @@ BF16 fast math's drift (--fpmath-check, commands/compare.py).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ..core import bodies, checks, output
@@ -15,7 +14,7 @@ from . import common, compare
 
 
 def cmd_local(args, console: Console) -> int:
-    region = args.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    region = common.local_region(args)
     download = None
     if args.model_data.startswith("s3://"):
         aws = common.aws_from_args(args)

@@ -22,9 +22,7 @@ from . import common, compare, endpoint, local, migrate, multimodel, transform
 def build_parser() -> argparse.ArgumentParser:
     aws_args = argparse.ArgumentParser(add_help=False)
     g = aws_args.add_argument_group("AWS")
-    g.add_argument("--region", help="AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / profile)")
-    g.add_argument("--profile", help="named profile from ~/.aws/config")
-    g.add_argument("--endpoint-url", help="send every AWS call here (also AWS_ENDPOINT_URL)")
+    common.add_aws_arguments(g)
     g.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     output.add_output_argument(g)
 

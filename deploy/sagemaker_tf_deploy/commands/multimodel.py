@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import os
 from pathlib import Path
 
 from ..core import bodies, checks, output
 from ..core.errors import UsageError
+from ..local import multimodel as local_multimodel
 from ..operations import endpoint, multimodel
 from ..operations.invoke import softmax_response
 from . import common
@@ -73,17 +73,17 @@ def _size(n: int) -> str:
 
 
 def cmd_local(args, console) -> int:
-    region = args.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    region = common.local_region(args)
     if args.model_data:
         raise UsageError("give --multi-model DIR or --model-data, not both")
     if args.invoke or args.fpmath_check:
         raise UsageError("--multi-model serves until Ctrl-C: invoke it with "
                          "`deploy invoke local --local URL --target-model NAME.tar.gz ...`")
-    spec = multimodel.LocalMultiSpec(image=args.image, archives=Path(args.multi_model), port=args.port,
-                                     host_ip=args.host_ip, env=checks.parse_env(args.env), region=region,
-                                     platform=args.platform, ping_timeout=args.ping_timeout,
-                                     stream_logs=not args.no_logs, memory=args.memory)
-    return multimodel.run_local(spec, console.info)
+    spec = local_multimodel.LocalMultiSpec(image=args.image, archives=Path(args.multi_model), port=args.port,
+                                           host_ip=args.host_ip, env=checks.parse_env(args.env), region=region,
+                                           platform=args.platform, ping_timeout=args.ping_timeout,
+                                           stream_logs=not args.no_logs, memory=args.memory)
+    return local_multimodel.run_local(spec, console.info)
 
 
 def _dispatch(flag: str, ours, theirs):

@@ -44,10 +44,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                "  deploy transform --local --image sagemaker-tf-graviton:dev-amd64 --model-data model.tar.gz "
                "--input data/ --output out/",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("AWS")
-    g.add_argument("--region", help="AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / profile)")
-    g.add_argument("--profile", help="named profile from ~/.aws/config")
-    g.add_argument("--endpoint-url", help="send every AWS call here (also AWS_ENDPOINT_URL)")
+    common.add_aws_arguments(p.add_argument_group("AWS"))
     p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     p.add_argument("--format", choices=output.FORMATS, default=output.DEFAULT_FORMAT,
                    help="result format on stdout: table (default), json or text (what other commands call "
@@ -180,7 +177,7 @@ def _cmd_local(args, console, env: dict[str, str]) -> int:
     if args.model_data.startswith("s3://") or args.input.startswith("s3://") or args.output.startswith("s3://"):
         raise UsageError("--local reads and writes local files: give a folder or file for --model-data, "
                          "--input and --output (copy S3 data down with `aws s3 cp --recursive`)")
-    region = args.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    region = common.local_region(args)
     spec = transform_local.LocalTransformSpec(
         image=args.image, model_data=args.model_data, input=Path(args.input), output=Path(args.output),
         engine=args.engine, content_type=args.content_type, accept=args.accept, split_type=args.split_type,

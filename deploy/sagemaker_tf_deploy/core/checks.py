@@ -65,7 +65,7 @@ def check_instance_type(instance_type: str, skip_list: bool = False,
     than the list is returned (as the UnknownInstanceType) for the caller to confirm with the
     service once every local check has passed (instance.confirm_with_service)."""
     if skip_list:
-        instance._parse_usage(instance_type)
+        instance.check_well_formed(instance_type)
         return None
     try:
         instance.check_hosting_type(instance_type)
@@ -97,7 +97,7 @@ def check_fallbacks(primary: str | None, text: str | None, skip_list: bool = Fal
             raise UsageError(f"--fallback-instance-types: {t} is listed twice (with --instance-type)")
         seen.add(t)
         if skip_list:
-            instance._parse_usage(t)
+            instance.check_well_formed(t)
         else:
             instance.check_hosting_type(t)
     return types

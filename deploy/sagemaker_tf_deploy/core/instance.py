@@ -86,7 +86,7 @@ def transform_types() -> frozenset[str]:
 def check_transform_type(instance_type: str, alternative: str = DEFAULT_TRANSFORM_TYPE) -> str:
     """UsageError unless batch transform offers INSTANCE_TYPE (no network call). A Graviton type
     is refused with the two ways forward."""
-    _parse_usage(instance_type)
+    check_well_formed(instance_type)
     if instance_type in transform_types():
         return instance_type
     if instance_arch(instance_type) == ARM64:
@@ -157,7 +157,7 @@ def check_hosting_type(instance_type: str) -> str:
     """UsageError unless INSTANCE_TYPE is a SageMaker hosting instance type (no network call).
 
     Raises UnknownInstanceType (a UsageError) for a type missing from the list."""
-    _parse_usage(instance_type)
+    check_well_formed(instance_type)
     known = hosting_types()
     if instance_type in known:
         return instance_type
@@ -174,7 +174,8 @@ def _size_order(size: str) -> tuple[int, str]:
     return (int(m.group(1)) if m else order.get(size, 1000), size)
 
 
-def _parse_usage(instance_type: str) -> re.Match:
+def check_well_formed(instance_type: str) -> re.Match:
+    """ml.SERIES+GEN[SUFFIX].SIZE, or a UsageError (exit 2) saying what is wrong."""
     try:
         return _parse(instance_type)
     except DeployError as exc:

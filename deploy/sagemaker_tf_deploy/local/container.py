@@ -15,6 +15,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -59,11 +60,17 @@ class LocalResult:
     startup_seconds: float | None = None
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def host_arch() -> str:
     return _ARCH.get(platform.machine().lower(), platform.machine().lower())
 
 
-def _docker(*args: str, check: bool = True, timeout: float | None = 120) -> subprocess.CompletedProcess:
+def docker(*args: str, check: bool = True, timeout: float | None = 120) -> subprocess.CompletedProcess:
     try:
         proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError as exc:
@@ -76,11 +83,11 @@ def _docker(*args: str, check: bool = True, timeout: float | None = 120) -> subp
 def image_platform(image: str, info: Callable[[str], None]) -> str:
     """'linux/arm64' for a local image; pulls it first when the engine does not have it."""
     fmt = "{{.Os}}/{{.Architecture}}"
-    proc = _docker("image", "inspect", "--format", fmt, image, check=False)
+    proc = docker("image", "inspect", "--format", fmt, image, check=False)
     if proc.returncode != 0:
         info(f"pulling {image}")
-        _docker("pull", "-q", image, timeout=1800)
-        proc = _docker("image", "inspect", "--format", fmt, image)
+        docker("pull", "-q", image, timeout=1800)
+        proc = docker("image", "inspect", "--format", fmt, image)
     return proc.stdout.strip()
 
 
@@ -105,8 +112,8 @@ def prepare_model_dir(model_data: str, workdir: Path, download: Callable[[str, P
     return target.resolve()
 
 
-def _running(name: str) -> tuple[bool, int | None]:
-    proc = _docker("inspect", "--format", "{{.State.Running}} {{.State.ExitCode}}", name, check=False)
+def running_state(name: str) -> tuple[bool, int | None]:
+    proc = docker("inspect", "--format", "{{.State.Running}} {{.State.ExitCode}}", name, check=False)
     if proc.returncode != 0:
         return False, None
     running, code = proc.stdout.split()
@@ -121,7 +128,7 @@ def run(spec: LocalSpec, info: Callable[[str], None],
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="deploy-local-")))
         os.chmod(workdir, 0o755)
         model_dir = prepare_model_dir(spec.model_data, workdir, download)
-        if _docker("version", "--format", "{{.Server.Version}}", check=False).returncode != 0:
+        if docker("version", "--format", "{{.Server.Version}}", check=False).returncode != 0:
             raise DeployError("no Docker engine is answering (is dockerd running?)")
         image_plat = image_platform(spec.image, info)
         plat = spec.platform
@@ -144,22 +151,22 @@ def run(spec: LocalSpec, info: Callable[[str], None],
         for key, value in env.items():
             cmd += ["-e", f"{key}={value}"]
         cmd += [spec.image, "serve"]
-        info("docker " + " ".join(_masked(cmd)))
-        _docker(*cmd)
-        stack.callback(_docker, "rm", "-f", name, check=False)
+        info("docker " + " ".join(masked(cmd)))
+        docker(*cmd)
+        stack.callback(docker, "rm", "-f", name, check=False)
         if spec.stream_logs:
             logs = subprocess.Popen(["docker", "logs", "-f", name], stdout=None, stderr=None,
                                     stdin=subprocess.DEVNULL)
-            stack.callback(_stop_process, logs)
+            stack.callback(stop_process, logs)
         url = f"http://{'127.0.0.1' if spec.host_ip in ('0.0.0.0', '') else spec.host_ip}:{spec.port}"
 
         # SIGTERM (from a CI runner, say) ends local mode like Ctrl-C does; SIGINT is set too,
         # because a shell's background job starts with SIGINT ignored and Python keeps that.
         for signum in (signal.SIGTERM, signal.SIGINT):
-            stack.callback(signal.signal, signum, signal.signal(signum, _raise_interrupt))
+            stack.callback(signal.signal, signum, signal.signal(signum, raise_interrupt))
         try:
             start = time.monotonic()
-            _wait_for_ping(url, name, spec.ping_timeout, start)
+            wait_for_ping(url, name, spec.ping_timeout, start)
             result.startup_seconds = time.monotonic() - start
             info(f"serving on {url} (ready after {result.startup_seconds:.1f} s)")
             if on_ready:
@@ -176,7 +183,7 @@ def run(spec: LocalSpec, info: Callable[[str], None],
             else:
                 info("press Ctrl-C to stop")
                 while True:
-                    running, code = _running(name)
+                    running, code = running_state(name)
                     if not running:
                         result.container_exit_code = code
                         raise DeployError(f"the container exited on its own with code {code}")
@@ -184,16 +191,16 @@ def run(spec: LocalSpec, info: Callable[[str], None],
         except KeyboardInterrupt:
             info("stopping")
         finally:
-            running, code = _running(name)
+            running, code = running_state(name)
             if running:
-                _docker("stop", "-t", str(spec.stop_timeout), name, check=False, timeout=spec.stop_timeout + 60)
-                running, code = _running(name)
+                docker("stop", "-t", str(spec.stop_timeout), name, check=False, timeout=spec.stop_timeout + 60)
+                running, code = running_state(name)
             result.container_exit_code = code
             info(f"container {name} stopped (exit code {code})")
     return result
 
 
-def _masked(cmd: list[str]) -> list[str]:
+def masked(cmd: list[str]) -> list[str]:
     """The command line with values of secret-looking variables hidden."""
     out = []
     for part in cmd:
@@ -204,11 +211,11 @@ def _masked(cmd: list[str]) -> list[str]:
     return out
 
 
-def _raise_interrupt(signum, frame):
+def raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _stop_process(proc: subprocess.Popen) -> None:
+def stop_process(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -217,16 +224,16 @@ def _stop_process(proc: subprocess.Popen) -> None:
             proc.kill()
 
 
-def _wait_for_ping(url: str, name: str, timeout: float, start: float) -> None:
+def wait_for_ping(url: str, name: str, timeout: float, start: float) -> None:
     while True:
         try:
             if requests.get(f"{url}/ping", timeout=5).status_code == 200:
                 return
         except requests.RequestException:
             pass
-        running, code = _running(name)
+        running, code = running_state(name)
         if not running:
-            logs = _docker("logs", "--tail", "30", name, check=False)
+            logs = docker("logs", "--tail", "30", name, check=False)
             tail = (logs.stdout + logs.stderr).strip()
             raise DeployError(f"the container exited with code {code} before /ping answered 200"
                               + (f"; last log lines:\n{tail}" if tail else ""))

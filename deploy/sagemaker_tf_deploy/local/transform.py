@@ -76,7 +76,7 @@ class LocalTransformSpec:
                              join_source=self.join_source)
 
 
-class _Stop(Exception):
+class TransformDone(Exception):
     """Raised from container.run's on_ready to end the container once the transform is done."""
 
 
@@ -180,11 +180,11 @@ def run(spec: LocalTransformSpec, info: Callable[[str], None], quiet: bool = Fal
             raise
         result.sources = sources
         outcome["result"] = result
-        raise _Stop
+        raise TransformDone
 
     try:
         local.run(lspec, info, None, on_ready=on_ready)
-    except _Stop:
+    except TransformDone:
         pass
     if outcome.get("stopped") and "result" not in outcome:
         raise KeyboardInterrupt      # container.run stopped the container; main() reports it
