@@ -1,4 +1,5 @@
-"""Layer 1: the command line. Argument parsing, the subcommands, and what the user sees.
+"""Layer 1: the command line. Argument parsing, one module per subcommand or family, and what
+the user sees. Argument parsers live here and nowhere else.
 
-Imports operations/, local/ and core/; nothing below imports this layer.
+Imports operations/, local/ and core/; nothing imports this layer.
 """

@@ -1,5 +1,5 @@
-"""Layer 2: operations on AWS. Endpoint lifecycle, staging, scaling, waiting, clean-up, batch
-transform, migration, invocation.
+"""Layer 2: the steps on AWS. Endpoint lifecycle, staging, scaling, waiting, clean-up, batch
+transform, migration, invocation, multi-model prefixes.
 
 Imports local/ and core/, never commands/.
 """
