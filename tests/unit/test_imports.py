@@ -2,6 +2,7 @@
 
 - no import circle in any package (module-level or inside a function: both run sooner or later);
 - nothing imports a private (underscore) name from another module;
+- the deploy tool's layers (commands -> operations -> local -> core) import only downward;
 - the HTTP side (``serve.http_worker``, and what it stands on: ``serve.contract``, ``serve.usercode``)
   never imports the model side (``serve.model_process``) or TensorFlow, so an HTTP worker stays
   small and starts in well under 2 s. ``test_http_worker_imports_no_tensorflow`` checks the same
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +19,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-# sagemaker_tf_deploy (deploy/) joins once its circles are broken (issue 26, the deploy half).
-PACKAGES = {"serve": REPO / "serve", "model_archive": REPO / "deploy" / "model_archive"}
+PACKAGES = {"serve": REPO / "serve", "model_archive": REPO / "deploy" / "model_archive",
+            "sagemaker_tf_deploy": REPO / "deploy" / "sagemaker_tf_deploy"}
 
 
 def _modules() -> dict[str, Path]:
@@ -158,3 +160,92 @@ def test_http_worker_imports_no_tensorflow():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=100)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]", f"imported on the HTTP side: {proc.stdout}"
+
+
+# --- the deploy tool's layers (issue 26) --------------------------------------------------------
+
+DEPLOY = "sagemaker_tf_deploy"
+DEPLOY_LAYERS = ("commands", "operations", "local", "core")    # top to bottom
+
+
+def _deploy_layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == DEPLOY and len(parts) > 1 else None
+
+
+def test_every_deploy_module_is_in_a_layer():
+    stray = [m for m in MODULES if m != DEPLOY and _deploy_layer(m) and _deploy_layer(m) not in DEPLOY_LAYERS]
+    assert not stray, f"deploy modules outside {DEPLOY_LAYERS}: {stray}"
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for module, targets in graph.items():
+        here = _deploy_layer(module)
+        if here not in DEPLOY_LAYERS:
+            continue
+        for target in sorted(targets):
+            there = _deploy_layer(target)
+            if there in DEPLOY_LAYERS and DEPLOY_LAYERS.index(there) < DEPLOY_LAYERS.index(here):
+                bad.append(f"{module} ({here}) imports {target} ({there})")
+    return bad
+
+
+def test_deploy_layers_import_only_downward():
+    bad = _upward(_graph())
+    assert not bad, (f"deploy's layers import only downward ({' -> '.join(DEPLOY_LAYERS)}); move the shared "
+                     "piece down:\n" + "\n".join(bad))
+
+
+def test_the_layer_check_sees_an_upward_import():
+    assert _upward({f"{DEPLOY}.core.checks": {f"{DEPLOY}.operations.endpoint"}}) == [
+        f"{DEPLOY}.core.checks (core) imports {DEPLOY}.operations.endpoint (operations)"]
+    graph = _graph()
+    assert f"{DEPLOY}.operations.endpoint" in graph[f"{DEPLOY}.commands.endpoint"]
+    assert f"{DEPLOY}.local.container" in graph[f"{DEPLOY}.local.transform"]
+
+
+def _private_attributes(module: str, source: str | None = None) -> list[str]:
+    """MODULE's uses of `other._name`, where `other` is one of our modules it imported."""
+    tree = ast.parse(MODULES[module].read_text() if source is None else source, str(MODULES[module]))
+    aliases = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            target = _resolve(module, node)
+            for alias in node.names:
+                if f"{target}.{alias.name}" in MODULES:
+                    aliases[alias.asname or alias.name] = f"{target}.{alias.name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in MODULES and alias.asname:
+                    aliases[alias.asname] = alias.name
+    return [f"{module} (line {node.lineno}) uses {aliases[node.value.id]}.{node.attr}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+            and node.attr.startswith("_") and not node.attr.startswith("__")]
+
+
+def test_no_private_attributes_of_other_modules():
+    """`from . import other` then `other._name` takes a private name as surely as importing it."""
+    bad = [line for m in MODULES for line in _private_attributes(m)]
+    assert not bad, "private names of another module (make them public, or move them):\n" + "\n".join(bad)
+
+
+def test_the_private_attribute_check_sees_one():
+    source = "from ..local import container as local\nlocal._docker('ps')\nlocal.docker('ps')\n"
+    assert _private_attributes(f"{DEPLOY}.commands.local", source) == [
+        f"{DEPLOY}.commands.local (line 2) uses {DEPLOY}.local.container._docker"]
+
+
+def test_the_deploy_package_docstring_lists_every_module():
+    """deploy/sagemaker_tf_deploy/__init__.py is the map of the package: every module, under its layer."""
+    doc = ast.get_docstring(ast.parse(MODULES[DEPLOY].read_text()))
+    listed, layer = set(), None
+    for line in doc.splitlines():
+        if m := re.match(r"^(\w+)/\s", line):
+            layer = m.group(1)
+        elif (m := re.match(r"^  (\w+)\.py\s", line)) and layer:
+            listed.add(f"{DEPLOY}.{layer}.{m.group(1)}")
+    modules = {m for m in MODULES if m.startswith(DEPLOY + ".") and MODULES[m].name != "__init__.py"}
+    assert listed == modules, (f"not in the package docstring: {sorted(modules - listed)}; "
+                               f"listed but gone: {sorted(listed - modules)}")
