@@ -114,6 +114,8 @@ def _numeric_array(node) -> tuple[np.ndarray, int] | None:
     flat = np.frombuffer(node.as_buffer(of_type="d"), dtype=np.float64)
     if flat.size != int(np.prod(shape)):
         return None
+    if flat.size and float(np.abs(flat).max()) >= _ROUNDED_FROM:
+        return None  # an integer there may have been rounded to float64: the exact path keeps it whole
     arrays = sum(int(np.prod(shape[:i])) for i in range(len(shape)))
     return flat.reshape(shape), arrays
 
@@ -139,9 +141,10 @@ def _parse(body: bytes):
         _parsers.parser = simdjson.Parser()
         return _parsers.parser.parse(body)
 
-# An integer token of 16 or more digits (beyond 2**53 a float64 is no longer exact); digits after a
-# '.' or in an exponent are parts of a float and do not count.
-_LONG_INTEGER = re.compile(rb"(?<![\d.eE])\d{16,}(?![\d.eE])")
+# From 2**53 on, float64 no longer holds every integer; a body with a number that large takes the exact
+# path (a regex over the body for integer tokens of 16 digits cost 1.5 ms of CPU for the CIFAR body of
+# 64 KB, twice the rest of its decoding).
+_ROUNDED_FROM = 2.0 ** 53
 
 def _fast_json(body: bytes) -> Decoded | None:
     """The common TF Serving bodies of plain numbers, parsed by simdjson straight into NumPy.
@@ -150,8 +153,6 @@ def _fast_json(body: bytes) -> Decoded | None:
     None and goes through orjson. Every '[' in the body must belong to an array we decoded,
     which rules out a nested array hiding among numbers.
     """
-    if _LONG_INTEGER.search(body):
-        return None  # float64 would round it: the exact path keeps integers whole
     try:
         doc = _parse(body)
         brackets, signature, columnar = 0, None, False
