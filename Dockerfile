@@ -3,32 +3,55 @@
 # the tensorflow-cpu stack, the same image Dockerfile.x86 makes). Build with ./build.sh.
 # No `# syntax=` line on purpose: the builder's built-in frontend has RUN --mount, and builds must
 # work where no registry is reachable.
+#
+# Layers follow what changes (docs/images.md): Debian's python3, then the trimmed runtime stack
+# (TensorFlow: installed in the `deps` stage, trimmed natively in `slim`), then metadata, and last
+# the project itself. Each step is a script of its own in container/, so editing one reruns only
+# its layer and those after it; a change to serve/ reruns only the last layer.
 ARG BASE_IMAGE=debian:trixie-slim
-FROM ${BASE_IMAGE}
 
-# Debian's python3 (3.13) in a venv; these two steps are shared with container/lock.Dockerfile.
+FROM ${BASE_IMAGE} AS python
 ENV PATH=/opt/venv/bin:$PATH
-COPY container/install.sh /opt/container/install.sh
-RUN sh /opt/container/install.sh system
+COPY container/system.sh /opt/container/system.sh
+RUN sh /opt/container/system.sh
 
 # Pinned, hash-checked runtime requirements for the target architecture (tensorflow==2.21.0 on
 # arm64, built with oneDNN + Arm Compute Library). pip's cache is a BuildKit cache mount (not in a
-# layer); a proxy CA comes in as the secret pip_ca (not in a layer).
+# layer); a proxy CA comes in as the secret pip_ca (not in a layer). Installed on the build machine's own platform: pip takes the target's wheels (container/deps.sh),
+# so an arm64 image built on x86 unpacks and compiles TensorFlow natively, not under qemu. Its first
+# two steps are the python stage's on that platform (one cache).
+FROM --platform=${BUILDPLATFORM} ${BASE_IMAGE} AS deps
+ENV PATH=/opt/venv/bin:$PATH
+COPY container/system.sh /opt/container/system.sh
+RUN sh /opt/container/system.sh
 ARG TARGETARCH
 COPY container/requirements-${TARGETARCH}.txt /opt/container/requirements.txt
+COPY container/deps.sh /opt/container/deps.sh
 RUN --mount=type=secret,id=pip_ca,required=false \
     --mount=type=cache,target=/root/.cache/pip \
-    sh /opt/container/install.sh deps /opt/container/requirements.txt
+    sh /opt/container/deps.sh /opt/container/requirements.txt "${TARGETARCH}"
 
-# The serve package itself, without dependencies (they came from the lock).
+# Trimmed there too: symbol tables stripped, C++ headers and other build-only files removed
+# (container/slim.sh says what and why).
+FROM deps AS slim
+ARG TARGETARCH
+COPY container/slim.sh /opt/container/slim.sh
+RUN sh /opt/container/slim.sh tools "${TARGETARCH}" && sh /opt/container/slim.sh venv /opt/venv "${TARGETARCH}"
+
+# The project, without dependencies (they came from the lock), from the bind-mounted context
+# (the image keeps no copy of the source). Rebuilt whenever the context changes; only its result,
+# the image's last layer, changes with it.
+FROM deps AS project
 RUN --mount=type=secret,id=pip_ca,required=false \
     --mount=type=bind,target=/tmp/context \
-    sh /opt/container/install.sh project /tmp/context
+    sh /tmp/context/container/project.sh /tmp/context /opt/project
 
+FROM python
+COPY --from=slim /opt/venv /opt/venv
 COPY container/entrypoint.sh /opt/container/entrypoint.sh
 
 # oneDNN (TF_ENABLE_ONEDNN_OPTS=1) and BF16 fast math (DNNL_DEFAULT_FPMATH_MODE=BF16 where the CPU
-# has bf16 matrix units: Graviton3+, x86 AMX) are decided at start in one place, serve/tuning.py,
+# has bf16 matrix units: Graviton3+, x86 AMX) are decided at start in one place, serve's tuning module,
 # and shown on the start line; a CreateModel Environment (or docker run -e) overrides them.
 ENV VIRTUAL_ENV=/opt/venv \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -46,3 +69,7 @@ WORKDIR /opt/ml
 # gets SageMaker's SIGTERM directly.
 ENTRYPOINT ["/opt/container/entrypoint.sh"]
 CMD ["serve"]
+
+# Last: the serve package itself, built on the build machine's own platform from the bind-mounted
+# context (container/project.sh; pure Python, so no emulation), copied over the venv.
+COPY --from=project /opt/project/ /opt/venv/

@@ -113,7 +113,8 @@ or, on Debian/Ubuntu: apt-get install qemu-user-static binfmt-support && update-
   fi
 done
 
-for f in Dockerfile Dockerfile.x86 container/install.sh container/entrypoint.sh; do
+for f in Dockerfile Dockerfile.x86 container/system.sh container/deps.sh container/slim.sh container/project.sh \
+         container/entrypoint.sh; do
   [ -f "$f" ] || die "$f is missing (run build.sh from a complete checkout)"
 done
 for p in "${plats[@]}"; do

@@ -1,4 +1,5 @@
-"""./build.sh: its refusals (before any work), and the multi-arch push to a registry.
+"""./build.sh: its refusals (before any work), the layers a serve/ change rebuilds, and the
+multi-arch push to a registry.
 
 The push goes to a local registry (Debian's docker-registry on 127.0.0.1, stand-in for ECR);
 the per-platform builds reuse the layer cache of the session's image builds, so they measure
@@ -13,13 +14,16 @@ import platform as host_platform
 import re
 import shutil
 import stat
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 
-from tests.fixtures.docker import IMAGE_REPO, IMAGE_TAG, MEASUREMENTS, docker, run_build_sh, start_container
+from tests.fixtures.docker import (IMAGE_REPO, IMAGE_TAG, MEASUREMENTS, REPO, base_image, docker, run_build_sh,
+                                   start_container)
 
 # The first test to need an image builds it (arm64 under qemu: up to ~30 min cold).
 pytestmark = [pytest.mark.container, pytest.mark.timeout(3600)]
@@ -139,3 +143,58 @@ def test_arm64_image_pulled_by_digest_serves(pushed, mlp_model_dir):
         # bf16 fast math is in effect under qemu (its arm64 CPU reports bf16): compare loosely (as tests/fixtures/targets.py does).
         np.testing.assert_allclose(r.json()["predictions"], mlp_model_dir.expected["output_0"],
                                    rtol=1e-3, atol=2e-3)
+
+
+# What build.sh and the Dockerfiles read (.dockerignore lets in only the installed parts).
+BUILD_INPUTS = ("build.sh", "Dockerfile", "Dockerfile.x86", ".dockerignore", "pyproject.toml", "README.md",
+                "container", "serve", "deploy/model_archive")
+# Issue 27: after a change to serve/, the arm64 image (under qemu) rebuilds in under 2 minutes.
+SERVE_CHANGE_REBUILD_S = 120
+
+
+def layers(image: str) -> list[str]:
+    return json.loads(docker("image", "inspect", "-f", "{{json .RootFS.Layers}}", image).stdout)
+
+
+@pytest.mark.parametrize("arch", ["amd64", pytest.param("arm64", marks=pytest.mark.arm64)])
+def test_a_serve_change_rebuilds_only_the_last_layer(arch, request, tmp_path):
+    """A copy of the build context with one serve/ module edited: every layer but the project's
+    (the last) is reused from the session's image, byte for byte, and the rebuild is quick."""
+    image = request.getfixturevalue(f"image_{arch}")
+    context = tmp_path / "context"
+    for name in BUILD_INPUTS:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, context / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            (context / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, context / name)
+    with open(context / "serve" / "__init__.py", "a") as module:
+        module.write(f"# edited by {request.node.name}\n")
+    tag = f"{IMAGE_REPO}:{IMAGE_TAG}-{arch}-serve-change"
+    env = {**os.environ, "BUILD_PROGRESS": "plain"}
+    base = base_image()
+    if base:
+        env["BASE_IMAGE"] = base
+    log = tmp_path / "build.log"
+    start = time.monotonic()
+    with open(log, "w") as out:
+        proc = subprocess.run([str(context / "build.sh"), "--platform", f"linux/{arch}", "--tag", tag, "--load"],
+                              cwd=context, env=env, stdout=out, stderr=subprocess.STDOUT, text=True, timeout=1800)
+    seconds = time.monotonic() - start
+    try:
+        text = log.read_text(errors="replace")
+        assert proc.returncode == 0, f"rebuild failed:\n{text[-6000:]}"
+        before, after = layers(image), layers(tag)
+        MEASUREMENTS.setdefault("serve_change", {})[f"linux/{arch}"] = {
+            "seconds": round(seconds, 1), "layers": len(after),
+            "rebuilt": sum(a != b for a, b in zip(before, after)) + abs(len(after) - len(before))}
+        assert len(after) == len(before), f"{len(before)} layers before, {len(after)} after"
+        assert after[:-1] == before[:-1], "a serve/ change rebuilt more than the project's layer"
+        assert after[-1] != before[-1], "the project's layer did not change: is serve/ in the last layer?"
+        probe = docker("run", "--rm", "--platform", f"linux/{arch}", tag, "python", "-c",
+                       "import serve, inspect; print(inspect.getsource(serve).splitlines()[-1])", timeout=300)
+        assert probe.stdout.strip() == f"# edited by {request.node.name}"
+        assert seconds < SERVE_CHANGE_REBUILD_S, f"rebuild after a serve/ change took {seconds:.0f} s"
+    finally:
+        docker("rmi", "-f", tag, check=False)
