@@ -22,7 +22,7 @@ apt_install() {
 }
 
 # 1. Docker engine, emulation, base-image tools, registry, load generator, Java for the MMS peer.
-apt_install docker.io qemu-user-static binfmt-support debootstrap docker-registry wrk ca-certificates
+apt_install docker.io qemu-user-static binfmt-support debootstrap docker-registry wrk ca-certificates docker-compose
 
 if ! docker info >/dev/null 2>&1; then
   log "starting dockerd"

@@ -7,6 +7,13 @@ memory of the HTTP worker and of the model process at its peak, and how much of 
     .venv/bin/python -m bench.memory --kinds npz-zeros,json-strings --repeat 3
     .venv/bin/python -m bench.memory --label "8 at once" --kinds json-numbers --concurrency 8
     .venv/bin/python -m bench.memory --report-only         # memory.md from memory.json
+    .venv/bin/python -m bench.memory --supervision         # issue 23: burst, segments, freeze (supervision.md)
+
+``--supervision`` (issue 23, points 5 and 18) runs one host server (2 HTTP workers) and measures:
+held memory (RSS of every process plus the run's /dev/shm segments) after a burst of 64 concurrent
+4 MiB .npy requests, then 50 small ones and 20 s idle, over the warm baseline; the run's segments
+before and after kill -9 of the model process and of an HTTP worker, and after SIGTERM; and the
+time from SIGSTOP of the model process to /ping 503 and to the first 504 (timeout 3 s).
 
 For each request kind a fresh host server (1 HTTP worker, 1 model process, defaults otherwise) serves a
 model whose signatures are cheap (row sums of a float32 matrix; lengths of strings), so what is measured
@@ -271,6 +278,97 @@ def render(results: dict) -> str:
     return "\n".join(out) + "\n" + NOTES
 
 
+def _run_segments(run: str) -> list[Path]:
+    return [p for d in (Path("/dev/shm"), Path(os.environ.get("TMPDIR", "/tmp"))) for p in d.glob(f"{run}.*")]
+
+
+def _anon(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
+
+
+def _segment_bytes(run: str) -> int:
+    """What the run's segments hold (allocated blocks: a punched-out segment keeps its size, not its pages)."""
+    return sum(p.stat().st_blocks * 512 for p in _run_segments(run) if p.exists())
+
+
+def _held(server, run: str) -> int:
+    """Anonymous memory of every process plus the run's segments, each page counted once (RSS would count a
+    segment's pages again in every process that touched them)."""
+    pids = [server.master_pid(), *worker_pids(server.master_pid()), *model_pids(server.master_pid())]
+    return sum(_anon(p) for p in pids if psutil.pid_exists(p)) + _segment_bytes(run)
+
+
+def supervision(model_dir: Path) -> dict:
+    """Issue 23's figures, from one server."""
+    import signal as sig
+
+    out: dict = {}
+    env = {"SAGEMAKER_MODEL_SERVER_WORKERS": "2", "SAGEMAKER_MODEL_SERVER_TIMEOUT": "3"}
+    small = SMALL
+    x = np.random.default_rng(5).random((1024, 1024), dtype=np.float32)      # 4 MiB
+    buf = io.BytesIO()
+    np.save(buf, x)
+    big = buf.getvalue()
+    server = launch(model_dir, env)
+    try:
+        wait_for_ping(server.url, 300, server.alive)
+        (model,) = model_pids(server.master_pid())
+        run = next(a for a in psutil.Process(model).cmdline() if "serve-ready" in a).rsplit("/", 1)[-1]
+        for _ in range(20):
+            post(server.url, small, "application/json")
+        time.sleep(2)
+        base = _held(server, run)
+        with ThreadPoolExecutor(64) as pool:
+            codes = list(pool.map(lambda _: post(server.url, big, "application/x-npy").status_code, range(64)))
+        peak = _held(server, run)
+        for _ in range(50):
+            post(server.url, small, "application/json")
+        time.sleep(20)
+        held = _held(server, run)
+        out["burst"] = {"ok": codes.count(200), "baseline_mib": base / MiB, "after_burst_mib": (peak - base) / MiB,
+                        "held_mib": (held - base) / MiB,
+                        "segments_held_mib": _segment_bytes(run) / MiB}
+        log(f"burst: {out['burst']}")
+        segs = {"before": len(_run_segments(run))}
+        os.kill(model, sig.SIGKILL)
+        time.sleep(5)
+        segs["after kill -9 of the model process"] = len([p for p in _run_segments(run) if f"-{model}-" in p.name])
+        wait_for_ping(server.url, 300, server.alive)
+        for _ in range(10):
+            post(server.url, big, "application/x-npy")
+        worker = sorted(worker_pids(server.master_pid()))[0]
+        os.kill(worker, sig.SIGKILL)
+        time.sleep(5)
+        segs["after kill -9 of an HTTP worker"] = len([p for p in _run_segments(run) if f"-{worker}-" in p.name])
+        wait_for_ping(server.url, 300, server.alive)
+        (model,) = model_pids(server.master_pid())
+        os.kill(model, sig.SIGSTOP)
+        stopped = time.monotonic()
+        first_504 = None
+        to_503 = None
+        while time.monotonic() - stopped < 20 and (first_504 is None or to_503 is None):
+            if to_503 is None and requests.get(f"{server.url}/ping", timeout=5).status_code == 503:
+                to_503 = time.monotonic() - stopped
+            if first_504 is None:
+                try:
+                    r = post(server.url, small, "application/json")
+                    if r.status_code == 504:
+                        first_504 = time.monotonic() - stopped
+                except requests.RequestException:
+                    pass
+            time.sleep(0.1)
+        os.kill(model, sig.SIGCONT)
+        out["freeze"] = {"to_ping_503_s": to_503, "to_first_504_s": first_504}
+        log(f"freeze: {out['freeze']}")
+    finally:
+        server.stop()
+    segs["after SIGTERM"] = len(_run_segments(run))
+    out["segments"] = segs
+    log(f"segments: {segs}")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__.split("\n")[0])
     ap.add_argument("--label", default="current", help="name of this run in memory.json/.md (e.g. before, after)")
@@ -280,7 +378,15 @@ def main(argv=None) -> int:
     ap.add_argument("--small", type=int, default=50, help="small requests after the large ones")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="server environment")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--supervision", action="store_true", help="issue 23's figures (bench/results/supervision.json)")
     a = ap.parse_args(argv)
+    if a.supervision:
+        figures = supervision(build_model(TMP / "memory-model"))
+        figures["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        figures["load"] = " ".join(f"{v:.1f}" for v in os.getloadavg())
+        (RESULTS / "supervision.json").write_text(json.dumps(figures, indent=1))
+        print(json.dumps(figures, indent=1))
+        return 0
     results = json.loads(JSON_PATH.read_text()) if JSON_PATH.exists() else {}
     if not a.report_only:
         env = dict(item.split("=", 1) for item in a.env)

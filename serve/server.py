@@ -26,7 +26,9 @@ import time
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
-from serve.contract.readiness import Readiness, failed_path, hung_path, ready_path
+from serve import supervision
+from serve.contract import channel
+from serve.contract.readiness import Readiness, alive_path, failed_path, hung_path, ready_path
 from serve.contract.redact import SecretFilter
 from serve.contract.settings import Settings
 from serve.contract.tuning import Tuning
@@ -62,21 +64,26 @@ def gunicorn_options(settings: Settings, tuning: Tuning) -> dict:
 
 
 class ModelProcesses:
-    """The master's model processes: started, watched, replaced, stopped."""
+    """The master's model processes: started, watched (serve.supervision), replaced, stopped."""
 
-    def __init__(self, count: int, run_dir, code: CodeLocation | None):
+    def __init__(self, count: int, run_dir, code: CodeLocation | None, multi_model: bool = False):
         self.count = count
         self.run_dir = run_dir
+        self.multi_model = multi_model
         # the master found (and unpacked, downloaded, installed) the user code once; they use it
         self.code_args = ([str(code.directory), code.program] + ([str(code.packages)] if code.packages else [])
                           if code else [])
         self.procs: list[subprocess.Popen | None] = [None] * count
         self.ever_ready = [False] * count
+        self.watches = [supervision.Watch() for _ in range(count)]
         self.log = logging.getLogger("serve")
 
     def start(self, index: int) -> None:
         ready_path(self.run_dir, index).unlink(missing_ok=True)
         hung_path(self.run_dir, index).unlink(missing_ok=True)
+        alive_path(self.run_dir, index).unlink(missing_ok=True)
+        self.watches[index].frozen = False
+        self.watches[index].restart_at = None
         self.procs[index] = subprocess.Popen(
             [sys.executable, "-m", "serve.model_process.main", str(index), str(self.count), str(self.run_dir), *self.code_args])
 
@@ -85,23 +92,53 @@ class ModelProcesses:
             self.start(index)
 
     def check(self) -> str | None:
-        """Replace any that died; the reason to end the server when one could not load."""
+        """Replace any that died or froze, with back-off; the reason to end the server, if any."""
+        now = time.monotonic()
         for index, proc in enumerate(self.procs):
+            watch = self.watches[index]
             if proc is None:
+                if watch.restart_at is not None and now >= watch.restart_at:
+                    self.start(index)
                 continue
             if ready_path(self.run_dir, index).exists():
                 self.ever_ready[index] = True
             if proc.poll() is None:
-                continue
+                if supervision.check_frozen(watch, self.run_dir, index, proc.pid):
+                    self.log.error("model process %d (pid %d) has not answered for %.0f s: replacing it", index,
+                                   proc.pid, supervision.REPLACE_AFTER)
+                    supervision.kill(proc.pid)
+                    proc.wait()
+                else:
+                    continue
             failed = failed_path(self.run_dir, index)
             if failed.exists():
                 return f"model process {index}: {failed.read_text()}"
             if not self.ever_ready[index]:  # it never got as far as loading: the same crash would repeat
                 return f"model process {index} exited before it was ready (exit code {proc.returncode}); see its log above"
             ready_path(self.run_dir, index).unlink(missing_ok=True)
-            self.log.error("model process %d (pid %d) exited; starting a new one, /ping is 503 until it is warm",
-                           index, proc.pid)
-            self.start(index)
+            supervision.remove_segments(self.run_dir, proc.pid)
+            why = f"exit code {proc.returncode}" if proc.returncode >= 0 else f"signal {-proc.returncode}"
+            delay = supervision.on_failure(watch, now)
+            self.procs[index] = None
+            if self.multi_model:
+                for name in supervision.blame_loads(watch, self.run_dir, index, now, why):
+                    self.log.error("model process failing: it failed %d times in %.0f s while loading model '%s'; "
+                                   "that model is refused from now on", supervision.RESTART_LIMIT,
+                                   supervision.RESTART_WINDOW, name)
+            if delay is None:
+                reason = (f"model process {index} failed {supervision.RESTART_LIMIT} times in "
+                          f"{supervision.RESTART_WINDOW:.0f} s (last: {why})")
+                if not self.multi_model:
+                    self.log.error("model process failing: %s", reason)   # the one line; gunicorn adds "Reason:"
+                    return reason
+                watch.failures.clear()     # the others' models must keep being served: always restarted
+                delay = supervision.MAX_BACKOFF
+            self.log.error("model process %d (pid %d) exited (%s); starting a new one in %.0f s, /ping is 503 "
+                           "until it is warm", index, proc.pid, why, delay)
+            watch.restart_at = now + delay
+            if delay <= 0:
+                self.start(index)
+        supervision.sweep_segments(self.run_dir)
         return None
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -114,6 +151,8 @@ class ModelProcesses:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
+        supervision.remove_segments(self.run_dir)
 
 
 class ServeArbiter(Arbiter):
@@ -125,7 +164,7 @@ class ServeArbiter(Arbiter):
     server still ends with 3 (as the README says) when one did.
     """
 
-    WORKER_BOOT_ERROR = 78   # sysexits' EX_CONFIG
+    WORKER_BOOT_ERROR = 78   # sysexits' EX_CONFIG; serve.http_worker.gunicorn_worker exits with it
     APP_LOAD_ERROR = 79      # likewise gunicorn's 4
     EXIT_STARTUP_FAILED = 3
 
@@ -155,7 +194,9 @@ class ServeApplication(BaseApplication):
         self.readiness = Readiness.create(tuning.workers)  # before the fork: every worker shares it
         self.max_payload_bytes = settings.max_payload_bytes
         self.body_timeout = settings.model_server_body_timeout
-        self.model_processes = ModelProcesses(tuning.model_processes, self.readiness.directory, code)
+        channel.set_run(self.readiness.directory)  # before the fork: the workers' segments carry the run's name
+        self.model_processes = ModelProcesses(tuning.model_processes, self.readiness.directory, code,
+                                              settings.multi_model)
         super().__init__()
 
     def load_config(self) -> None:
@@ -187,4 +228,5 @@ class ServeApplication(BaseApplication):
         finally:
             if os.getpid() == self._master_pid:
                 self.model_processes.stop()
+                supervision.remove_segments(self.readiness.directory)  # the workers' too, all gone by now
                 self.readiness.remove()

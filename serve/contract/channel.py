@@ -89,6 +89,28 @@ class Reader:
         self._buffer = buffer[at:]
         return messages
 
+# Segments are named RUN.KIND-PID-UNIQUE: RUN is the server's run directory's name (set_run, in the
+# master before it forks and in each model process), PID the process that made it, so the master
+# can remove what a dead process left (serve.supervision) and everything of the run at shutdown.
+_run = "serve"
+
+
+def set_run(run_dir: Path) -> None:
+    global _run
+    _run = Path(run_dir).name
+
+
+def run_segments(run_dir: Path, pid: int | None = None) -> list[Path]:
+    """The segments of the run in RUN_DIR (only those PID made, when given), wherever they went."""
+    pattern = f"{Path(run_dir).name}.*-{pid}-*" if pid is not None else f"{Path(run_dir).name}.*"
+    return [p for d in {SHM_DIR, Path(tempfile.gettempdir())} for p in d.glob(pattern)]
+
+
+def owner(path: Path) -> int | None:
+    """The pid that made the segment at PATH."""
+    parts = path.name.rsplit("-", 2)
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+
 
 class Segment:
     """A named shared-memory file, mapped; grows (to a new file) when a message needs more room."""
@@ -114,7 +136,7 @@ class Segment:
     @classmethod
     def new(cls, prefix: str, size: int) -> "Segment":
         size = max(size, 1 << 16)
-        name = f"{prefix}-{uuid.uuid4().hex}"
+        name = f"{_run}.{prefix}-{os.getpid()}-{uuid.uuid4().hex}"
         try:
             return cls(SHM_DIR / name, size, create=True)
         except OSError:  # /dev/shm is full (ENOSPC): the temporary directory instead
@@ -133,7 +155,10 @@ class Segment:
             pass
 
 
-KEEP = 4 << 20   # a link keeps a segment this large between messages; beyond, only as long as needed
+# A link keeps a segment this large between messages; beyond, only as long as needed. Every HTTP-worker
+# thread and model-process connection has a link, so this bounds what a burst leaves held: 64 threads
+# x 2 workers x (request + answer) x 256 KiB = 64 MiB at most, where 4 MiB kept up to 1 GiB.
+KEEP = 256 << 10
 
 
 def fitting(segment: "Segment | None", need: int, prefix: str) -> "Segment":

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 _ALL = "all-ready"
+HEARTBEAT_EVERY = 0.5   # seconds between a model process's heartbeats (serve.supervision reads them)
 
 
 def socket_path(run_dir: Path, index: int) -> Path:
@@ -34,6 +35,21 @@ def ready_path(run_dir: Path, index: int) -> Path:
 
 def failed_path(run_dir: Path, index: int) -> Path:
     return Path(run_dir) / f"model-{index}.failed"
+
+
+def alive_path(run_dir: Path, index: int) -> Path:
+    """The model process's heartbeat: touched every HEARTBEAT_EVERY seconds (serve.supervision)."""
+    return Path(run_dir) / f"model-{index}.alive"
+
+
+def loading_dir(run_dir: Path, index: int) -> Path:
+    """Multi-model: one file per load under way in model process INDEX (the master blames a crash on them)."""
+    return Path(run_dir) / f"model-{index}.loading"
+
+
+def refused_dir(run_dir: Path) -> Path:
+    """Multi-model: one file per model refused for crashing its model process, holding the reason."""
+    return Path(run_dir) / "refused"
 
 
 def hung_path(run_dir: Path, index: int) -> Path:

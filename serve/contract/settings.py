@@ -34,7 +34,7 @@ class Settings(BaseSettings):
                                                                  "SageMaker move it: accept-bind-to-port)")
     model_server_workers: Optional[int] = Field(
         None, ge=1, le=256, description="HTTP workers (gunicorn processes without TensorFlow); default: "
-                                        "vCPUs up to 4, then vCPUs / 2 (at most 64)")
+                                        "vCPUs up to 4, then 5/8 of the vCPUs (at most 128)")
     model_server_threads: int = Field(
         64, ge=2, le=1024,
         description="request slots per HTTP worker: how many requests one worker has in flight at once "
@@ -65,8 +65,8 @@ class Settings(BaseSettings):
         300, ge=1, le=3600, description="multi-model: how long loading one model (POST /models) may take")
     tfs_instance_count: Optional[int] = Field(
         None, ge=1, le=64, description="model processes (AWS's container: TF Serving processes), each holding "
-                                       "every model and a share of the vCPUs; default: 1 up to 16 vCPUs, "
-                                       "then vCPUs / 16")
+                                       "every model and a share of the vCPUs; default: 1 up to 8 vCPUs, "
+                                       "then vCPUs / 8")
     tfs_default_model_name: Optional[str] = Field(
         None, description="model served when a request names none (default: the only or first one)")
     tfs_max_enqueued_batches: Optional[int] = Field(

@@ -2,17 +2,27 @@
 TensorFlow is imported.
 
 A value the user set always wins; we only fill in what is missing. Two kinds of process
-(README, "Performance"): HTTP workers run Python's per-request work (HTTP, JSON, user
-handlers) under one GIL each, so they scale with the cores that work needs; model processes
-hold TensorFlow and every model once, batch across all HTTP workers, and give TensorFlow's
-intra-op pool their share of the vCPUs. The rule for 1 to 192 vCPUs:
+(docs/architecture.md): HTTP workers (gunicorn's gevent worker: one thread, every request of the
+worker on it) run Python's per-request work (HTTP, JSON, user handlers) under one GIL each, so
+each can use about one core; model processes hold TensorFlow and every model once, read every
+worker's requests in one loop and batch them, and give TensorFlow's intra-op pool their share of
+the vCPUs. The rule for 1 to 192 vCPUs:
 
-  HTTP workers     = vCPUs up to 4, then max(4, vCPUs / 2), at most 64
-  model processes  = 1 up to 16 vCPUs, then vCPUs / 16 (a process per 16 cores keeps Python's
-                     per-batch work from becoming the limit; each holds the models again)
+  HTTP workers     = vCPUs up to 4, then 5/8 of the vCPUs (at most 128)
+  model processes  = 1 up to 8 vCPUs, then vCPUs / 8
   intra-op threads = vCPUs / model processes; inter-op 2 from 4 intra-op threads, else 1
 
-Only the 2-vCPU point is measured here; the rest is a reasoned model (see README).
+Measured (docs/performance.md, "The hot path"): at 2 vCPUs, 2 HTTP workers against 1 and 3, by
+server CPU per request and req/s at 32 connections (CIFAR CNN and MLP); the model stays in its own
+process even there (one TensorFlow, 54 MiB per added worker; the BYOC pattern's TensorFlow in each
+worker costs more CPU per request at every level measured). Reasoned from those per-request costs
+for larger machines: the HTTP workers took 53% (CIFAR CNN) to 79% (MLP) of a request's server CPU
+at 32 connections, so 5/8 of the cores go to them; a model process's loop thread took 0.19 ms (MLP)
+to 1.38 ms (CNN, TensorFlow's work on the calling thread included) per request against 0.96 and
+1.83 ms in the HTTP workers, so one loop keeps up with 1.3 to 5 HTTP workers: one model process per
+8 vCPUs (5 HTTP workers) for models of the MLP's kind, and TensorFlow's intra-op threads spread a
+larger model's work over that process's 8 cores. Fewer model processes batch better (every worker's
+requests meet in one queue), and each holds the models again (about 320 MiB PSS for the CIFAR CNN).
 """
 from __future__ import annotations
 
@@ -132,12 +142,13 @@ def detect_cpu() -> Cpu:
 
 
 def default_workers(vcpus: int) -> int:
-    """HTTP workers; see the module docstring and README."""
-    return vcpus if vcpus <= 4 else min(64, max(4, vcpus // 2))
+    """HTTP workers; see the module docstring."""
+    return vcpus if vcpus <= 4 else min(128, math.ceil(vcpus * 5 / 8))
 
 
 def default_model_processes(vcpus: int) -> int:
-    return 1 if vcpus <= 16 else vcpus // 16
+    """Model processes; see the module docstring."""
+    return 1 if vcpus <= 8 else vcpus // 8
 
 
 def plan(settings: Settings, cpu: Cpu) -> Tuning:

@@ -3,8 +3,10 @@ segment each) to the model processes, chosen round-robin as links are made. A re
 for its round trip and gives it back: the worker holds as many as it ever had requests in flight
 at once, and no request's answer waits on another's.
 
-A model process that goes away is noticed at once: the pending ``recv`` ends, and the caller
-gets a 503 (never a hang); the next request reconnects once the master has restarted it. A
+A model process that goes away is noticed at once, from a pidfd of the process (never from the
+socket, which a child it forked may hold open): a pending request gets a 503 (never a hang), and
+an idle link to it is dropped before it is used, so the first request after the master has
+restarted it reaches the new one. Connecting has a deadline (CONNECT_TIMEOUT). A
 request that outlives SAGEMAKER_MODEL_SERVER_TIMEOUT gets its 504 here, whatever the model
 process is doing, and its connection is dropped (the late answer has nowhere to go).
 """
@@ -13,8 +15,10 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import select
 import socket
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +32,41 @@ from serve.contract.readiness import hung_path, ready_path, socket_path
 log = logging.getLogger(__name__)
 
 
-class _Link:
-    """One thread's connection to one model process, with its request segment."""
+CONNECT_TIMEOUT = 2.0   # seconds; a model process that does not accept by then is not answering
 
-    def __init__(self, conn: socket.socket, index: int):
+
+class _Link:
+    """One connection to one model process, with its request segment, and a pidfd of that process:
+    whether it is alive is asked of the process itself (serve.supervision)."""
+
+    def __init__(self, conn: socket.socket, index: int, pid: int | None = None):
         self.conn = conn
         self.index = index
         self.out: channel.Segment | None = None      # ours: request arrays
         self.answers: dict[str, channel.Segment] = {}  # theirs: answers
+        self.pidfd: int | None = None
+        if pid is not None:
+            try:
+                self.pidfd = os.pidfd_open(pid)
+            except (AttributeError, OSError):   # no pidfd here (old kernel), or already gone
+                self.pidfd = None
+
+    def process_gone(self) -> bool:
+        """The process this link reached has exited (the master has replaced it, or will)."""
+        return self.pidfd is not None and bool(select.select([self.pidfd], [], [], 0)[0])
+
+    def wait_readable(self, deadline: float) -> None:
+        """Until the answer starts to arrive: TimeoutError at DEADLINE, EOFError if the process exits first."""
+        waiting = [self.conn] + ([self.pidfd] if self.pidfd is not None else [])
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            readable = select.select(waiting, [], [], left)[0]
+            if self.conn in readable:
+                return
+            if readable:  # the pidfd: the process exited, whoever still holds its socket
+                raise EOFError("the model process exited")
 
     def request_segment(self, need: int) -> channel.Segment:
         self.out = channel.fitting(self.out, need, "serve-in")
@@ -60,6 +91,12 @@ class _Link:
             self.out.close()
         for segment in self.answers.values():
             segment.close()
+        if self.pidfd is not None:
+            try:
+                os.close(self.pidfd)
+            except OSError:
+                pass
+            self.pidfd = None
 
 
 class ModelClient:
@@ -126,8 +163,11 @@ class ModelClient:
                 segment = link.request_segment(channel.room(arrays))
                 request["segment"] = str(segment.path)
                 request["arrays"] = channel.place(segment, arrays)
+            deadline = time.monotonic() + timeout
             link.conn.settimeout(timeout)
             channel.send(link.conn, (op, request))
+            link.wait_readable(deadline)
+            link.conn.settimeout(max(0.001, deadline - time.monotonic()))
             reply = channel.receive(link.conn)
         except (socket.timeout, TimeoutError):
             self._drop(link)
@@ -149,22 +189,25 @@ class ModelClient:
         self._idle.append(link)
 
     def _link(self) -> _Link:
-        try:
-            return self._idle.pop()
-        except IndexError:
-            pass
+        while self._idle:
+            link = self._idle.pop()
+            if not link.process_gone():
+                return link
+            self._drop(link)  # idle while its process died: never used again
         index = next(self._next) % self.count
-        if not ready_path(self.run_dir, index).exists():
-            raise ModelNotReady("the model process is loading; retry when GET /ping answers 200")
+        try:
+            pid_text = ready_path(self.run_dir, index).read_text()
+        except FileNotFoundError:
+            raise ModelNotReady("the model process is loading; retry when GET /ping answers 200") from None
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            conn.settimeout(10.0)
+            conn.settimeout(CONNECT_TIMEOUT)
             conn.connect(str(socket_path(self.run_dir, index)))
         except OSError as exc:
             conn.close()
             raise ModelNotReady(f"cannot reach the model process ({exc.strerror or exc}); retry when GET /ping "
                                 f"answers 200") from None
-        link = _Link(conn, index)
+        link = _Link(conn, index, int(pid_text) if pid_text.strip().isdigit() else None)
         with self._lock:
             self._links.add(link)
         return link

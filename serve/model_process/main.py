@@ -37,6 +37,7 @@ from serve.contract.errors import ServeError, TooMuchMemory
 from serve.contract.signature import Repository
 from serve.model_process.loading import Servable, StartupFailure, load_model_dir, local_infer
 from serve.model_process.model import configure_threads
+from serve.model_process import heartbeat
 from serve.model_process.multimodel import MultiModelService
 from serve.contract.memory import Trimmer
 from serve.contract.readiness import failed_path, hung_path, ready_path, socket_path
@@ -306,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the master, which ends us in order
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    channel.set_run(run_dir)  # segments carry the run's name and our pid (serve.supervision removes them)
     settings = load_settings()
     secrets = SecretFilter(secret_values())
     from serve.cli import configure_logging
@@ -318,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         configure_threads(tuning.intra_op_threads, tuning.inter_op_threads)
         if settings.multi_model:
 
-            service = MultiModelService(settings, code)
+            service = MultiModelService(settings, code, run_dir, index)
         else:
             service = load(settings, code)
     except (StartupFailure, usercode.UserCodeSetupError) as exc:
@@ -337,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         hung = hung_path(run_dir, index)
         watchdog.on_change = lambda exhausted: hung.touch() if exhausted else hung.unlink(missing_ok=True)
     ready_path(run_dir, index).write_text(str(os.getpid()))
+    heartbeat.start(run_dir, index)   # from now on the master expects a beat (serve.supervision)
     log.info("model process %d of %d ready in %.1f s (pid %d): intra_op_threads=%d inter_op_threads=%d, %s",
              index + 1, count, time.perf_counter() - started, os.getpid(), tuning.intra_op_threads,
              tuning.inter_op_threads, service.servables.describe() if service.servables else service.style)

@@ -45,6 +45,7 @@ from serve.contract.memory import malloc_trim
 from serve.contract.handlers import DefaultHandler, Invocation, Result, Target
 from serve.contract.signature import version_status
 from serve.contract.model_names import check_model_name
+from serve.contract.readiness import loading_dir, refused_dir
 from serve.model_process.loading import ModelSet, StartupFailure, load_model_dir
 from model_archive.layout import ModelNotFound, find_models
 
@@ -185,8 +186,11 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 class MultiModelService:
-    def __init__(self, settings, universal_code: usercode.CodeLocation | None):
+    def __init__(self, settings, universal_code: usercode.CodeLocation | None, run_dir: Path | None = None,
+                 index: int = 0):
         self.settings = settings
+        self.run_dir = run_dir
+        self.index = index
         self.universal = universal_code
         self.models: dict[str, Loaded] = {}
         self.loading: set[str] = set()
@@ -247,8 +251,34 @@ class MultiModelService:
             raise NotFound(f"no model at {url}: the folder does not exist", plain=True) from None
         return path
 
+    def _refusal(self, name: str) -> str | None:
+        if self.run_dir is None:
+            return None
+        try:
+            return (refused_dir(self.run_dir) / _module_name(name)).read_text()
+        except OSError:
+            return None
+
+    @contextlib.contextmanager
+    def _loading_mark(self, name: str):
+        """A file naming the load while it is under way: if this process dies meanwhile, the master
+        counts it against the model (serve.supervision.blame_loads)."""
+        if self.run_dir is None:
+            yield
+            return
+        mark = loading_dir(self.run_dir, self.index) / _module_name(name)
+        mark.parent.mkdir(exist_ok=True)
+        mark.write_text(name)
+        try:
+            yield
+        finally:
+            mark.unlink(missing_ok=True)
+
     def load(self, name: str, url: str) -> dict:
         check_model_name(name)
+        refusal = self._refusal(name)
+        if refusal:
+            raise ServeError(refusal)
         path = self.confine(url)
         with self.lock:
             if name in self.models or name in self.loading:
@@ -271,7 +301,7 @@ class MultiModelService:
             # runs (a model_fn may hold anything): the last load of the same kind is the estimate
             kind = f"{kind}, {'with code' if code else 'default path'}"
             module_name = _module_name(name)
-            with self.budget.reserve(name, self.estimate(path, kind)):
+            with self.budget.reserve(name, self.estimate(path, kind)), self._loading_mark(name):
                 before = _rss()
                 started = time.perf_counter()
                 try:

@@ -48,8 +48,8 @@ def _clean(monkeypatch):
 
 # The layout rule of serve/contract/tuning.py, from ml.c7g.medium (1 vCPU) to ml.c8g.48xlarge (192 vCPUs):
 # (vCPUs, HTTP workers, model processes, intra-op threads per model process, inter-op threads)
-LAYOUT = [(1, 1, 1, 1, 1), (2, 2, 1, 2, 1), (4, 4, 1, 4, 2), (8, 4, 1, 8, 2), (16, 8, 1, 16, 2),
-          (32, 16, 2, 16, 2), (64, 32, 4, 16, 2), (192, 64, 12, 16, 2)]
+LAYOUT = [(1, 1, 1, 1, 1), (2, 2, 1, 2, 1), (4, 4, 1, 4, 2), (8, 5, 1, 8, 2), (16, 10, 2, 8, 2),
+          (32, 20, 4, 8, 2), (64, 40, 8, 8, 2), (192, 120, 24, 8, 2)]
 
 
 @pytest.mark.parametrize("vcpus, workers, processes, intra, inter", LAYOUT)
@@ -92,8 +92,8 @@ def test_user_values_win(monkeypatch):
 def test_http_workers_do_not_change_tensorflow_threads(monkeypatch):
     _clean(monkeypatch)
     monkeypatch.setenv("SAGEMAKER_MODEL_SERVER_WORKERS", "2")
-    t = plan(load_settings(), Cpu("arm64", 16, True))
-    assert (t.workers, t.model_processes, t.intra_op_threads, t.inter_op_threads) == (2, 1, 16, 2)
+    t = plan(load_settings(), Cpu("arm64", 8, True))
+    assert (t.workers, t.model_processes, t.intra_op_threads, t.inter_op_threads) == (2, 1, 8, 2)
 
 
 def test_apply_environment_exports_before_tensorflow(monkeypatch):
