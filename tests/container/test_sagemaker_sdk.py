@@ -86,9 +86,13 @@ def _running(image: str) -> list[str]:
     return docker("ps", "-q", "--filter", f"ancestor={image}").stdout.split()
 
 
+def _all(image: str) -> list[str]:
+    return docker("ps", "-aq", "--filter", f"ancestor={image}").stdout.split()
+
+
 def test_sagemaker_sdk_local_mode(image_amd64, sdk_python, sdk_workdir):
     assert shutil.which("docker-compose"), "local mode needs docker-compose (.ci/setup-host.sh installs it)"
-    before = set(_running(image_amd64))
+    before, existed = set(_running(image_amd64)), set(_all(image_amd64))
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
            "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}
@@ -102,7 +106,8 @@ def test_sagemaker_sdk_local_mode(image_amd64, sdk_python, sdk_workdir):
         deadline = time.monotonic() + STOP_WITHIN_S
         while (left := set(_running(image_amd64)) - before) and time.monotonic() < deadline:
             time.sleep(1)
-        for container in left:   # what a failed step left behind, so that nothing keeps running
+        # what a failed step left running, and the stopped containers local mode never removes
+        for container in set(_all(image_amd64)) - existed:
             docker("rm", "-f", container, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
