@@ -182,6 +182,13 @@ class Model:
         self.loader = loader            # "session" (SavedModels), "keras", or "tf2" for one a model_fn built
         self._keep_alive = keep_alive   # the loaded object owns the variables the functions use
 
+    def close(self) -> None:
+        """Free what the loaded object holds now (a model process's session: its variables and
+        constants), not whenever the garbage collector finds it: a multi-model unload."""
+        close = getattr(self._keep_alive, "close", None)
+        if callable(close):
+            close()
+
     @property
     def name(self) -> str:
         return self.location.name

@@ -340,6 +340,7 @@ class MultiModelService:
                         self.unload_wait)
         for servable in (loaded.models.servables or []):
             servable.batcher.close()
+            servable.model.close()   # no call of it is under way: every invoke ended, or timed out above
         _forget_code(loaded.module_name, loaded.code, self.universal, keep=self._code_dirs())
         before = _rss()
         del loaded
