@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from serve.contract import channel
-from serve.contract.readiness import HEARTBEAT_EVERY, alive_path, loading_dir, ready_path, refused_dir
+from serve.contract.readiness import HEARTBEAT_EVERY, alive_path, loading_dir, pid_alive, ready_path, refused_dir
 
 log = logging.getLogger("serve")
 
@@ -151,7 +151,7 @@ def sweep_segments(run_dir: Path) -> int:
     removed = 0
     for path in channel.run_segments(run_dir):
         pid = channel.owner(path)
-        if pid is None or _alive(pid):
+        if pid is None or pid_alive(pid):
             continue
         try:
             path.unlink()
@@ -159,14 +159,3 @@ def sweep_segments(run_dir: Path) -> int:
         except FileNotFoundError:
             pass
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (exited, not reaped yet) still answers kill(0): its segments go on the next sweep
-    return True

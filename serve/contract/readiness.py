@@ -74,7 +74,7 @@ class Readiness:
     def ready_workers(self) -> int:
         count = 0
         for entry in self.directory.iterdir():
-            if entry.name.isdigit() and _alive(int(entry.name)):
+            if entry.name.isdigit() and pid_alive(int(entry.name)):
                 count += 1
         return count
 
@@ -90,7 +90,9 @@ class Readiness:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether PID still exists. A zombie (exited, not reaped yet) still does: what it left is
+    taken on the next sweep."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
