@@ -11,9 +11,13 @@ of 2), and the test reads oneDNN's verbose lines and the server's start line fro
   amd64 (this machine's CPU, natively): oneDNN's JIT kernels, no `ref`, and the BF16 decision
       follows the CPU's matrix units (none here: fp32).
 
-Not here yet: QEMU_CPU=max,sve-max-vq=2 (SVE 256 + BF16, like Graviton3). Under that emulation the
-server did not answer /ping within 600 s on the shared 2-core machine (TensorFlow's import runs
-SVE code emulated); see docs/images.md for what was checked by hand.
+  arm64, QEMU_CPU=max,sve-max-vq=2 (SVE 256 + BF16, like Graviton3): ACL or JIT kernels, no `ref`,
+      the server's BF16 decision on, and `attr-fpmath:bf16` in oneDNN's lines. Under this
+      emulation a whole server start did not answer /ping within 600 s on the shared 2-core
+      machine, so this CPU model runs a probe instead: the server's own decision
+      (serve.contract.tuning, exactly as `serve` applies it at start, before TensorFlow is
+      imported), then one convolution and one matmul on a batch of 2 in the same process (139 s
+      at load 9).
 
 qemu-user reads QEMU_CPU from the environment, so `docker run -e QEMU_CPU=...` picks the CPU the
 arm64 image sees (/work/shared/ENVIRONMENT.md, section 10). One container start per CPU model
@@ -33,7 +37,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.fixtures.docker import MEASUREMENTS, start_container
+from tests.fixtures.docker import MEASUREMENTS, docker, start_container
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(3600)]
 
@@ -120,6 +124,33 @@ def neoverse_n1_log(image_arm64, image_model_dir) -> str:
     return run_cnn(image_arm64, image_model_dir, {"QEMU_CPU": "neoverse-n1"}, "linux/arm64")
 
 
+# What `serve` does at start (serve/cli.py), then a Conv2D and a matmul on a batch of 2.
+SVE256_PROBE = """
+import os
+from serve.contract.settings import load_settings
+from serve.contract.tuning import apply_environment, detect_cpu, plan
+cpu = detect_cpu()
+apply_environment(plan(load_settings(), cpu))
+print(f"bf16_units={cpu.bf16} DNNL_DEFAULT_FPMATH_MODE={os.environ.get('DNNL_DEFAULT_FPMATH_MODE') or 'unset (fp32)'}",
+      flush=True)
+import numpy as np
+import tensorflow as tf
+rng = np.random.default_rng(0)
+y = tf.nn.conv2d(rng.random((2, 8, 8, 3), np.float32), rng.random((3, 3, 3, 4), np.float32), 1, "SAME")
+print(tf.matmul(tf.reshape(y, (2, -1)), rng.random((256, 10), np.float32)).shape, flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def sve256_log(image_arm64) -> str:
+    proc = docker("run", "--rm", "--platform", "linux/arm64", "-e", "QEMU_CPU=max,sve-max-vq=2",
+                  "-e", "ONEDNN_VERBOSE=1", "--entrypoint", "/opt/venv/bin/python", image_arm64,
+                  "-c", SVE256_PROBE, check=False, timeout=1200)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"the probe failed ({proc.returncode}):\n{log[-4000:]}"
+    return log
+
+
 @pytest.fixture(scope="module")
 def amd64_log(image_amd64, image_model_dir) -> str:
     return run_cnn(image_amd64, image_model_dir, {}, "linux/amd64")
@@ -143,6 +174,20 @@ def test_neoverse_n1_leaves_bf16_off(neoverse_n1_log):
     assert not units and mode == "unset (fp32)", f"the server should leave BF16 off on neoverse-n1: {units}, {mode}"
     bf16 = [line for line in neoverse_n1_log.splitlines() if "onednn_verbose," in line and "attr-fpmath:bf16" in line]
     assert not bf16, f"oneDNN ran with attr-fpmath:bf16 though the CPU has no BF16: {bf16[:3]}"
+
+
+@pytest.mark.arm64
+def test_sve256_runs_acl_or_jit_kernels(sve256_log):
+    check_kernels(sve256_log, ("acl", "jit", "brg"), "arm64 QEMU_CPU=max,sve-max-vq=2", batches=(2,))
+
+
+@pytest.mark.arm64
+def test_sve256_turns_bf16_fast_math_on(sve256_log):
+    units, mode = server_decision(sve256_log)
+    assert units and mode == "BF16", f"the server should turn BF16 on with SVE 256 + BF16: {units}, {mode}"
+    bf16 = [line for line in sve256_log.splitlines() if "onednn_verbose," in line and "attr-fpmath:bf16" in line]
+    print(f"arm64 QEMU_CPU=max,sve-max-vq=2: {len(bf16)} oneDNN lines with attr-fpmath:bf16")
+    assert bf16, f"no oneDNN line ran with attr-fpmath:bf16:\n{sve256_log[-4000:]}"
 
 
 def test_amd64_runs_jit_kernels(amd64_log):
