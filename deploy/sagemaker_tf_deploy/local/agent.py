@@ -130,6 +130,32 @@ class Options:
         return self.accept or self.content_type
 
 
+@dataclass(kw_only=True)
+class RecordSettings:
+    """What every transform spec takes about its records, whichever engine and wherever it runs
+    (batch job, async endpoint, --local): SageMaker's TransformInput fields, its batch parameters
+    and the container's environment. Keyword-only, so that each spec adds its own fields freely."""
+    content_type: str = "text/csv"
+    accept: str | None = None
+    split_type: str = "Line"               # Line | RecordIO | None
+    strategy: str | None = None            # MultiRecord | SingleRecord (default: the container's)
+    max_payload_mb: int | None = None
+    max_concurrent: int | None = None
+    join_source: str | None = None         # Input
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def given(self) -> dict:
+        """The batch parameters given on the command line, by SageMaker's names (None: not given)."""
+        return {"BatchStrategy": self.strategy, "MaxPayloadInMB": self.max_payload_mb,
+                "MaxConcurrentTransforms": self.max_concurrent}
+
+    @property
+    def options(self) -> Options:
+        return Options(content_type=self.content_type, accept=self.accept, split_type=self.split_type,
+                       join_source=self.join_source)
+
+
 @dataclass
 class RunResult:
     files: int = 0

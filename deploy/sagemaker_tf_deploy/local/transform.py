@@ -28,7 +28,7 @@ import json
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -42,38 +42,19 @@ REQUEST_TIMEOUT = 600
 ENGINES = ("batch", "async")
 
 
-@dataclass
-class LocalTransformSpec:
+@dataclass(kw_only=True)
+class LocalTransformSpec(agent.RecordSettings):
     image: str
     model_data: str
     input: Path
     output: Path
     engine: str = "batch"                  # batch | async
-    content_type: str = "text/csv"
-    accept: str | None = None
-    split_type: str = "Line"               # Line | RecordIO | None
-    strategy: str | None = None            # MultiRecord | SingleRecord (default: the container's)
-    max_payload_mb: int | None = None
-    max_concurrent: int | None = None
     max_in_flight: int | None = None       # async: requests out at once (default 2 x the concurrency)
-    join_source: str | None = None         # Input
-    env: dict[str, str] = field(default_factory=dict)
     region: str | None = None
     platform: str | None = None
     port: int = 8080
     ping_timeout: float = 600.0
     stream_logs: bool = False
-
-    @property
-    def given(self) -> dict:
-        """The batch parameters given on the command line, by SageMaker's names (None: not given)."""
-        return {"BatchStrategy": self.strategy, "MaxPayloadInMB": self.max_payload_mb,
-                "MaxConcurrentTransforms": self.max_concurrent}
-
-    @property
-    def options(self) -> agent.Options:
-        return agent.Options(content_type=self.content_type, accept=self.accept, split_type=self.split_type,
-                             join_source=self.join_source)
 
 
 class TransformDone(Exception):

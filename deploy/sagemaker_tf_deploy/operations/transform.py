@@ -25,13 +25,14 @@ from __future__ import annotations
 import re
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 import botocore.exceptions
 
 from ..core import archive, checks, defaults, instance, interrupts, registry
+from ..local import agent
 from . import endpoint, resources, staging
 from ..core.aws import Aws, error_message
 from .cleanup import Created
@@ -48,8 +49,10 @@ TERMINAL = {"Completed", "Failed", "Stopped"}
 CONTENT_TYPES = ("text/csv", "application/jsonlines", "application/json", "application/x-npy")
 
 
-@dataclass
-class TransformSpec:
+@dataclass(kw_only=True)
+class SageMakerTransformSpec(agent.RecordSettings):
+    """What a transform on SageMaker takes, by either engine (this module's batch job, or
+    transform_async.py's async endpoint)."""
     image: str
     model_data: str
     input: str
@@ -57,15 +60,6 @@ class TransformSpec:
     role: str | None = None
     name: str | None = None
     instance_type: str = instance.DEFAULT_TRANSFORM_TYPE
-    instance_count: int = 1
-    content_type: str = "text/csv"
-    accept: str | None = None
-    split_type: str = "Line"
-    strategy: str | None = None
-    max_payload_mb: int | None = None
-    max_concurrent: int | None = None
-    join_source: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
     bucket: str | None = None
     arch_check: bool = True
     timeout: float = 86400.0
@@ -73,7 +67,12 @@ class TransformSpec:
     on_interrupt: str = ROLLBACK
 
 
-def _s3_prefix(uri: str, flag: str) -> str:
+@dataclass(kw_only=True)
+class TransformSpec(SageMakerTransformSpec):
+    instance_count: int = 1
+
+
+def check_s3_prefix(uri: str, flag: str) -> str:
     if not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", uri or ""):
         raise UsageError(f"{flag} {uri!r} is not an s3://BUCKET/PREFIX URI (use --local for folders)")
     return uri
@@ -81,8 +80,8 @@ def _s3_prefix(uri: str, flag: str) -> str:
 
 def check_spec(spec: TransformSpec) -> None:
     """Everything that can be refused without a network call."""
-    _s3_prefix(spec.input, "--input")
-    _s3_prefix(spec.output, "--output")
+    check_s3_prefix(spec.input, "--input")
+    check_s3_prefix(spec.output, "--output")
     if not spec.role:
         raise UsageError("--role is required: the ARN of the SageMaker execution role "
                          "(or set SAGEMAKER_ROLE_ARN)")

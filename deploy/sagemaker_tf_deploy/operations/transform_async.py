@@ -35,9 +35,8 @@ names them with the commands that remove them. The clean-up runs shielded.
 
 from __future__ import annotations
 
-import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import botocore.exceptions
 
@@ -46,59 +45,30 @@ from ..core.aws import Aws, error_message
 from ..core.errors import DeployError, UsageError
 from ..core.output import Reporter
 from ..local import agent, records as rec
-from . import async_endpoint, async_io, endpoint, resources, staging, waiting
+from . import async_endpoint, async_io, endpoint, resources, staging, transform, waiting
 
 ROLLBACK, KEEP = interrupts.ROLLBACK, interrupts.KEEP
-DEFAULT_INSTANCE_TYPE = "ml.c7g.4xlarge"
+DEFAULT_INSTANCE_TYPE = transform.ASYNC_DEFAULT_TYPE
 DEFAULT_PER_INSTANCE = 4          # requests in flight per instance when --max-concurrent is not given
 
 
-@dataclass
-class AsyncTransformSpec:
-    image: str
-    model_data: str
-    input: str
-    output: str
-    role: str | None = None
-    name: str | None = None
+@dataclass(kw_only=True)
+class AsyncTransformSpec(transform.SageMakerTransformSpec):
     instance_type: str = DEFAULT_INSTANCE_TYPE
     max_instances: int = 1
-    content_type: str = "text/csv"
-    accept: str | None = None
-    split_type: str = "Line"
-    strategy: str | None = None
-    max_payload_mb: int | None = None
-    max_concurrent: int | None = None
     max_in_flight: int | None = None
-    join_source: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    bucket: str | None = None
-    arch_check: bool = True
-    timeout: float = 86400.0
-    poll: float = 30.0
     collect_poll: float = 1.0
-    on_interrupt: str = ROLLBACK
     keep: bool = False
-
-    @property
-    def given(self) -> dict:
-        return {"BatchStrategy": self.strategy, "MaxPayloadInMB": self.max_payload_mb,
-                "MaxConcurrentTransforms": self.max_concurrent}
 
     @property
     def in_flight(self) -> int:
         return self.max_in_flight or 2 * self.max_instances * (self.max_concurrent or DEFAULT_PER_INSTANCE)
 
 
-def _s3_uri(uri: str, flag: str) -> None:
-    if not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", uri or ""):
-        raise UsageError(f"{flag} {uri!r} is not an s3://BUCKET/PREFIX URI (use --local for folders)")
-
-
 def check_spec(spec: AsyncTransformSpec) -> None:
     """Everything that can be refused without a network call (UsageError, exit 2)."""
-    _s3_uri(spec.input, "--input")
-    _s3_uri(spec.output, "--output")
+    transform.check_s3_prefix(spec.input, "--input")
+    transform.check_s3_prefix(spec.output, "--output")
     checks.check_role(spec.role)
     if spec.max_instances < 1:
         raise UsageError("--max-instances must be at least 1")
@@ -173,8 +143,7 @@ def run(aws: Aws, spec: AsyncTransformSpec, reporter: Reporter, *, quiet: bool =
             aws, name, bucket, prefix, spec.content_type, spec.accept or spec.content_type,
             poll=spec.collect_poll, instance_poll=max(spec.poll, spec.collect_poll))
         try:
-            result = agent.run(source, sink, sender, agent.Options(spec.content_type, spec.accept, spec.split_type,
-                                                                   spec.join_source),
+            result = agent.run(source, sink, sender, spec.options,
                                parameters, in_flight=spec.in_flight, quiet=quiet,
                                timeout=max(0.0, spec.timeout - (time.monotonic() - start)))
         except interrupts.WaitTimedOut:      # --timeout counts from the start of the run, not of the loop
