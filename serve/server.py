@@ -191,6 +191,10 @@ class ServeApplication(BaseApplication):
         self._code = code
         self._secrets = secrets
         self.worker_state = None
+        runs, segments = supervision.sweep_dead_runs()
+        if runs:
+            logging.getLogger("serve").info("removed %d segment(s) and the run directory of %d earlier server run(s) "
+                                            "that ended without cleaning up (killed)", segments, runs)
         self.readiness = Readiness.create(tuning.workers)  # before the fork: every worker shares it
         self.max_payload_bytes = settings.max_payload_bytes
         self.body_timeout = settings.model_server_body_timeout

@@ -17,20 +17,25 @@ restarts with back-off, and the shared memory a dead process leaves.
   always restarted for the others (after at most ``MAX_BACKOFF`` s).
 - **Shared memory**: segments are named after the run and the process that made them
   (``serve.contract.channel``); when the master reaps a process it removes that process's
-  segments, and at shutdown every segment of the run.
+  segments, and at shutdown every segment of the run. A master killed with SIGKILL removes
+  nothing: the next server to start on the machine removes the run directories and segments of
+  every run whose lock nobody holds any more (``sweep_dead_runs``).
 """
 from __future__ import annotations
 
 import collections
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from serve.contract import channel
-from serve.contract.readiness import HEARTBEAT_EVERY, alive_path, loading_dir, pid_alive, ready_path, refused_dir
+from serve.contract.readiness import (HEARTBEAT_EVERY, RUN_PREFIX, alive_path, loading_dir, pid_alive, ready_path,
+                                     refused_dir, run_is_dead, run_parent)
 
 log = logging.getLogger("serve")
 
@@ -159,3 +164,19 @@ def sweep_segments(run_dir: Path) -> int:
         except FileNotFoundError:
             pass
     return removed
+
+
+def sweep_dead_runs() -> tuple[int, int]:
+    """Remove what runs killed before they could clean up left: their run directories and their
+    segments (/dev/shm is a RAM file system: what stays there holds memory until the machine
+    restarts). A run is dead when nothing holds its lock (``serve.contract.readiness``). Returns
+    (runs, segments) removed."""
+    runs = segments = 0
+    for parent in {Path(run_parent() or tempfile.gettempdir()), Path(tempfile.gettempdir())}:
+        for run_dir in parent.glob(f"{RUN_PREFIX}*"):
+            if not run_dir.is_dir() or not run_is_dead(run_dir):
+                continue
+            segments += remove_segments(run_dir)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            runs += 1
+    return runs, segments

@@ -13,15 +13,23 @@ file named by its pid there once it has loaded, and /ping is 200 only when as ma
 workers have done so as the server was started with. Once that has happened it stays so
 (latched in the directory): a replacement for a worker that died loads before it accepts
 connections, so it never answers 503 to anyone meanwhile.
+
+While the run lives, its directory holds ``master.lock`` locked (flock) by the master and the
+HTTP workers it forked (they share the lock's open file). The kernel lets go of it when the last
+of them is gone, however it went (``kill -9`` included), so the next server to start knows a run
+whose directory and segments nobody will remove (``serve.supervision.sweep_dead_runs``).
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 _ALL = "all-ready"
+RUN_PREFIX = "serve-ready-"
+RUN_LOCK = "master.lock"
 HEARTBEAT_EVERY = 0.5   # seconds between a model process's heartbeats (serve.supervision reads them)
 
 
@@ -58,15 +66,16 @@ def hung_path(run_dir: Path, index: int) -> Path:
 
 
 class Readiness:
-    def __init__(self, directory: Path, expected: int):
+    def __init__(self, directory: Path, expected: int, lock_fd: int | None = None):
         self.directory = Path(directory)
         self.expected = expected
         self._latched = False
+        self._lock_fd = lock_fd   # held for the run's life; never closed by hand (see the docstring)
 
     @classmethod
     def create(cls, expected: int) -> "Readiness":
-        shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-        return cls(Path(tempfile.mkdtemp(prefix="serve-ready-", dir=shm)), expected)
+        directory = Path(tempfile.mkdtemp(prefix=RUN_PREFIX, dir=run_parent()))
+        return cls(directory, expected, hold_run_lock(directory))
 
     def mark_ready(self) -> None:
         (self.directory / str(os.getpid())).touch()
@@ -88,6 +97,39 @@ class Readiness:
 
     def remove(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def run_parent() -> str | None:
+    """Where run directories are made: /dev/shm when writable, else the temporary directory."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+def hold_run_lock(run_dir: Path) -> int:
+    """Lock RUN_DIR's ``master.lock`` for as long as this process (and its forks) live.
+
+    The file is locked under a temporary name and then renamed into place, so a sweeper that finds
+    ``master.lock`` never finds it unlocked while its run is starting."""
+    staging = Path(run_dir) / f".{RUN_LOCK}.{os.getpid()}"
+    fd = os.open(staging, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.rename(staging, Path(run_dir) / RUN_LOCK)
+    return fd
+
+
+def run_is_dead(run_dir: Path) -> bool:
+    """Whether RUN_DIR's run is over: its lock exists and nobody holds it. A run directory
+    without a lock (being made, or made by a version before the lock) is never called dead."""
+    try:
+        fd = os.open(Path(run_dir) / RUN_LOCK, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)   # the lock, if taken, goes with it
 
 
 def pid_alive(pid: int) -> bool:

@@ -65,3 +65,51 @@ def test_segments_carry_the_run_and_their_maker(tmp_path, monkeypatch):
     finally:
         segment.unlink()
         segment.close()
+
+
+def _run_held_by_a_child(parent):
+    """A run directory made by Readiness.create in a child process that then sleeps holding its
+    lock, with one segment of that run; (directory, segment, child)."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from serve.contract import readiness\n"
+         "readiness.run_parent = lambda: sys.argv[1]\n"
+         "r = readiness.Readiness.create(1)\n"
+         "print(r.directory, flush=True)\n"
+         "time.sleep(600)\n", str(parent)],
+        stdout=subprocess.PIPE, text=True)
+    directory = parent / os.path.basename(child.stdout.readline().strip())
+    segment = parent / f"{directory.name}.serve-in-{child.pid}-abc"
+    segment.write_bytes(b"x" * 10)
+    return directory, segment, child
+
+
+def test_a_killed_servers_run_is_removed_by_the_next_start_and_a_live_one_is_not(tmp_path, monkeypatch):
+    """kill -9 of the master leaves its run directory and segments in /dev/shm; the next start removes
+    them, because the kernel dropped the dead run's lock, and leaves a live run's alone."""
+    import signal
+
+    monkeypatch.setattr(supervision.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(supervision, "run_parent", lambda: str(tmp_path))
+    monkeypatch.setattr(channel, "SHM_DIR", tmp_path)
+    killed, killed_segment, first = _run_held_by_a_child(tmp_path)
+    live, live_segment, second = _run_held_by_a_child(tmp_path)
+    try:
+        assert killed.is_dir() and (killed / "master.lock").exists() and live.is_dir()
+        assert supervision.sweep_dead_runs() == (0, 0)               # both alive: nothing touched
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        assert supervision.sweep_dead_runs() == (1, 1)
+        assert not killed.exists() and not killed_segment.exists()
+        assert live.is_dir() and live_segment.exists()
+        unlocked = tmp_path / "serve-ready-older"                     # no lock: a run being made, or from
+        unlocked.mkdir()                                              # before the lock: never called dead
+        assert supervision.sweep_dead_runs() == (0, 0) and unlocked.is_dir()
+    finally:
+        for child in (first, second):
+            child.kill()
+            child.wait(10)
