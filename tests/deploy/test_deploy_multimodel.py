@@ -284,6 +284,33 @@ def test_models_add_refusals(capsys, mme_moto, ecr_images, prefix, archives, tmp
     assert code == 1 and "only for multi-model endpoints" in err
 
 
+def test_delete_purge_s3_leaves_the_archives_under_the_prefix(capsys, mme_moto, ecr_images, archives):
+    """issue 24: `delete --purge-s3` of a multi-model endpoint whose prefix is the endpoint's own name
+    in the default bucket (s3://sagemaker-REGION-ACCOUNT/NAME/) took the user's NAME/model.tar.gz for
+    an archive deploy uploaded (deploy names an unnamed endpoint's prefix so), deleted it and printed
+    it twice (the step line and the summary). The archives under the prefix are the user's: they stay,
+    and nothing is named as deleted twice."""
+    bucket = f"sagemaker-{mme_moto['region']}-{mme_moto['account']}"
+    boto3.client("s3").create_bucket(Bucket=bucket,
+                                     CreateBucketConfiguration={"LocationConstraint": mme_moto["region"]})
+    code, _, err = create_mme(capsys, mme_moto, ecr_images["multi"], model_data=f"s3://{bucket}/digits-mme/")
+    assert code == 0, err
+    for name in ("model.tar.gz", "b.tar.gz"):
+        code, _, err = run(capsys, "models", "add", "digits-mme", str(archives / "a.tar.gz"), "--name", name)
+        assert code == 0, err
+    before = s3_objects()
+    code, out, err = run(capsys, "delete", "digits-mme", "--purge-s3")
+    assert code == 0, err
+    assert s3_objects() == before == [f"s3://{bucket}/digits-mme/b.tar.gz", f"s3://{bucket}/digits-mme/model.tar.gz"]
+    assert "s3://" not in out + err, out + err
+    for stream in (out, err):
+        lines = [line for line in stream.splitlines() if line.startswith("deleted")]
+        items = [item for line in lines for item in line.removeprefix("deleted ").split(", ")]
+        assert len(items) == len(set(items)), stream
+    code, out, _ = run(capsys, "delete", "digits-mme", "--if-exists", "--purge-s3", "--output", "json")
+    assert code == 0 and json.loads(out)["purged"] == [] and json.loads(out)["s3_archives"] == []
+
+
 def test_strict_moto_refuses_an_unknown_mode(mme_moto):
     sm = boto3.client("sagemaker")
     with pytest.raises(Exception, match=r"'primaryContainer.mode' .* enum value set: \[SingleModel, MultiModel\]"):

@@ -541,15 +541,20 @@ def delete(aws: Aws, name: str, reporter: Reporter, *, wait: bool = True, timeou
                     reporter, prefix="deleted unused"):
             deleted.append(f"model {model_name}")
     buckets = set()
+    users_prefixes = []     # a multi-model endpoint's prefix holds the user's archives, never deploy's uploads
     for desc in current["models"].values():
-        data = ((desc or {}).get("PrimaryContainer") or {}).get("ModelDataUrl")
+        container = (desc or {}).get("PrimaryContainer") or {}
+        data = container.get("ModelDataUrl")
         if data and data.startswith("s3://"):
             buckets.add(staging.split_s3(data)[0])
+            if container.get("Mode") == "MultiModel":
+                users_prefixes.append(data if data.endswith("/") else data + "/")
     try:
         buckets.add(aws.default_bucket())
     except (DeployError, botocore.exceptions.ClientError):
         pass
-    archives = resources.owned_archives(aws, name, buckets)
+    archives = [uri for uri in resources.owned_archives(aws, name, buckets)
+                if not uri.startswith(tuple(users_prefixes))]
     purged = []
     if archives and purge_s3:
         for uri in archives:

@@ -126,8 +126,12 @@ def owned_leftovers(aws: Aws, name: str, skip: set[str] = frozenset()) -> dict[s
 
 
 def owned_archives(aws: Aws, name: str, buckets: set[str]) -> list[str]:
-    """s3://BUCKET/NAME-TIMESTAMP/model.tar.gz objects deploy uploaded for endpoint NAME."""
+    """s3://BUCKET/NAME-TIMESTAMP/model.tar.gz objects deploy uploaded for endpoint NAME (and
+    s3://BUCKET/NAME/model.tar.gz when NAME is itself one deploy gave: an unnamed create's). A
+    NAME/ prefix of a name the user chose is the user's (a multi-model prefix, say), never ours."""
     pattern = owned_pattern(name)
+    if not re.search(r"-\d{8}-\d{6}-\d{3}$", name):
+        pattern = re.compile(rf"^{re.escape(name_stem(name))}\d{{8}}-\d{{6}}-\d{{3}}$")
     stem = name_stem(name)
     found = []
     others = _other_endpoints(aws, name, stem)
