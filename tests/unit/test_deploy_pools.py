@@ -85,3 +85,19 @@ def test_update_keeps_changes_or_drops_the_pools(capsys, aws_env, ecr_images, mo
     code, out, err = run(capsys, "update", "pooled", "--fallback-instance-types", "", "--poll", "0.01")
     assert code == 0, err
     assert variant()["InstanceType"] == "ml.c7g.2xlarge" and "InstancePools" not in variant()
+
+
+def test_strict_moto_refuses_instance_type_beside_pools(aws_env):
+    """AWS's guide: InstancePools replaces InstanceType in a variant (tests/fixtures/moto.py cites it)."""
+    import boto3
+    import botocore.exceptions
+
+    sm = boto3.client("sagemaker")
+    sm.create_model(ModelName="m", ExecutionRoleArn=aws_env["role"], PrimaryContainer={"Image": "x"})
+    pools = [{"InstanceType": "ml.c7g.xlarge", "Priority": 1}, {"InstanceType": "ml.c6i.xlarge", "Priority": 2}]
+    with pytest.raises(botocore.exceptions.ClientError, match="cannot both be set"):
+        sm.create_endpoint_config(EndpointConfigName="both", ProductionVariants=[
+            {"VariantName": "AllTraffic", "ModelName": "m", "InitialInstanceCount": 1,
+             "InstanceType": "ml.c7g.xlarge", "InstancePools": pools}])
+    sm.create_endpoint_config(EndpointConfigName="pools", ProductionVariants=[
+        {"VariantName": "AllTraffic", "ModelName": "m", "InitialInstanceCount": 1, "InstancePools": pools}])
