@@ -128,42 +128,11 @@ def run(spec: LocalSpec, info: Callable[[str], None],
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="deploy-local-")))
         os.chmod(workdir, 0o755)
         model_dir = prepare_model_dir(spec.model_data, workdir, download)
-        if docker("version", "--format", "{{.Server.Version}}", check=False).returncode != 0:
-            raise DeployError("no Docker engine is answering (is dockerd running?)")
-        image_plat = image_platform(spec.image, info)
-        plat = spec.platform
-        if plat is None and image_plat.split("/")[-1] != host_arch():
-            plat = image_plat
-            if image_plat.endswith("arm64") and not Path("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists() \
-                    and host_arch() != "arm64":
-                raise DeployError(f"{spec.image} is {image_plat} and this host is {host_arch()} with no "
-                                  "qemu-aarch64 emulation registered: apt-get install qemu-user-static "
-                                  "binfmt-support && update-binfmts --enable qemu-aarch64")
-            info(f"{spec.image} is {image_plat}: running it under emulation (--platform {plat})")
-        env = {**default_env(spec.region or "", archive.has_user_code(model_dir)), **spec.env}
-        if not spec.region and "SAGEMAKER_REGION" not in spec.env:
-            env.pop("SAGEMAKER_REGION")
-        name = f"deploy-local-{secrets.token_hex(4)}"
-        cmd = ["run", "-d", "--name", name, "-v", f"{model_dir}:/opt/ml/model:ro",
-               "-p", f"{spec.host_ip}:{spec.port}:8080"]
-        if plat:
-            cmd += ["--platform", plat]
-        for key, value in env.items():
-            cmd += ["-e", f"{key}={value}"]
-        cmd += [spec.image, "serve"]
-        info("docker " + " ".join(masked(cmd)))
-        docker(*cmd)
-        stack.callback(docker, "rm", "-f", name, check=False)
-        if spec.stream_logs:
-            logs = subprocess.Popen(["docker", "logs", "-f", name], stdout=None, stderr=None,
-                                    stdin=subprocess.DEVNULL)
-            stack.callback(stop_process, logs)
+        plat = engine_platform(spec.image, spec.platform, info)
+        env = container_env(spec.region, archive.has_user_code(model_dir), spec.env)
+        name = start_container(stack, spec.image, plat, env, info, volume=f"{model_dir}:/opt/ml/model:ro",
+                     publish=f"{spec.host_ip}:{spec.port}:8080", stream_logs=spec.stream_logs)
         url = f"http://{'127.0.0.1' if spec.host_ip in ('0.0.0.0', '') else spec.host_ip}:{spec.port}"
-
-        # SIGTERM (from a CI runner, say) ends local mode like Ctrl-C does; SIGINT is set too,
-        # because a shell's background job starts with SIGINT ignored and Python keeps that.
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            stack.callback(signal.signal, signum, signal.signal(signum, raise_interrupt))
         try:
             start = time.monotonic()
             wait_for_ping(url, name, spec.ping_timeout, start)
@@ -191,13 +160,76 @@ def run(spec: LocalSpec, info: Callable[[str], None],
         except KeyboardInterrupt:
             info("stopping")
         finally:
-            running, code = running_state(name)
-            if running:
-                docker("stop", "-t", str(spec.stop_timeout), name, check=False, timeout=spec.stop_timeout + 60)
-                running, code = running_state(name)
-            result.container_exit_code = code
-            info(f"container {name} stopped (exit code {code})")
+            result.container_exit_code = stop_container(name, spec.stop_timeout, info)
     return result
+
+
+def engine_platform(image: str, requested: str | None, info: Callable[[str], None], *,
+                    emulator_check: bool = True) -> str | None:
+    """The --platform to run IMAGE with: REQUESTED, else the image's own when it is not this
+    host's (emulated). Refuses when no Docker engine answers and, with EMULATOR_CHECK, when an
+    arm64 image would need a qemu-aarch64 that is not registered."""
+    if docker("version", "--format", "{{.Server.Version}}", check=False).returncode != 0:
+        raise DeployError("no Docker engine is answering (is dockerd running?)")
+    image_plat = image_platform(image, info)
+    plat = requested
+    if plat is None and image_plat.split("/")[-1] != host_arch():
+        plat = image_plat
+        if emulator_check and image_plat.endswith("arm64") \
+                and not Path("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists() and host_arch() != "arm64":
+            raise DeployError(f"{image} is {image_plat} and this host is {host_arch()} with no "
+                              "qemu-aarch64 emulation registered: apt-get install qemu-user-static "
+                              "binfmt-support && update-binfmts --enable qemu-aarch64")
+        info(f"{image} is {image_plat}: running it under emulation (--platform {plat})")
+    return plat
+
+
+def container_env(region: str | None, has_user_code: bool, env: dict[str, str]) -> dict[str, str]:
+    """What `deploy create` would give the container, then ENV; no SAGEMAKER_REGION when no
+    region is known (and ENV does not set one)."""
+    out = {**default_env(region or "", has_user_code), **env}
+    if not region and "SAGEMAKER_REGION" not in env:
+        out.pop("SAGEMAKER_REGION")
+    return out
+
+
+def start_container(stack: ExitStack, image: str, plat: str | None, env: dict[str, str],
+                    info: Callable[[str], None], *, volume: str, publish: str, stream_logs: bool,
+                    extra: list[str] | None = None) -> str:
+    """`docker run -d` IMAGE serve with the model VOLUME, the port PUBLISHed, PLAT, EXTRA docker
+    flags and ENV, shown (secrets masked); the container is removed when STACK closes, its log
+    streamed with STREAM_LOGS, and until then SIGTERM and SIGINT raise KeyboardInterrupt.
+    Returns the container's name."""
+    name = f"deploy-local-{secrets.token_hex(4)}"
+    cmd = ["run", "-d", "--name", name, "-v", volume, "-p", publish]
+    if plat:
+        cmd += ["--platform", plat]
+    cmd += extra or []
+    for key, value in env.items():
+        cmd += ["-e", f"{key}={value}"]
+    cmd += [image, "serve"]
+    info("docker " + " ".join(masked(cmd)))
+    docker(*cmd)
+    stack.callback(docker, "rm", "-f", name, check=False)
+    if stream_logs:
+        logs = subprocess.Popen(["docker", "logs", "-f", name], stdout=None, stderr=None,
+                                stdin=subprocess.DEVNULL)
+        stack.callback(stop_process, logs)
+    # SIGTERM (from a CI runner, say) ends local mode like Ctrl-C does; SIGINT is set too,
+    # because a shell's background job starts with SIGINT ignored and Python keeps that.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        stack.callback(signal.signal, signum, signal.signal(signum, raise_interrupt))
+    return name
+
+
+def stop_container(name: str, timeout: int, info: Callable[[str], None]) -> int | None:
+    """Stop container NAME (TIMEOUT seconds before docker kills it); its exit code."""
+    running, code = running_state(name)
+    if running:
+        docker("stop", "-t", str(timeout), name, check=False, timeout=timeout + 60)
+        running, code = running_state(name)
+    info(f"container {name} stopped (exit code {code})")
+    return code
 
 
 def masked(cmd: list[str]) -> list[str]:

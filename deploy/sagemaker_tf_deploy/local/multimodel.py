@@ -19,8 +19,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
-import subprocess
 import tempfile
 import threading
 import time
@@ -313,34 +311,12 @@ def run_local(spec: LocalMultiSpec, info: Callable[[str], None],
         models.mkdir()
         os.chmod(work, 0o755)
         os.chmod(models, 0o755)
-        if local.docker("version", "--format", "{{.Server.Version}}", check=False).returncode != 0:
-            raise DeployError("no Docker engine is answering (is dockerd running?)")
-        image_plat = local.image_platform(spec.image, info)
-        plat = spec.platform
-        if plat is None and image_plat.split("/")[-1] != local.host_arch():
-            plat = image_plat
-            info(f"{spec.image} is {image_plat}: running it under emulation (--platform {plat})")
-        env = {**defaults.default_env(spec.region or "", False), "SAGEMAKER_MULTI_MODEL": "true", **spec.env}
-        if not spec.region and "SAGEMAKER_REGION" not in spec.env:
-            env.pop("SAGEMAKER_REGION")
-        name = f"deploy-local-{secrets.token_hex(4)}"
+        plat = local.engine_platform(spec.image, spec.platform, info, emulator_check=False)
+        env = local.container_env(spec.region, False, {"SAGEMAKER_MULTI_MODEL": "true", **spec.env})
         cport = local.free_port()
-        cmd = ["run", "-d", "--name", name, "-v", f"{models}:{CONTAINER_MODELS}:ro", "-p", f"127.0.0.1:{cport}:8080"]
-        if plat:
-            cmd += ["--platform", plat]
-        if spec.memory:
-            cmd += ["--memory", spec.memory]
-        for key, value in env.items():
-            cmd += ["-e", f"{key}={value}"]
-        cmd += [spec.image, "serve"]
-        info("docker " + " ".join(local.masked(cmd)))
-        local.docker(*cmd)
-        stack.callback(local.docker, "rm", "-f", name, check=False)
-        if spec.stream_logs:
-            logs = subprocess.Popen(["docker", "logs", "-f", name], stdin=subprocess.DEVNULL)
-            stack.callback(local.stop_process, logs)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            stack.callback(signal.signal, signum, signal.signal(signum, local.raise_interrupt))
+        name = local.start_container(stack, spec.image, plat, env, info, volume=f"{models}:{CONTAINER_MODELS}:ro",
+                                     publish=f"127.0.0.1:{cport}:8080", stream_logs=spec.stream_logs,
+                                     extra=["--memory", spec.memory] if spec.memory else None)
         container_url = f"http://127.0.0.1:{cport}"
         try:
             start = time.monotonic()
@@ -366,10 +342,5 @@ def run_local(spec: LocalMultiSpec, info: Callable[[str], None],
         except (KeyboardInterrupt, interrupts.Interrupted):
             info("stopping")
         finally:
-            running, code = local.running_state(name)
-            if running:
-                local.docker("stop", "-t", str(spec.stop_timeout), name, check=False,
-                              timeout=spec.stop_timeout + 60)
-                running, code = local.running_state(name)
-            info(f"container {name} stopped (exit code {code})")
+            local.stop_container(name, spec.stop_timeout, info)
     return 0
