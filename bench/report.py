@@ -203,6 +203,10 @@ def write_markdown(results, path):
     for mr in meta.get("merged_runs", []):
         L.append(f"Rows for {', '.join(mr['stacks'])} were re-measured on {mr['date']} (`bench.run {' '.join(mr['argv'])}`, "
                  f"load average {mr['loadavg_at_start']}) and merged into this run.\n")
+    if meta.get("rounds", 1) > 1:
+        L.append(f"The HTTP stacks of each model ran side by side and were measured in turn, level by level, "
+                 f"{meta['rounds']} rounds with the order rotated each round: every HTTP figure is the median of "
+                 f"its {meta['rounds']} rounds (each round's req/s, p50, p99 and CPU are in results.json).\n")
     if meta.get("ours_env"):
         L.append(f"This project's server ran with {' '.join(meta['ours_env'])}.\n")
     for m, info in results["models"].items():

@@ -64,10 +64,16 @@ def parse_args(argv=None):
     ap.add_argument("--merge", action="store_true",
                     help="re-run only the given stacks/models and replace their rows in the existing results.json "
                          "(the rest of the table keeps its earlier numbers: say so when you publish it)")
+    ap.add_argument("--rounds", type=int, default=_env("BENCH_ROUNDS", 1, int),
+                    help="with more than 1, the HTTP stacks of a model run side by side and are measured in turn, "
+                         "level by level, this many rounds (order rotated each round); each figure is the median "
+                         "of its rounds: ratios between stacks then hold on a machine whose load drifts")
     ap.add_argument("--out", default=str(RESULTS))
     a = ap.parse_args(argv)
     _check_names("--models", a.models, MODELS)
     _check_names("--stacks", a.stacks, ("tf",) + S.HTTP_STACKS)
+    if a.rounds < 1:
+        ap.error("--rounds must be at least 1")
     if a.quick:
         a.warmup, a.duration, a.heavy_duration, a.inproc_duration = 1.0, 3.0, 3.0, 1.0
         a.heavy_concurrency = "1"
@@ -92,26 +98,32 @@ def run_inprocess(model, a):
     return {"status": "ok", **json.loads(line[len("INPROCJSON "):])}
 
 
-def run_http(stack, model, base, a, bodies):
-    """Start one stack on one model, validate a response, measure idle memory, run the levels."""
+def _levels(model, a):
     heavy = MODELS[model].heavy
     levels = [int(c) for c in (a.heavy_concurrency if heavy else a.concurrency).split(",")]
-    duration = a.heavy_duration if heavy else a.duration
+    return levels, (a.heavy_duration if heavy else a.duration), heavy
+
+
+def _start_stack(stack, model, base, a, bodies):
+    """Start one stack on one model, validate a response, measure idle memory.
+    Returns (record, server, url, wrk script); server is None when the stack is skipped or failed."""
     ours_env = dict(kv.split("=", 1) for kv in a.ours_env)
     rec = {"stack": stack, "model": model, "levels": [], "loadavg_1m_before": round(os.getloadavg()[0], 2)}
     if stack == "ours-container":
         if not have_docker():
-            return {**rec, "status": "skipped", "reason": "no Docker engine answering"}
+            return {**rec, "status": "skipped", "reason": "no Docker engine answering"}, None, None, None
         if not image_exists(a.image):
-            return {**rec, "status": "skipped", "reason": f"image {a.image} not found (build it with `make build`)"}
+            return ({**rec, "status": "skipped", "reason": f"image {a.image} not found (build it with `make build`)"},
+                    None, None, None)
         arch = image_arch(a.image)
         if arch != "amd64":
-            return {**rec, "status": "skipped", "reason": f"image {a.image} is {arch}, not amd64"}
+            return {**rec, "status": "skipped", "reason": f"image {a.image} is {arch}, not amd64"}, None, None, None
         rec["image"] = a.image
     if stack == "mms" and not shutil.which("java"):
-        return {**rec, "status": "skipped", "reason": "no Java runtime for MMS (apt-get install openjdk-17-jre-headless)"}
+        return ({**rec, "status": "skipped", "reason": "no Java runtime for MMS (apt-get install openjdk-17-jre-headless)"},
+                None, None, None)
     if stack == "ours" and not (REPO / ".venv" / "bin" / "serve").exists():
-        return {**rec, "status": "skipped", "reason": ".venv/bin/serve not installed"}
+        return {**rec, "status": "skipped", "reason": ".venv/bin/serve not installed"}, None, None, None
 
     ours_workers = S.ours_default_workers(ours_env)
     starter = {"byoc": S.start_byoc,
@@ -126,7 +138,7 @@ def run_http(stack, model, base, a, bodies):
         body_path = bodies[model][kind]
         body = body_path.read_bytes()
         check = S.check_v2 if kind == "v2" else S.check_json
-        _, first = wait_ready(server, path, body, timeout=600 if stack.startswith("ours") else 300, check=check)
+        wait_ready(server, path, body, timeout=600 if stack.startswith("ours") else 300, check=check)
         rec["startup_s"] = round(time.time() - t0, 1)
         rec["body"] = kind
         rec["body_bytes"] = len(body)
@@ -139,33 +151,112 @@ def run_http(stack, model, base, a, bodies):
             rec["workers"] = int(mw.group(1)) if mw else None
             mt = re.search(r"intra_op_threads=(\d+)", server.logs(200000))
             rec["intra_op_threads"] = int(mt.group(1)) if mt else None
-        script = wrk_script(body_path)
-        url = server.url + path
-        for c in levels:
-            if a.warmup > 0:
-                wrk(url, script, c, a.warmup, timeout=30 if heavy else 10)
-            pids, root = server.pids(), server.root
-            before = cpu_snapshot(pids, root)
-            m = wrk(url, script, c, duration, timeout=30 if heavy else 10)
-            m["cpu_ms_per_request"] = cpu_per_request(before, cpu_snapshot(pids, root), m["requests"])
-            log(f"  {stack:15s} {model:10s} c{c:<3d} {m['rps']:8.1f} req/s  p50 {m['p50_ms']:8.2f} ms  "
-                f"p99 {m['p99_ms']:8.2f} ms  non2xx {m['non_2xx']} err {m['socket_errors']}  "
-                f"CPU ms/req {m['cpu_ms_per_request']['total']} {m['cpu_ms_per_request']['roles']}")
-            rec["levels"].append(m)
+        return rec, server, server.url + path, wrk_script(body_path)
+    except Exception as e:  # record and go on: one broken stack must not lose the others
+        _failed(rec, server, e)
+        return rec, None, None, None
+
+
+def _measure(rec, server, url, script, c, duration, heavy, a) -> dict:
+    if a.warmup > 0:
+        wrk(url, script, c, a.warmup, timeout=30 if heavy else 10)
+    pids, root = server.pids(), server.root
+    before = cpu_snapshot(pids, root)
+    m = wrk(url, script, c, duration, timeout=30 if heavy else 10)
+    m["cpu_ms_per_request"] = cpu_per_request(before, cpu_snapshot(pids, root), m["requests"])
+    log(f"  {rec['stack']:15s} {rec['model']:10s} c{c:<3d} {m['rps']:8.1f} req/s  p50 {m['p50_ms']:8.2f} ms  "
+        f"p99 {m['p99_ms']:8.2f} ms  non2xx {m['non_2xx']} err {m['socket_errors']}  "
+        f"CPU ms/req {m['cpu_ms_per_request']['total']} {m['cpu_ms_per_request']['roles']}")
+    return m
+
+
+def _failed(rec, server, e):
+    rec["status"] = "failed"
+    rec["reason"] = f"{type(e).__name__}: {e}"[:1500]
+    log(f"  {rec['stack']} {rec['model']} FAILED: {rec['reason'][:600]}")
+    traceback.print_exc()
+    if server is not None:
+        rec["log_tail"] = server.logs(1500)
+
+
+def _finish(rec, server):
+    try:
         time.sleep(1.0)
         rec["memory_after"] = server.memory()
-        rec["status"] = "ok"
-    except Exception as e:  # record and go on: one broken stack must not lose the others
-        rec["status"] = "failed"
-        rec["reason"] = f"{type(e).__name__}: {e}"[:1500]
-        log(f"  {stack} {model} FAILED: {rec['reason'][:600]}")
-        traceback.print_exc()
+        rec.setdefault("status", "ok")
     finally:
-        if server is not None:
-            if rec.get("status") != "ok":
-                rec["log_tail"] = server.logs(1500)
-            server.stop()
+        server.stop()
+
+
+def run_http(stack, model, base, a, bodies):
+    """One stack on one model: start it, run the levels, stop it."""
+    levels, duration, heavy = _levels(model, a)
+    rec, server, url, script = _start_stack(stack, model, base, a, bodies)
+    if server is None:
+        return rec
+    try:
+        for c in levels:
+            rec["levels"].append(_measure(rec, server, url, script, c, duration, heavy, a))
+    except Exception as e:
+        _failed(rec, server, e)
+    finally:
+        _finish(rec, server)
     return rec
+
+
+def median_level(rounds: list[dict]) -> dict:
+    """One level's figures as the median over rounds (req/s, latencies, CPU per request by role),
+    the rounds themselves kept under "rounds"."""
+    def med(values):
+        values = sorted(values)
+        mid = len(values) // 2
+        return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+    first = rounds[0]
+    out = {k: (med([r[k] for r in rounds]) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+           for k, v in first.items() if k != "cpu_ms_per_request"}
+    cpus = [r["cpu_ms_per_request"] for r in rounds]
+    roles = sorted({role for c in cpus for role in c["roles"]})
+    out["cpu_ms_per_request"] = {
+        "total": round(med([c["total"] for c in cpus]), 3),
+        "roles": {role: round(med([c["roles"].get(role, 0.0) for c in cpus]), 3) for role in roles},
+        "threads": first["cpu_ms_per_request"].get("threads", {})}
+    out["rounds"] = [{k: r[k] for k in ("rps", "p50_ms", "p99_ms")} | {"cpu_ms": r["cpu_ms_per_request"]["total"]}
+                     for r in rounds]
+    return out
+
+
+def run_http_interleaved(stacks, model, base, a, bodies) -> list[dict]:
+    """Every stack on one model at once, measured in turn, level by level, for a.rounds rounds, the
+    stacks' order rotated each round; each level reported as the median of its rounds. On a shared
+    machine whose load drifts, this is what makes stacks comparable: each stack's rounds meet the
+    same drift, and no stack always goes first."""
+    levels, duration, heavy = _levels(model, a)
+    started = []
+    for stack in stacks:
+        log(f"[{stack}] {model} (start)")
+        started.append(_start_stack(stack, model, base, a, bodies))
+    live = [s for s in started if s[1] is not None]
+    per_level: dict[tuple[str, int], list[dict]] = {}
+    try:
+        for r in range(a.rounds):
+            order = live[r % len(live):] + live[:r % len(live)] if live else []
+            log(f"[round {r + 1}/{a.rounds}] {model}: {', '.join(rec['stack'] for rec, *_ in order)}")
+            for c in levels:
+                for rec, server, url, script in order:
+                    if rec.get("status") == "failed":
+                        continue
+                    try:
+                        per_level.setdefault((rec["stack"], c), []).append(
+                            _measure(rec, server, url, script, c, duration, heavy, a))
+                    except Exception as e:
+                        _failed(rec, server, e)
+    finally:
+        for rec, server, *_ in live:
+            rec["rounds"] = a.rounds
+            rec["levels"] = [median_level(per_level[(rec["stack"], c)]) for c in levels
+                             if (rec["stack"], c) in per_level]
+            _finish(rec, server)
+    return [rec for rec, *_ in started]
 
 
 def arm64_smoke(a, bases, bodies):
@@ -271,11 +362,19 @@ def main(argv=None):
         http.insert(http.index("byoc") + 1, "byoc-same")
     elif "byoc-same" in http and ours_workers == a.workers:
         http.remove("byoc-same")
-    for s in http:
+    if a.rounds > 1:
+        results["meta"]["rounds"] = a.rounds
         for m in models:
-            log(f"[{s}] {m}")
-            results["runs"].append(run_http(s, m, bases[m], a, bodies))
+            results["runs"].extend(run_http_interleaved(http, m, bases[m], a, bodies))
             save()
+        order = {s: i for i, s in enumerate(http)}
+        results["runs"].sort(key=lambda r: order.get(r["stack"], 99))
+    else:
+        for s in http:
+            for m in models:
+                log(f"[{s}] {m}")
+                results["runs"].append(run_http(s, m, bases[m], a, bodies))
+                save()
     # 4. arm64 functional smoke run
     if not a.skip_arm64 and "mlp" in models:
         log("[arm64 smoke] under qemu")
