@@ -35,7 +35,7 @@ import botocore.exceptions
 from ..core.aws import Aws, error_message
 from ..core.errors import DeployError, UsageError
 from ..core.output import Reporter
-from . import scaling, staging
+from . import invoke as invoke_op, scaling, staging
 
 _S3_PREFIX = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
 BACKLOG_TARGET = 5.0           # requests waiting per instance that target tracking holds (AWS's example)
@@ -133,17 +133,9 @@ def invoke(aws: Aws, endpoint: str, input_uri: str, content_type: str | None = N
     if not _S3_PREFIX.match(input_uri or "") or "/" not in input_uri[len("s3://"):]:
         raise UsageError(f"--input {input_uri!r} is not an s3://BUCKET/KEY URI (an async request's body "
                          "is an object in S3)")
-    kwargs = {"EndpointName": endpoint, "InputLocation": input_uri}
-    if content_type:
-        kwargs["ContentType"] = content_type
-    if accept:
-        kwargs["Accept"] = accept
-    if inference_id:
-        kwargs["InferenceId"] = inference_id
-    try:
-        out = aws.runtime.invoke_endpoint_async(**kwargs)
-    except botocore.exceptions.ClientError as exc:
-        raise DeployError(f"invoke {endpoint} --async: {error_message(exc)}") from exc
+    out = invoke_op.runtime_call(aws.runtime.invoke_endpoint_async, f"invoke {endpoint} --async",
+                                 {"EndpointName": endpoint, "InputLocation": input_uri},
+                                 ContentType=content_type, Accept=accept, InferenceId=inference_id)
     return Invocation(endpoint, out.get("InferenceId", ""), out["OutputLocation"], out.get("FailureLocation"))
 
 

@@ -15,18 +15,22 @@ from ..core.aws import Aws, error_message
 from ..core.errors import DeployError
 
 
+def runtime_call(call, what: str, required: dict, **optional) -> dict:
+    """One sagemaker-runtime CALL (invoke_endpoint, invoke_endpoint_async) with the REQUIRED
+    parameters and those of OPTIONAL that were given (None or empty: left out); AWS's refusal
+    becomes a DeployError that starts with WHAT."""
+    try:
+        return call(**required, **{key: value for key, value in optional.items() if value})
+    except botocore.exceptions.ClientError as exc:
+        raise DeployError(f"{what}: {error_message(exc)}") from exc
+
+
 def invoke(aws: Aws, name: str, body: bytes, content_type: str, accept: str | None = None,
            custom_attributes: str | None = None) -> tuple[bytes, str]:
     checks.check_name(name, "endpoint")
-    kwargs = {"EndpointName": name, "Body": body, "ContentType": content_type}
-    if accept:
-        kwargs["Accept"] = accept
-    if custom_attributes:
-        kwargs["CustomAttributes"] = custom_attributes
-    try:
-        out = aws.runtime.invoke_endpoint(**kwargs)
-    except botocore.exceptions.ClientError as exc:
-        raise DeployError(f"invoke {name}: {error_message(exc)}") from exc
+    out = runtime_call(aws.runtime.invoke_endpoint, f"invoke {name}",
+                       {"EndpointName": name, "Body": body, "ContentType": content_type},
+                       Accept=accept, CustomAttributes=custom_attributes)
     return out["Body"].read(), out.get("ContentType", "")
 
 

@@ -30,7 +30,7 @@ import botocore.exceptions
 from ..core import archive, checks, defaults, interrupts, target_models
 from ..core.aws import Aws, error_code, error_message
 from ..core.errors import DeployError, UsageError
-from . import cleanup, endpoint, resources
+from . import cleanup, endpoint, invoke as invoke_op, resources
 
 MODE = "MultiModel"
 _PREFIX = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/(.*)$")
@@ -206,19 +206,13 @@ def runtime_client(aws: Aws | None, local_url: str | None, region: str | None):
 def invoke(aws: Aws | None, args, body: bytes, content_type: str) -> tuple[bytes, str]:
     """InvokeEndpoint with TargetModel (when given), against AWS or `--local [URL]`."""
     checks.check_name(args.endpoint, "endpoint")
-    kwargs = {"EndpointName": args.endpoint, "Body": body, "ContentType": content_type}
-    if args.target_model:
-        kwargs["TargetModel"] = target_models.check_target(args.target_model)
-    if args.accept:
-        kwargs["Accept"] = args.accept
-    if args.custom_attributes:
-        kwargs["CustomAttributes"] = args.custom_attributes
+    target = target_models.check_target(args.target_model) if args.target_model else None
     client = runtime_client(aws, args.local, args.region)
     where = f"{args.endpoint} at {args.local}" if args.local else args.endpoint
     try:
-        out = client.invoke_endpoint(**kwargs)
-    except botocore.exceptions.ClientError as exc:
-        raise DeployError(f"invoke {where}: {error_message(exc)}") from exc
+        out = invoke_op.runtime_call(client.invoke_endpoint, f"invoke {where}",
+                                     {"EndpointName": args.endpoint, "Body": body, "ContentType": content_type},
+                                     TargetModel=target, Accept=args.accept, CustomAttributes=args.custom_attributes)
     except botocore.exceptions.EndpointConnectionError as exc:
         raise DeployError(f"invoke {where}: nothing answers there (is `deploy local --multi-model` "
                           f"running?): {exc}") from exc
