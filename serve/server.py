@@ -91,6 +91,12 @@ class ModelProcesses:
         for index in range(self.count):
             self.start(index)
 
+    def collect_exits(self) -> None:
+        """Reap the model processes that have exited, keeping how each ended (``Popen.returncode``)."""
+        for proc in self.procs:
+            if proc is not None:
+                proc.poll()
+
     def check(self) -> str | None:
         """Replace any that died or froze, with back-off; the reason to end the server, if any."""
         now = time.monotonic()
@@ -171,6 +177,12 @@ class ServeArbiter(Arbiter):
     def __init__(self, app: "ServeApplication"):
         super().__init__(app)
         self.models = app.model_processes
+
+    def reap_workers(self) -> None:
+        # gunicorn reaps every child with waitpid(-1) on SIGCHLD; a model process reaped there loses its
+        # exit status (Popen then reads 0, and a kill -9 was logged as "exit code 0"). Ours go first, by pid.
+        self.models.collect_exits()
+        super().reap_workers()
 
     def manage_workers(self) -> None:
         reason = self.models.check()

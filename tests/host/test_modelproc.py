@@ -114,6 +114,7 @@ def test_killed_model_process_is_seen_at_once_and_replaced(request, target, mlp_
         for t in threads:
             t.join(60)
         replacement = model_pids(server.master_pid())
+        logs = server.logs()
     around = [(status, took) for sent, status, took in results if killed - 1 < sent < killed + back]
     failed = [(s, took) for s, took in around if s != 200]
     after = [s for sent, s, _ in results if sent > killed + back + 0.5]
@@ -122,6 +123,8 @@ def test_killed_model_process_is_seen_at_once_and_replaced(request, target, mlp_
                                   f"/ping 200 again after {back:.1f} s; {len(after)} requests after, all 200")
     assert ping_503
     assert replacement and victim not in replacement
+    ended = [line for line in logs.splitlines() if "model process 0 (pid" in line and " exited (" in line]
+    assert ended and all("exited (signal 9)" in line for line in ended), ended   # how it ended, not "exit code 0"
     assert failed and all(s == 503 for s, _ in failed), failed[:5]     # a JSON 503, never a dropped connection
     assert max(t for _, t in failed) < 1.5                               # seen at once, never a hang
     assert after and all(s == 200 for s in after)
