@@ -28,6 +28,23 @@ def add_aws_arguments(group) -> None:
     group.add_argument("--endpoint-url", help="send every AWS call here (also AWS_ENDPOINT_URL)")
 
 
+def add_endpoint_command(sub, name: str, *, parents: list, help: str, example: str) -> argparse.ArgumentParser:
+    """A subcommand on one ENDPOINT (its first argument), with EXAMPLE under its help as
+    commands/main.py's EXAMPLES give the top-level ones."""
+    p = sub.add_parser(name, parents=parents, help=help, epilog=f"example:\n  {example}",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("endpoint", metavar="ENDPOINT")
+    return p
+
+
+def add_image_run_arguments(group) -> None:
+    """--platform and --ping-timeout: how the image is run on this machine (`deploy local`,
+    `deploy transform --local`)."""
+    group.add_argument("--platform", help="override the platform (default: the image's own)")
+    group.add_argument("--ping-timeout", type=positive_float, default=600.0,
+                       help="seconds to wait for /ping (default 600; emulated arm64 is slow)")
+
+
 def aws_from_args(args) -> Aws:
     return Aws(region=args.region, profile=args.profile, endpoint_url=args.endpoint_url)
 

@@ -58,9 +58,7 @@ def add_parser(sub, aws_args) -> None:
     p.add_argument("--port", type=int, default=8080, help="host port (default 8080)")
     p.add_argument("--host-ip", default="127.0.0.1", help="host address to publish on (default 127.0.0.1)")
     p.add_argument("--env", action="append", metavar="K=V")
-    p.add_argument("--platform", help="override the platform (default: the image's own)")
-    p.add_argument("--ping-timeout", type=common.positive_float, default=600.0,
-                   help="seconds to wait for /ping (default 600; emulated arm64 is slow)")
+    common.add_image_run_arguments(p)
     p.add_argument("--invoke", metavar="FILE", help="send FILE once, print the answer, stop")
     p.add_argument("--content-type", help="for --invoke (default: from the extension, else application/json)")
     p.add_argument("--accept")

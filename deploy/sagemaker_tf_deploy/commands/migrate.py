@@ -4,7 +4,6 @@ operations/migrate.py).
 
 from __future__ import annotations
 
-import argparse
 
 from ..core import checks, interrupts, output
 from ..operations import migrate
@@ -56,14 +55,13 @@ def cmd_rollback(args, console) -> int:
 
 def add_parsers(sub, aws_args, wait_args) -> None:
     """Register migrate, promote and rollback (parents: the AWS flags, --timeout/--poll)."""
-    p = sub.add_parser("migrate", parents=[aws_args, wait_args],
-                       help="move an x86 endpoint to Graviton: shadow, canary or replace (reversible)",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="example:\n  deploy migrate digits --image 123456789012.dkr.ecr.eu-west-1.amazonaws.com/"
-                              "sagemaker-tf-graviton:1.0 --mode canary --weight 0.1\n"
-                              "then: deploy compare --endpoint digits --requests requests.jsonl; "
-                              "deploy promote digits | deploy rollback digits")
-    p.add_argument("endpoint", metavar="ENDPOINT")
+    p = common.add_endpoint_command(
+        sub, "migrate", parents=[aws_args, wait_args],
+        help="move an x86 endpoint to Graviton: shadow, canary or replace (reversible)",
+        example="deploy migrate digits --image 123456789012.dkr.ecr.eu-west-1.amazonaws.com/"
+                "sagemaker-tf-graviton:1.0 --mode canary --weight 0.1\n"
+                "then: deploy compare --endpoint digits --requests requests.jsonl; "
+                "deploy promote digits | deploy rollback digits")
     p.add_argument("--image", required=True, help="this project's image (arm64 or multi-arch), in ECR")
     p.add_argument("--instance-type", default="ml.c7g.xlarge", help="Graviton instance type (default ml.c7g.xlarge)")
     p.add_argument("--fallback-instance-types", metavar="T1,T2",
@@ -83,17 +81,14 @@ def add_parsers(sub, aws_args, wait_args) -> None:
     interrupts.add_on_interrupt_argument(p)
     p.set_defaults(func=cmd_migrate)
 
-    p = sub.add_parser("promote", parents=[aws_args, wait_args],
-                       help="after migrate: Graviton takes all traffic, the x86 variant and model go",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="example:\n  deploy promote digits")
-    p.add_argument("endpoint", metavar="ENDPOINT")
+    p = common.add_endpoint_command(
+        sub, "promote", parents=[aws_args, wait_args],
+        help="after migrate: Graviton takes all traffic, the x86 variant and model go", example="deploy promote digits")
     interrupts.add_on_interrupt_argument(p)
     p.set_defaults(func=cmd_promote)
 
-    p = sub.add_parser("rollback", parents=[aws_args, wait_args],
-                       help="after migrate: the endpoint back on its old config, what migrate made deleted",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="example:\n  deploy rollback digits")
-    p.add_argument("endpoint", metavar="ENDPOINT")
+    p = common.add_endpoint_command(
+        sub, "rollback", parents=[aws_args, wait_args],
+        help="after migrate: the endpoint back on its old config, what migrate made deleted",
+        example="deploy rollback digits")
     p.set_defaults(func=cmd_rollback)

@@ -5,7 +5,6 @@ turn to operations/multimodel.py when the flag is given, to the plain command ot
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 from pathlib import Path
 
@@ -148,11 +147,10 @@ def add_parsers(sub, aws_args) -> None:
     p = sub.add_parser("models", help="multi-model endpoints: add an archive under the endpoint's S3 prefix, "
                        "list them")
     msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
-    a = msub.add_parser("add", parents=[aws_args], help="upload an archive (or a model folder, packaged) under the "
-                        "endpoint's model prefix; prints the TargetModel name",
-                        epilog="example:\n  deploy models add digits-mme examples/digits/model.tar.gz --name digits-v1.tar.gz",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    a.add_argument("endpoint", metavar="ENDPOINT")
+    a = common.add_endpoint_command(
+        msub, "add", parents=[aws_args], help="upload an archive (or a model folder, packaged) under the endpoint's "
+        "model prefix; prints the TargetModel name",
+        example="deploy models add digits-mme examples/digits/model.tar.gz --name digits-v1.tar.gz")
     a.add_argument("archive", metavar="ARCHIVE", help="a model.tar.gz, or a model folder (packaged as `deploy package` "
                    "does)")
     a.add_argument("--name", metavar="NAME.tar.gz", help="the TargetModel name (default: the archive's file name, "
@@ -160,8 +158,7 @@ def add_parsers(sub, aws_args) -> None:
     a.add_argument("--overwrite", action="store_true", help="replace an archive of that name (an instance that has "
                    "it loaded keeps serving the old one)")
     a.set_defaults(func=cmd_models_add)
-    lst = msub.add_parser("list", parents=[aws_args], help="archives under the endpoint's model prefix (name, size, "
-                          "last modified)", epilog="example:\n  deploy models list digits-mme --output json",
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    lst.add_argument("endpoint", metavar="ENDPOINT")
+    lst = common.add_endpoint_command(
+        msub, "list", parents=[aws_args], help="archives under the endpoint's model prefix (name, size, last modified)",
+        example="deploy models list digits-mme --output json")
     lst.set_defaults(func=cmd_models_list)

@@ -107,9 +107,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                          "delete the model; default) or keep (leave the job running)")
     lo = p.add_argument_group("local mode (--local)")
     lo.add_argument("--port", type=int, default=8080, help="host port for the container (default 8080)")
-    lo.add_argument("--platform", help="override the platform (default: the image's own)")
-    lo.add_argument("--ping-timeout", type=common.positive_float, default=600.0,
-                    help="seconds to wait for /ping (default 600; emulated arm64 is slow)")
+    common.add_image_run_arguments(lo)
     lo.add_argument("--logs", action="store_true", help="stream the container's log")
     p.set_defaults(func=cmd_transform)
     return p
