@@ -34,10 +34,11 @@ _SECRETISH = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|API
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
 
-@dataclass
-class LocalSpec:
+@dataclass(kw_only=True)
+class ServeSpec:
+    """How `deploy local` runs the image to serve, with a model (LocalSpec) or as a multi-model
+    endpoint (multimodel.LocalMultiSpec)."""
     image: str
-    model_data: str
     port: int = 8080
     host_ip: str = "127.0.0.1"
     env: dict[str, str] = field(default_factory=dict)
@@ -45,10 +46,15 @@ class LocalSpec:
     platform: str | None = None
     ping_timeout: float = 600.0
     stop_timeout: int = 30
+    stream_logs: bool = True
+
+
+@dataclass(kw_only=True)
+class LocalSpec(ServeSpec):
+    model_data: str
     invoke_file: Path | None = None
     content_type: str = "application/json"
     accept: str | None = None
-    stream_logs: bool = True
 
 
 @dataclass

@@ -24,7 +24,7 @@ import threading
 import time
 from collections import OrderedDict
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
@@ -282,18 +282,9 @@ def serve_proxy(proxy: Proxy, host: str, port: int) -> ThreadingHTTPServer:
     return server
 
 
-@dataclass
-class LocalMultiSpec:
-    image: str
+@dataclass(kw_only=True)
+class LocalMultiSpec(local.ServeSpec):
     archives: Path
-    port: int = 8080
-    host_ip: str = "127.0.0.1"
-    env: dict[str, str] = field(default_factory=dict)
-    region: str | None = None
-    platform: str | None = None
-    ping_timeout: float = 600.0
-    stop_timeout: int = 30
-    stream_logs: bool = True
     memory: str | None = None
 
 
