@@ -107,16 +107,21 @@ def on_failure(watch: Watch, now: float) -> float | None:
     return min(MAX_BACKOFF, 2.0 ** (len(watch.failures) - 1))
 
 
-def remove_segments(run_dir: Path, pid: int | None = None) -> int:
-    """Remove the run's shared-memory segments (only PID's, when given); how many were removed."""
+def unlink_segments(paths) -> int:
+    """Remove each segment of PATHS that is still there; how many were removed."""
     removed = 0
-    for path in channel.run_segments(run_dir, pid):
+    for path in paths:
         try:
             path.unlink()
             removed += 1
         except FileNotFoundError:
             pass
     return removed
+
+
+def remove_segments(run_dir: Path, pid: int | None = None) -> int:
+    """Remove the run's shared-memory segments (only PID's, when given); how many were removed."""
+    return unlink_segments(channel.run_segments(run_dir, pid))
 
 
 def loads_in_progress(run_dir: Path, index: int) -> dict[str, str]:
@@ -153,17 +158,10 @@ def blame_loads(watch: Watch, run_dir: Path, index: int, now: float, why: str) -
 
 def sweep_segments(run_dir: Path) -> int:
     """Remove the run's segments whose maker is gone (an HTTP worker or model process reaped since)."""
-    removed = 0
-    for path in channel.run_segments(run_dir):
+    def orphaned(path: Path) -> bool:
         pid = channel.owner(path)
-        if pid is None or pid_alive(pid):
-            continue
-        try:
-            path.unlink()
-            removed += 1
-        except FileNotFoundError:
-            pass
-    return removed
+        return pid is not None and not pid_alive(pid)
+    return unlink_segments(path for path in channel.run_segments(run_dir) if orphaned(path))
 
 
 def sweep_dead_runs() -> tuple[int, int]:
