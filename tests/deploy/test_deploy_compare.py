@@ -22,18 +22,12 @@ import boto3
 import numpy as np
 import pytest
 
-from sagemaker_tf_deploy.commands.main import main
 from tests.fixtures import moto_migrate
+from tests.fixtures.moto import run_deploy as run
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = str(Path(sys.executable).with_name("deploy"))
 REQUESTS = ROOT / "examples" / "digits" / "requests.jsonl"
-
-
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def probs(x: float) -> list[float]:

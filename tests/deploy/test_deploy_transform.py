@@ -26,10 +26,10 @@ from sagemaker_tf_deploy.local import agent, records as rec, transform as tl
 from sagemaker_tf_deploy.commands.main import main
 from sagemaker_tf_deploy.core.errors import DeployError
 from tests.fixtures import moto_transform as mt
+from tests.fixtures.moto import run_deploy
 from tests.fixtures.server import free_port
 
 DEPLOY = str(Path(sys.executable).with_name("deploy"))
-SECRET = "testing-secret-not-real"
 
 
 # --- SageMaker, against moto -------------------------------------------------------------------
@@ -69,12 +69,8 @@ def put_input(keys=("in/part-0.csv", "in/part-1.csv")):
 def transform(capsys, env, image, model, *extra, with_input=True):
     if with_input:
         put_input()
-    code = main(["transform", "--image", image, "--model-data", str(model), "--role", env["role"],
-                 "--input", "s3://batch-data/in/", "--output", "s3://batch-data/out/", "--poll", "0.01",
-                 *extra])
-    out, err = capsys.readouterr()
-    assert SECRET not in out + err
-    return code, out, err
+    return run_deploy(capsys, "transform", "--image", image, "--model-data", str(model), "--role", env["role"],
+                      "--input", "s3://batch-data/in/", "--output", "s3://batch-data/out/", "--poll", "0.01", *extra)
 
 
 def only_job():

@@ -14,18 +14,14 @@ import pytest
 import requests
 
 from sagemaker_tf_deploy.commands.main import main
-from tests.fixtures.moto import client, fail_operation, script_endpoint_status
+from tests.fixtures.moto import SECRET, client, fail_operation, run_deploy, script_endpoint_status
 
 pytestmark = pytest.mark.deploy
 
-SECRET = "testing-secret-not-real"
 
 
 def run(capsys, *argv):
-    code = main([*argv, "--poll", "0.05"] if argv[0] in ("create", "update", "delete") else list(argv))
-    out, err = capsys.readouterr()
-    assert SECRET not in out + err
-    return code, out, err
+    return run_deploy(capsys, *argv, *(("--poll", "0.05") if argv[0] in ("create", "update", "delete") else ()))
 
 
 @pytest.fixture

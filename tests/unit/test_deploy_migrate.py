@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sagemaker_tf_deploy.commands.main import main
-from tests.fixtures.moto import client, fail_operation, script_endpoint_status
+from tests.fixtures.moto import client, fail_operation, run_deploy, script_endpoint_status
 
 pytestmark = pytest.mark.deploy
 
@@ -40,10 +40,7 @@ def aas():
 
 
 def run(capsys, *argv):
-    code = main([*argv, "--poll", "0.05"] if argv[0] in ("migrate", "promote", "rollback") else list(argv))
-    out, err = capsys.readouterr()
-    assert "testing-secret-not-real" not in out + err
-    return code, out, err
+    return run_deploy(capsys, *argv, *(("--poll", "0.05") if argv[0] in ("migrate", "promote", "rollback") else ()))
 
 
 def scaling():

@@ -8,17 +8,7 @@ from __future__ import annotations
 import boto3
 import pytest
 
-from sagemaker_tf_deploy.commands.main import main
-from tests.fixtures.moto import serve_from_pool
-
-SECRET = "testing-secret-not-real"
-
-
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    assert SECRET not in out + err
-    return code, out, err
+from tests.fixtures.moto import run_deploy as run, serve_from_pool
 
 
 def create(capsys, env, image, model, *extra):
