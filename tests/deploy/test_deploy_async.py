@@ -4,15 +4,20 @@ request against the real host server (tests/fixtures/moto_async.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import subprocess
+import threading
 
 import boto3
 import pytest
 import requests
 
 from sagemaker_tf_deploy.commands.main import main
+from tests.deploy import test_deploy_interrupts as interrupts
 from tests.fixtures import moto_async as ma
+from tests.fixtures.moto import Patches, gate_operation, hold_endpoint, release_endpoint
 
 pytestmark = pytest.mark.deploy
 SECRET = "testing-secret-not-real"
@@ -180,3 +185,101 @@ def test_a_failure_setting_up_scaling_rolls_everything_back(capsys, async_moto, 
     assert nothing_left(async_moto)
     s3 = boto3.client("s3")
     assert [o for b in s3.list_buckets()["Buckets"] for o in s3.list_objects_v2(Bucket=b["Name"]).get("Contents", [])] == []
+
+
+# --- interruptions: the create rule, in every phase of an async create ----------------------------
+
+@contextlib.contextmanager
+def gate_put_scaling_policy():
+    """Application Auto Scaling's put_scaling_policy blocks until the block ends (then completes):
+    a signal can land while create --async is setting up its scaling. Yields an Event set on entry."""
+    from moto.applicationautoscaling.models import ApplicationAutoscalingBackend
+
+    entered, release = threading.Event(), threading.Event()
+    original = ApplicationAutoscalingBackend.put_scaling_policy
+
+    def gated(self, *args, **kwargs):
+        entered.set()
+        release.wait(60)
+        return original(self, *args, **kwargs)
+    with Patches() as patches:
+        patches.set(ApplicationAutoscalingBackend, "put_scaling_policy", gated)
+        try:
+            yield entered
+        finally:
+            release.set()
+
+
+def everything(bucket_name="async-bucket") -> dict:
+    """What exists that an async create makes: SageMaker resources, scaling targets, policies and
+    alarms, and every S3 object but those in BUCKET_NAME (the test's own, for the answers)."""
+    sm, aas, cw, s3 = (boto3.client(s) for s in ("sagemaker", "application-autoscaling", "cloudwatch", "s3"))
+    return {
+        "endpoints": [e["EndpointName"] for e in sm.list_endpoints()["Endpoints"]],
+        "configs": [c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]],
+        "models": [m["ModelName"] for m in sm.list_models()["Models"]],
+        "targets": [t["ResourceId"] for t in aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]],
+        "policies": [p["PolicyName"] for p in aas.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"]],
+        "alarms": [a["AlarmName"] for a in cw.describe_alarms()["MetricAlarms"]],
+        "objects": [f"{b['Name']}/{o['Key']}" for b in s3.list_buckets()["Buckets"] if b["Name"] != bucket_name
+                    for o in s3.list_objects_v2(Bucket=b["Name"]).get("Contents", [])],
+    }
+
+
+NOTHING = {k: [] for k in ("endpoints", "configs", "models", "targets", "policies", "alarms", "objects")}
+
+
+# each phase gets both signals and both policies; the scaling phase, the one with most to undo, every pair
+PHASES = [(phase, policy, sig) for phase in ("before the endpoint exists", "while Creating", "while scaling is set up")
+          for policy, sig in (("rollback", "SIGINT"), ("keep", "SIGTERM"))] + \
+         [("while scaling is set up", "rollback", "SIGTERM"), ("while scaling is set up", "keep", "SIGINT")]
+
+
+@pytest.mark.parametrize("phase, policy, sig", PHASES)
+def test_async_create_interrupted_in_every_phase(async_moto, bucket, ecr_images, model_tgz, phase, policy, sig):
+    """deploy create --async --min-instances 0 stopped by a real signal in each phase, with each
+    --on-interrupt: the rule of plain endpoints (tests/deploy/test_deploy_interrupts.py), with the
+    scaling target, its two policies, the alarm and the async config covered by "nothing left"."""
+    argv = interrupts.create_args(async_moto, ecr_images["multi"], model_tgz, "asy", "--async", "--async-output", OUT,
+                                  "--min-instances", "0", "--on-interrupt", policy)
+    if phase == "before the endpoint exists":
+        with gate_operation("create_endpoint_config") as gate:
+            run = interrupts.Deploy(*argv)
+            assert gate["entered"].wait(60), run.err
+            run.signal(sig)
+            run.wait_for("rollback complete")
+            gate["fail"] = True
+    elif phase == "while Creating":
+        hold_endpoint("asy", "Creating")
+        run = interrupts.Deploy(*argv)
+        run.wait_for("asy: Creating")
+        run.signal(sig)
+        if policy == "rollback":
+            run.wait_for("SageMaker cannot delete endpoint asy while it is Creating")
+            release_endpoint("asy", "InService")
+    else:
+        with gate_put_scaling_policy() as entered:
+            run = interrupts.Deploy(*argv)
+            assert entered.wait(60), run.err
+            run.signal(sig)
+    code, out, err = run.finish()
+    assert code == interrupts.CODES[sig], err
+    assert f"deploy: interrupted by {sig}" in err and "Traceback" not in err
+    left = everything()
+    if policy == "rollback" or phase == "before the endpoint exists":
+        assert "rollback complete: nothing from this run is left" in err, err
+        assert left == NOTHING, err
+        return
+    # keep: the endpoint stays, as asked, with nothing half-made, and the commands it names remove it
+    assert left["endpoints"] == ["asy"] and len(left["configs"]) == 1 and len(left["models"]) == 1, (left, err)
+    assert "deploy delete asy --purge-s3" in err
+    if phase == "while Creating":
+        assert left["targets"] == left["policies"] == left["alarms"] == [], left
+        release_endpoint("asy", "InService")
+    else:      # the scaling is whole (target, both policies, the alarm) or not there at all
+        assert (left["targets"], len(left["policies"]), len(left["alarms"])) in \
+            (([], 0, 0), (["endpoint/asy/variant/AllTraffic"], 2, 1)), (left, err)
+    proc = subprocess.run([interrupts.DEPLOY, "delete", "asy", "--poll", "0.05", "--purge-s3"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert everything() == NOTHING

@@ -206,8 +206,14 @@ def _stop_create(aws: Aws, spec: CreateSpec, created: cleanup.Created, exc: Base
     if billing and interrupts.is_stop(exc) and spec.on_interrupt == interrupts.KEEP:
         name = created.endpoint
         reporter.info(f"create {what}; keeping what exists (--on-interrupt keep):")
+        async_scaling = spec.async_inference.min_instances if spec.async_inference is not None else None
+        if created.scaling and async_scaling is not None:
+            _finish_async_scaling(aws, spec, name, async_scaling, reporter)
         for label in created.labels():
             reporter.info(f"  {label}")
+        if async_scaling is not None and not created.scaling:
+            reporter.info(f"  (its auto scaling, {async_scaling}..{spec.instance_count} instances on the backlog, "
+                          f"was not set up: it runs {spec.instance_count} instance(s) until deleted)")
         reporter.info(f"endpoint {name} goes on being created by SageMaker and is billed once it is InService")
         reporter.info(f"  wait for it:  deploy wait {name}")
         reporter.info(f"  remove it:    deploy delete {name} --purge-s3")
@@ -229,6 +235,17 @@ def _stop_create(aws: Aws, spec: CreateSpec, created: cleanup.Created, exc: Base
     if isinstance(exc, (interrupts.Interrupted, KeyboardInterrupt, DeployError)):
         raise exc
     raise DeployError(f"create failed: {_describe(exc)}") from exc
+
+
+def _finish_async_scaling(aws: Aws, spec: CreateSpec, name: str, min_instances: int, reporter: Reporter) -> None:
+    """A keep while create --async was setting up its scaling: the set-up's calls are idempotent and
+    quick, so finish them (shielded) rather than leave a target without its policies or alarm; if
+    that fails, remove what there is of it, so nothing is left half-made either way."""
+    try:
+        async_endpoint.scale_on_backlog(aws, name, spec.variant, min_instances, spec.instance_count, reporter)
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError, DeployError) as exc:
+        reporter.info(f"could not finish the auto scaling of {name} ({error_message(exc)}): removing what there is of it")
+        scaling.deregister(aws, name, [spec.variant], reporter)
 
 
 def _describe(exc: BaseException) -> str:
