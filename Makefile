@@ -48,11 +48,17 @@ test: venv docker-ready test-unit  ## every test: unit, host server, both images
 test-host: venv test-unit  ## only the tests that need no Docker engine
 	$(PY) -m pytest -m "not container" tests/host tests/deploy $(PYTEST_ARGS)
 
-$(EXAMPLE_MODEL)/.built: examples/digits/train.py | venv
+# the example's own needs (scikit-learn's digits data set), pinned, so `make example` works from
+# `make venv` alone and does not lean on the test requirements
+$(VENV)/.example-deps: examples/digits/requirements.txt | venv
+	$(VENV)/bin/pip install -q -r examples/digits/requirements.txt
+	touch $@
+
+$(EXAMPLE_MODEL)/.built: examples/digits/train.py | venv $(VENV)/.example-deps
 	$(PY) examples/digits/train.py --out examples/digits
 	touch $@
 
-example: $(EXAMPLE_MODEL)/.built  ## train the digits CNN and pack examples/digits/model.tar.gz
+example: $(EXAMPLE_MODEL)/.built  ## train the digits CNN and pack examples/digits/model.tar.gz (installs scikit-learn, pinned)
 
 build: docker-ready  ## image for this host's architecture, loaded into the local engine
 	BASE_IMAGE=$(BASE) ./build.sh --platform linux/$(ARCH) --tag $(IMAGE) --load
