@@ -244,12 +244,20 @@ class HostServer:
 
 
 class ContainerServer:
-    """A container published on 127.0.0.1:<port>; memory read from its process tree."""
+    """A container reached on 127.0.0.1:<port>; memory read from its process tree.
 
-    def __init__(self, name, image, model_dir, port, env=None, platform=None, cmd=("serve",)):
+    host_network: the container shares the host's network and serves on <port> itself
+    (SAGEMAKER_BIND_TO_PORT, which the image supports). Published with -p instead, every connection
+    from 127.0.0.1 goes through Docker's userland proxy (docker-proxy), a process that copies each
+    byte once more: at 32 connections it cost this machine's MLP more than the server did, and
+    SageMaker's traffic never passes through it. Throughput runs use the host network."""
+
+    def __init__(self, name, image, model_dir, port, env=None, platform=None, cmd=("serve",), host_network=False):
         self.name = f"bench-{name}-{os.getpid()}"
         self.port, self.url = port, f"http://127.0.0.1:{port}"
-        args = ["docker", "run", "-d", "--rm", "--name", self.name, "-p", f"127.0.0.1:{port}:8080",
+        network = (["--network", "host", "-e", f"SAGEMAKER_BIND_TO_PORT={port}"] if host_network
+                   else ["-p", f"127.0.0.1:{port}:8080"])
+        args = ["docker", "run", "-d", "--rm", "--name", self.name, *network,
                 "-v", f"{model_dir}:/opt/ml/model:ro"]
         if platform:
             args += ["--platform", platform]

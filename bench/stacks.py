@@ -86,7 +86,7 @@ def start_ours(model, base, workers, extra_env=None):
 
 def start_ours_container(model, base, workers, image, extra_env=None, platform=None):
     port = free_port()
-    srv = ContainerServer(model, image, base / "model", port, env=extra_env, platform=platform)
+    srv = ContainerServer(model, image, base / "model", port, env=extra_env, platform=platform, host_network=True)
     return srv, "/invocations", "json"
 
 
