@@ -214,6 +214,10 @@ def median_level(rounds: list[dict]) -> dict:
     first = rounds[0]
     out = {k: (med([r[k] for r in rounds]) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
            for k, v in first.items() if k != "cpu_ms_per_request"}
+    out["connections"] = first["connections"]
+    for count in ("requests", "non_2xx", "socket_errors", "duration_s"):   # every failure counts, never a median
+        if count in first:
+            out[count] = sum(r[count] for r in rounds)
     cpus = [r["cpu_ms_per_request"] for r in rounds]
     roles = sorted({role for c in cpus for role in c["roles"]})
     out["cpu_ms_per_request"] = {

@@ -49,16 +49,18 @@ def test_the_command_line_says_so_without_a_traceback():
 
 
 def test_rounds_report_the_median_of_each_figure_and_keep_the_rounds():
-    def level(rps, p50, cpu, model_cpu):
-        return {"connections": 32, "rps": rps, "p50_ms": p50, "p99_ms": p50 * 3, "non_2xx": 0,
+    def level(rps, p50, cpu, model_cpu, non_2xx=0):
+        return {"connections": 32, "rps": rps, "p50_ms": p50, "p99_ms": p50 * 3, "non_2xx": non_2xx,
                 "cpu_ms_per_request": {"total": cpu, "roles": {"http": cpu - model_cpu, "model": model_cpu}}}
-    rounds = [level(100.0, 9.0, 3.0, 1.0), level(300.0, 3.0, 2.0, 0.5), level(200.0, 5.0, 4.0, 2.0)]
+    rounds = [level(100.0, 9.0, 3.0, 1.0), level(300.0, 3.0, 2.0, 0.5, non_2xx=2), level(200.0, 5.0, 4.0, 2.0)]
     m = run.median_level(rounds)
     assert (m["rps"], m["p50_ms"], m["p99_ms"], m["connections"]) == (200.0, 5.0, 15.0, 32)
     assert m["cpu_ms_per_request"]["total"] == 3.0
     assert m["cpu_ms_per_request"]["roles"] == {"http": 2.0, "model": 1.0}
     assert [r["rps"] for r in m["rounds"]] == [100.0, 300.0, 200.0]
-    assert run.median_level(rounds[:2])["rps"] == 200.0          # an even count: the mean of the middle two
+    assert m["non_2xx"] == 2                                      # a failure in any round is reported, not a median
+    two = run.median_level(rounds[:2])
+    assert two["rps"] == 200.0 and two["connections"] == 32       # an even count: the mean of the middle two
 
 
 def test_rounds_below_one_are_refused(capsys):
