@@ -7,6 +7,7 @@ inference.py leaks on purpose, given fake AWS credentials in its environment.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import traceback
@@ -153,24 +154,32 @@ LOG_SECRET = "s3cr3t-Value-42"
 LOG_KEY_ID = "AKIAIOSFODNN7EXAMPLE"
 
 
-def test_log_records_never_carry_a_secret():
+@contextlib.contextmanager
+def filtered_logger(name: str):
+    """(logger NAME, the text it wrote): DEBUG and up, through SecretFilter([LOG_SECRET]), to a
+    StringIO only; the handler is detached at the end."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     handler.addFilter(SecretFilter([LOG_SECRET]))
-    logger = logging.getLogger("tests.redact.logging")
+    logger = logging.getLogger(name)
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
     try:
+        yield logger, stream
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_log_records_never_carry_a_secret():
+    with filtered_logger("tests.redact.logging") as (logger, stream):
         logger.warning(f"in the message: {LOG_SECRET} and {LOG_KEY_ID}")
         logger.warning("in the args: %s and %r", LOG_SECRET, {"id": LOG_KEY_ID})
         try:
             raise RuntimeError(f"in the exception: {LOG_SECRET} for {LOG_KEY_ID}")
         except RuntimeError:
             logger.exception("request failed")
-    finally:
-        logger.removeHandler(handler)
     output = stream.getvalue()
 
     assert LOG_SECRET not in output and LOG_KEY_ID not in output, output
@@ -188,15 +197,7 @@ FORGED = "/x\r\n2026-01-01 00:00:00,000 [1] ERROR serve: startup failed: forged\
 
 
 def test_caller_strings_cannot_forge_a_log_line():
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(SecretFilter([LOG_SECRET]))
-    logger = logging.getLogger("tests.redact.forging")
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
-    try:
+    with filtered_logger("tests.redact.forging") as (logger, stream):
         logger.info("%s %s %d %s", "GET", FORGED, 404, None)                # the access log's shape
         logger.error("loaded model '%(name)s'", {"name": FORGED})
         logger.warning(ValueError(FORGED))
@@ -205,8 +206,6 @@ def test_caller_strings_cannot_forge_a_log_line():
         except RuntimeError:
             logger.exception("POST %s failed", FORGED)
         logger.info("ours:\nkeeps its own newline")
-    finally:
-        logger.removeHandler(handler)
     lines = stream.getvalue().splitlines()
     assert not any(line.startswith("2026-01-01") for line in lines), lines
     assert "INFO tests.redact.forging: GET /x\\r\\n2026-01-01 00:00:00,000 [1] ERROR serve: startup failed: forged" \
