@@ -249,15 +249,33 @@ def check_bf16_drift(o: dict) -> None:
 @pytest.mark.container
 @pytest.mark.arm64
 def test_compare_amd64_image_with_arm64_image(capsys, image_amd64, image_arm64, digits_model):
+    """docs/migration.md's step 2 as written there: the two servers its `deploy local ... &` lines
+    start (the amd64 one with the environment that line gives) and its two `deploy compare` lines,
+    with the exit codes it shows (the 1e-2 gate passes, the 1e-3 one fails)."""
+    import shlex
+
+    from tests.deploy import test_docs_walkthrough as walkthrough
     from tests.fixtures.docker import start_container
 
-    # the x86 side as on an ml.c6i endpoint: fp32 (this host may have AMX, where BF16 would be in effect)
-    with start_container(image_amd64, digits_model, env={"DNNL_DEFAULT_FPMATH_MODE": "STRICT"}) as x86, \
-            start_container(image_arm64, digits_model) as arm:
-        code, out, err = run(capsys, "compare", "--requests", str(REQUESTS), "--url", x86.url, "--url", arm.url,
-                             "--min-top1-agreement", "0.95", "--output", "json")
-        logs = arm.logs()[-3000:] if code else ""
+    servers = walkthrough.documented("migration.md", walkthrough.SIDE_BY_SIDE_SERVERS)
+    x86_argv = shlex.split(next(e.command for e in servers if "test-amd64" in e.command))
+    x86_env = dict(x86_argv[i + 1].split("=", 1) for i, a in enumerate(x86_argv) if a == "--env")
+    assert x86_env == {"DNNL_DEFAULT_FPMATH_MODE": "STRICT"}   # the x86 side as on an ml.c6i endpoint: fp32
+    compares = walkthrough.documented("migration.md", walkthrough.SIDE_BY_SIDE_COMPARE)
+    assert [e.code for e in compares] == [0, 1], compares
+    with start_container(image_amd64, digits_model, env=x86_env) as x86, start_container(image_arm64, digits_model) as arm:
+        results = []
+        for entry in compares:
+            argv = shlex.split(entry.command)[1:]
+            argv = [{"http://127.0.0.1:18081": x86.url, "http://127.0.0.1:18082": arm.url}.get(a, a) for a in argv]
+            argv[argv.index("--requests") + 1] = str(REQUESTS)
+            results.append(run(capsys, *argv, "--output", "json"))
+        logs = arm.logs()[-3000:] if results[0][0] else ""
+    code, out, err = results[0]
     assert code == 0, err + out + logs
+    assert results[1][0] == compares[1].code, results[1]
+    failed = [c["check"] for c in json.loads(results[1][1])["checks"] if not c["ok"]]
+    assert failed == ["max abs diff <= 0.001"], failed
     r = json.loads(out)
     print(json.dumps(r, indent=1))
     assert [t["ok"] for t in r["targets"]] == [64, 64]
@@ -268,9 +286,17 @@ def test_compare_amd64_image_with_arm64_image(capsys, image_amd64, image_arm64, 
 @pytest.mark.container
 @pytest.mark.arm64
 def test_local_fpmath_check_with_the_arm64_image(image_arm64, digits_model):
-    proc = subprocess.run([DEPLOY, "local", "--image", image_arm64, "--model-data", str(digits_model),
-                           "--fpmath-check", "--requests", str(REQUESTS), "--env", "SAGEMAKER_MODEL_SERVER_WORKERS=1",
-                           "--max-abs-diff", "1e-2", "--output", "json"],
+    """docs/migration.md's step 1 line, as written there (the image and model are the session's)."""
+    import shlex
+
+    from tests.deploy import test_docs_walkthrough as walkthrough
+
+    (entry,) = walkthrough.documented("migration.md", walkthrough.FPMATH_LINE)
+    argv = shlex.split(entry.command)[1:]
+    argv[argv.index("--image") + 1] = image_arm64
+    argv[argv.index("--model-data") + 1] = str(digits_model)
+    argv[argv.index("--requests") + 1] = str(REQUESTS)
+    proc = subprocess.run([DEPLOY, *argv, "--env", "SAGEMAKER_MODEL_SERVER_WORKERS=1", "--output", "json"],
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-4000:]
     r = json.loads(proc.stdout)

@@ -201,24 +201,34 @@ def test_pip_install_deploy_gives_deploy_without_tensorflow(deploy_venv):
     assert not heavy, f"pip install ./deploy pulled in {sorted(heavy)}"
 
 
-@pytest.mark.deploy
-def test_deploy_commands_run_against_moto(deploy_venv, aws_env, example_root):
+def put_in_moto_ecr(image: str, aws_env: dict, archs: tuple[str, ...] = ("arm64", "amd64")) -> None:
+    """IMAGE (ACCOUNT.dkr.ecr.REGION.amazonaws.com/REPO:TAG, as the docs name it) put into moto's ECR
+    as an index of ARCHS (two platforms: what build.sh pushes), its repository made if missing."""
     import boto3
 
     from tests.fixtures.moto import _index
 
-    commands = readme_commands("deploy")
-    verbs = [words(c)[1] for c in commands]
-    assert verbs[0] == "create" and verbs[-1] == "delete", verbs
-    image = words(commands[0])[words(commands[0]).index("--image") + 1]
     registry, _, repo_tag = image.partition("/")
     repo, _, tag = repo_tag.partition(":")
     assert registry == f"{aws_env['account']}.dkr.ecr.{aws_env['region']}.amazonaws.com", \
-        "the README's image should name the account and region moto stands in for"
+        f"{image}: the docs' images should name the account and region moto stands in for"
     ecr = boto3.client("ecr", region_name=aws_env["region"])
-    ecr.create_repository(repositoryName=repo)
-    ecr.put_image(repositoryName=repo, imageManifest=_index(["arm64", "amd64"]), imageTag=tag,
+    try:
+        ecr.create_repository(repositoryName=repo)
+    except ecr.exceptions.RepositoryAlreadyExistsException:
+        pass
+    ecr.put_image(repositoryName=repo, imageManifest=_index(list(archs)), imageTag=tag,
                   imageManifestMediaType="application/vnd.oci.image.index.v1+json")
+
+
+@pytest.mark.deploy
+def test_deploy_commands_run_against_moto(deploy_venv, aws_env, example_root):
+    import boto3
+
+    commands = readme_commands("deploy")
+    verbs = [words(c)[1] for c in commands]
+    assert verbs[0] == "create" and verbs[-1] == "delete", verbs
+    put_in_moto_ecr(words(commands[0])[words(commands[0]).index("--image") + 1], aws_env)
     env = in_venv(deploy_venv)
     for command in commands:
         proc = subprocess.run(["bash", "-c", command], cwd=example_root, env=env, capture_output=True,
