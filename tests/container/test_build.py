@@ -22,8 +22,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.fixtures.docker import (IMAGE_REPO, IMAGE_TAG, MEASUREMENTS, REPO, base_image, docker, run_build_sh,
-                                   start_container)
+from tests.fixtures.docker import IMAGE_REPO, IMAGE_TAG, MEASUREMENTS, REPO, base_image, docker, run_build_sh
 
 # The first test to need an image builds it (arm64 under qemu: up to ~30 min cold).
 pytestmark = [pytest.mark.container, pytest.mark.timeout(3600)]
@@ -130,19 +129,25 @@ def test_push_publishes_one_manifest_list_for_both_platforms(pushed, local_regis
 
 
 @pytest.mark.arm64
-def test_arm64_image_pulled_by_digest_serves(pushed, mlp_model_dir):
+def test_arm64_image_pulled_by_digest_serves(pushed, image_arm64, arm64_mlp_container, mlp_model_dir):
+    """What a user pulls by digest is, by its content-addressed ID (config, hence every layer), the
+    image built and tested in this session; the shared arm64 container runs that image and must
+    answer (one start under qemu instead of two)."""
     ref = f"{pushed['ref'].rsplit(':', 1)[0]}@{pushed['digests']['linux/arm64']}"
     docker("pull", ref, timeout=600)
     meta = json.loads(docker("image", "inspect", ref).stdout)[0]
     assert meta["Architecture"] == "arm64"
-    with start_container(ref, mlp_model_dir, platform="linux/arm64") as c:
-        assert requests.get(f"{c.url}/ping", timeout=5).status_code == 200
-        sample = mlp_model_dir.inputs["features"]
-        r = requests.post(f"{c.url}/invocations", json={"instances": sample.tolist()}, timeout=60)
-        assert r.status_code == 200, r.text
-        # bf16 fast math is in effect under qemu (its arm64 CPU reports bf16): compare loosely (as tests/fixtures/targets.py does).
-        np.testing.assert_allclose(r.json()["predictions"], mlp_model_dir.expected["output_0"],
-                                   rtol=1e-3, atol=2e-3)
+    built = json.loads(docker("image", "inspect", image_arm64).stdout)[0]
+    assert meta["Id"] == built["Id"], f"{ref} is {meta['Id']}, not the session's {image_arm64} ({built['Id']})"
+    c = arm64_mlp_container
+    assert c.image == image_arm64 and c.platform == "linux/arm64" and c.alive()
+    assert requests.get(f"{c.url}/ping", timeout=5).status_code == 200
+    sample = mlp_model_dir.inputs["features"]
+    r = requests.post(f"{c.url}/invocations", json={"instances": sample.tolist()}, timeout=60)
+    assert r.status_code == 200, r.text
+    # bf16 fast math is in effect under qemu (its arm64 CPU reports bf16): compare loosely (as tests/fixtures/targets.py does).
+    np.testing.assert_allclose(r.json()["predictions"], mlp_model_dir.expected["output_0"],
+                               rtol=1e-3, atol=2e-3)
 
 
 # What build.sh and the Dockerfiles read (.dockerignore lets in only the installed parts).

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -306,6 +307,8 @@ def test_local_fpmath_check_with_the_arm64_image(image_arm64, digits_model):
     (o,) = r["agreement"][0]["outputs"]
     check_bf16_drift(o)
     assert r["platform"] == "linux/arm64"
+    if os.uname().machine == "x86_64":     # container.run picked the image's platform (deploy local, transform --local)
+        assert "--platform linux/arm64" in proc.stderr
     if r["emulated"]:
         assert "the latencies are not" in r["note"]
     # both containers got the mode they were meant to have, and both are gone

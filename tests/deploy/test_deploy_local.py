@@ -8,7 +8,6 @@ examples/digits/train.py when it has not been built).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -100,14 +99,9 @@ def test_local_output_json(request, digits):
     assert own_container(proc.stderr) not in leftover_containers()
 
 
-@pytest.mark.container
-@pytest.mark.arm64
-def test_local_arm64_under_emulation(request, digits):
-    img = image(request, "arm64")
-    proc = run_local_invoke(img, digits, timeout=1200)
-    check_answer(proc, digits)
-    if os.uname().machine == "x86_64":
-        assert "--platform linux/arm64" in proc.stderr
+# `deploy local` with the arm64 image under emulation (--platform linux/arm64 picked from the
+# image, an answer, a clean stop) is tests/deploy/test_deploy_compare.py's
+# test_local_fpmath_check_with_the_arm64_image: the same container.run, two arm64 starts.
 
 
 @pytest.mark.container

@@ -1,6 +1,6 @@
 """One TensorFlow per instance (issue 11): HTTP workers without TensorFlow, a model process that holds
 each model once and batches for every worker, and what happens when either kind of process dies.
-Host and the amd64 image (shutdown under arm64 emulation is in test_server)."""
+Host and the amd64 image: processes and signals do not depend on the CPU architecture."""
 from __future__ import annotations
 
 import datetime
