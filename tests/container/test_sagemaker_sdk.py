@@ -48,23 +48,37 @@ def output_handler(response, context):
 """
 
 
-@pytest.fixture(scope="session")
-def sdk_python() -> Path:
-    """python of a venv holding only the pinned SDK, made once and kept under /var/tmp."""
+def make_sdk_venv() -> Path:
+    """python of a venv holding only the pinned SDK, made once and kept under /var/tmp. Under an
+    exclusive lock: .ci/run makes it ahead, in the background (pip, mostly downloading), and the
+    fixture then waits for that and finds it made."""
+    import fcntl
+
     python = SDK_VENV / "bin" / "python"
     done = SDK_VENV / ".installed"
-    if done.is_file() and done.read_text() == SDK:
+    with open(SDK_VENV.with_name(SDK_VENV.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.is_file() and done.read_text() == SDK:
+            return python
+        building = SDK_VENV.with_name(SDK_VENV.name + f".{os.getpid()}")
+        shutil.rmtree(building, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(building)], check=True, timeout=120)
+        proc = subprocess.run([str(building / "bin" / "pip"), "install", "-q", SDK], capture_output=True, text=True,
+                              timeout=900)
+        if proc.returncode != 0:
+            raise RuntimeError(f"pip install {SDK} failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+        (building / ".installed").write_text(SDK)
+        shutil.rmtree(SDK_VENV, ignore_errors=True)
+        building.rename(SDK_VENV)   # only bin/python is run, which finds its venv from where it is
         return python
-    building = SDK_VENV.with_name(SDK_VENV.name + f".{os.getpid()}")
-    shutil.rmtree(building, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "venv", str(building)], check=True, timeout=120)
-    proc = subprocess.run([str(building / "bin" / "pip"), "install", "-q", SDK], capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    (building / ".installed").write_text(SDK)
-    shutil.rmtree(SDK_VENV, ignore_errors=True)
-    building.rename(SDK_VENV)   # only bin/python is run, which finds its venv from where it is
-    return python
+
+
+@pytest.fixture(scope="session")
+def sdk_python() -> Path:
+    try:
+        return make_sdk_venv()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +141,7 @@ def test_sagemaker_sdk_local_mode(image_amd64, sdk_python, sdk_workdir):
     assert [json.loads(line) for line in text.splitlines() if line.strip()] == \
         [{"predictions": [[2.5], [3.0], [4.5]]}]
     assert not left, "delete_endpoint or the transform left a container running"
+
+
+if __name__ == "__main__":      # .ci/run: python -m tests.container.test_sagemaker_sdk
+    print(f"SageMaker SDK venv ready: {make_sdk_venv()}")
