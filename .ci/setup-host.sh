@@ -21,8 +21,8 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# 1. Docker engine, emulation, base-image tools, registry, load generator, Java for the MMS peer.
-apt_install docker.io qemu-user-static binfmt-support mmdebstrap docker-registry wrk ca-certificates docker-compose
+# 1. Docker engine, emulation, base-image tools (mmdebstrap needs arch-test for a foreign architecture), registry, load generator, Java for the MMS peer.
+apt_install docker.io qemu-user-static binfmt-support mmdebstrap arch-test docker-registry wrk ca-certificates docker-compose
 
 # 5a. The base image's two root filesystems (step 5) are the long pole of a cold setup: start
 # them now, beside the engine, buildx and registry steps (they need none of those).
