@@ -30,8 +30,9 @@ apt_install docker.io qemu-user-static binfmt-support mmdebstrap arch-test docke
 # dpkg in a chroot (under qemu for arm64), so the tree is the same (compared file by file with
 # debootstrap's: only timestamps and bootstrap logs differ), but it unpacks every package once,
 # where debootstrap unpacks the core packages, then the required ones, then the rest in passes
-# (arm64, measured at load 7-12 on 2 cores: debootstrap 802 s, mmdebstrap 496 s). The two
-# architectures run at once: amd64's is download- and disk-bound, arm64's one emulated core.
+# (arm64, both run at the same time on a shared 2-core machine: debootstrap 982 s, mmdebstrap
+# 760 s). The two architectures run at once: amd64's is download- and disk-bound (147 s),
+# arm64's one emulated core.
 ctx="$STATE/base-ctx"
 rootfs_pids=()
 if ! docker buildx imagetools inspect "$BASE_TAG" >/dev/null 2>&1; then
