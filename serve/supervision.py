@@ -170,7 +170,7 @@ def sweep_dead_runs() -> tuple[int, int]:
     restarts). A run is dead when nothing holds its lock (``serve.contract.readiness``). Returns
     (runs, segments) removed."""
     runs = segments = 0
-    for parent in {Path(run_parent() or tempfile.gettempdir()), Path(tempfile.gettempdir())}:
+    for parent in {Path(run_parent()), Path(tempfile.gettempdir())}:
         for run_dir in parent.glob(f"{RUN_PREFIX}*"):
             if not run_dir.is_dir() or not run_is_dead(run_dir):
                 continue

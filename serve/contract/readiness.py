@@ -27,6 +27,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from serve.contract import channel
+
 _ALL = "all-ready"
 RUN_PREFIX = "serve-ready-"
 RUN_LOCK = "master.lock"
@@ -99,9 +101,10 @@ class Readiness:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def run_parent() -> str | None:
-    """Where run directories are made: /dev/shm when writable, else the temporary directory."""
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+def run_parent() -> str:
+    """Where run directories are made: where the segments go (/dev/shm when writable, else the
+    temporary directory)."""
+    return str(channel.SHM_DIR)
 
 
 def hold_run_lock(run_dir: Path) -> int:
